@@ -1,0 +1,213 @@
+#include "bayesq/allocate/knapsack.h"
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+#include <queue>
+#include <tuple>
+
+#include "bayesq/common/errors.h"
+
+namespace bayesq {
+
+namespace {
+
+int cheapest(const std::vector<KnapsackOption>& options) {
+  int best = 0;
+  for (int i = 1; i < static_cast<int>(options.size()); ++i) {
+    const auto& o = options[static_cast<std::size_t>(i)];
+    const auto& b = options[static_cast<std::size_t>(best)];
+    if (o.cost < b.cost || (o.cost == b.cost && o.loss < b.loss)) best = i;
+  }
+  return best;
+}
+
+void finish(const KnapsackProblem& problem, KnapsackSolution& s) {
+  s.cost = 0;
+  s.loss = 0.0;
+  for (std::size_t b = 0; b < problem.blocks.size(); ++b) {
+    const auto& o = problem.blocks[b][static_cast<std::size_t>(s.choice[b])];
+    s.cost += o.cost;
+    s.loss += o.loss;
+  }
+  s.feasible = s.cost <= problem.budget;
+}
+
+}  // namespace
+
+int64_t minimum_cost(const KnapsackProblem& problem) {
+  int64_t total = 0;
+  for (const auto& options : problem.blocks) {
+    BQ_ASSERT(!options.empty(), "a block without options");
+    total += options[static_cast<std::size_t>(cheapest(options))].cost;
+  }
+  return total;
+}
+
+std::vector<int> lower_convex_hull(const std::vector<KnapsackOption>& options) {
+  std::vector<int> order(options.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int a, int b) {
+    const auto& x = options[static_cast<std::size_t>(a)];
+    const auto& y = options[static_cast<std::size_t>(b)];
+    return std::tie(x.cost, x.loss, a) < std::tie(y.cost, y.loss, b);
+  });
+  std::vector<int> hull;
+  for (int idx : order) {
+    const auto& p = options[static_cast<std::size_t>(idx)];
+    // Only points that strictly lower the loss can be upgrades.
+    if (!hull.empty()) {
+      const auto& last = options[static_cast<std::size_t>(hull.back())];
+      if (p.loss >= last.loss) continue;
+      if (p.cost == last.cost) hull.pop_back();
+    }
+    // Pop while the last point is not below the segment from its predecessor to p (non-convex turn).
+    while (hull.size() >= 2) {
+      const auto& a = options[static_cast<std::size_t>(hull[hull.size() - 2])];
+      const auto& b = options[static_cast<std::size_t>(hull.back())];
+      const long double cross = (static_cast<long double>(b.cost - a.cost)) * (p.loss - a.loss) -
+                                (static_cast<long double>(b.loss - a.loss)) * (p.cost - a.cost);
+      if (cross <= 0) hull.pop_back();
+      else break;
+    }
+    hull.push_back(idx);
+  }
+  return hull;
+}
+
+KnapsackSolution solve_greedy(const KnapsackProblem& problem) {
+  const std::size_t n = problem.blocks.size();
+  KnapsackSolution s;
+  s.choice.resize(n);
+  std::vector<std::vector<int>> hulls(n);
+  std::vector<std::size_t> position(n, 0);
+  int64_t used = 0;
+  for (std::size_t b = 0; b < n; ++b) {
+    hulls[b] = lower_convex_hull(problem.blocks[b]);
+    s.choice[b] = hulls[b][0];
+    used += problem.blocks[b][static_cast<std::size_t>(s.choice[b])].cost;
+    for (std::size_t h = 1; h < hulls[b].size(); ++h) {
+      const auto& lo = problem.blocks[b][static_cast<std::size_t>(hulls[b][h - 1])];
+      const auto& hi = problem.blocks[b][static_cast<std::size_t>(hulls[b][h])];
+      s.largest_upgrade_gain = std::max(s.largest_upgrade_gain, lo.loss - hi.loss);
+    }
+  }
+  if (used > problem.budget) {
+    finish(problem, s);
+    return s;
+  }
+  // Max-heap of next upgrades keyed by gamma; ties broken by block index for determinism.
+  using Entry = std::pair<double, std::size_t>;
+  auto cmp = [](const Entry& a, const Entry& b) {
+    return a.first < b.first || (a.first == b.first && a.second > b.second);
+  };
+  std::priority_queue<Entry, std::vector<Entry>, decltype(cmp)> heap(cmp);
+  auto push_next = [&](std::size_t b) {
+    const std::size_t h = position[b];
+    if (h + 1 >= hulls[b].size()) return;
+    const auto& cur = problem.blocks[b][static_cast<std::size_t>(hulls[b][h])];
+    const auto& nxt = problem.blocks[b][static_cast<std::size_t>(hulls[b][h + 1])];
+    heap.push({(cur.loss - nxt.loss) / static_cast<double>(nxt.cost - cur.cost), b});
+  };
+  for (std::size_t b = 0; b < n; ++b) push_next(b);
+  while (!heap.empty()) {
+    const std::size_t b = heap.top().second;
+    heap.pop();
+    const auto& cur = problem.blocks[b][static_cast<std::size_t>(hulls[b][position[b]])];
+    const auto& nxt = problem.blocks[b][static_cast<std::size_t>(hulls[b][position[b] + 1])];
+    if (used + (nxt.cost - cur.cost) > problem.budget) continue;  // retires this block's hull chain
+    used += nxt.cost - cur.cost;
+    ++position[b];
+    s.choice[b] = hulls[b][position[b]];
+    ++s.upgrades;
+    push_next(b);
+  }
+  // Fill pass: any option that lowers a block's loss and fits what is left, largest reduction first.
+  for (;;) {
+    double best_gain = 0.0;
+    std::size_t best_block = n;
+    int best_option = -1;
+    for (std::size_t b = 0; b < n; ++b) {
+      const auto& cur = problem.blocks[b][static_cast<std::size_t>(s.choice[b])];
+      for (std::size_t o = 0; o < problem.blocks[b].size(); ++o) {
+        const auto& opt = problem.blocks[b][o];
+        const double gain = cur.loss - opt.loss;
+        if (gain > best_gain && used + (opt.cost - cur.cost) <= problem.budget) {
+          best_gain = gain;
+          best_block = b;
+          best_option = static_cast<int>(o);
+        }
+      }
+    }
+    if (best_block == n) break;
+    const auto& cur = problem.blocks[best_block][static_cast<std::size_t>(s.choice[best_block])];
+    used += problem.blocks[best_block][static_cast<std::size_t>(best_option)].cost - cur.cost;
+    s.choice[best_block] = best_option;
+    ++s.fill_upgrades;
+  }
+  finish(problem, s);
+  return s;
+}
+
+KnapsackSolution solve_dp(const KnapsackProblem& problem, int64_t max_states) {
+  const std::size_t n = problem.blocks.size();
+  KnapsackSolution s;
+  s.choice.assign(n, 0);
+  std::vector<int64_t> base(n);
+  int64_t base_total = 0;
+  int64_t unit = 0;
+  for (std::size_t b = 0; b < n; ++b) {
+    base[b] = problem.blocks[b][static_cast<std::size_t>(cheapest(problem.blocks[b]))].cost;
+    base_total += base[b];
+    for (const auto& o : problem.blocks[b]) unit = std::gcd(unit, o.cost - base[b]);
+  }
+  if (base_total > problem.budget) {
+    for (std::size_t b = 0; b < n; ++b) s.choice[b] = cheapest(problem.blocks[b]);
+    finish(problem, s);
+    return s;
+  }
+  if (unit == 0) unit = 1;
+  const int64_t capacity_bits = problem.budget - base_total;
+  int64_t capacity = capacity_bits / unit;
+  if (capacity > max_states) {
+    // Coarsen: extra costs rounded up, so every DP solution stays feasible.
+    unit = unit * ((capacity + max_states - 1) / max_states);
+    capacity = capacity_bits / unit;
+    s.exact = false;
+  }
+  s.resolution = unit;
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::size_t states = static_cast<std::size_t>(capacity) + 1;
+  std::vector<double> best(states, 0.0), next(states);
+  // choice_at[b * states + c]: option of block b in the optimum that uses at most c units for blocks 0..b.
+  std::vector<uint8_t> choice_at(n * states, 0);
+  for (std::size_t b = 0; b < n; ++b) {
+    BQ_ASSERT(problem.blocks[b].size() < 256, "too many options for one block");
+    std::fill(next.begin(), next.end(), inf);
+    for (std::size_t o = 0; o < problem.blocks[b].size(); ++o) {
+      const auto& opt = problem.blocks[b][o];
+      const int64_t extra = opt.cost - base[b];
+      const int64_t w = (extra + unit - 1) / unit;
+      if (w > capacity) continue;
+      for (std::size_t c = static_cast<std::size_t>(w); c < states; ++c) {
+        const double v = best[c - static_cast<std::size_t>(w)] + opt.loss;
+        if (v < next[c]) {
+          next[c] = v;
+          choice_at[b * states + c] = static_cast<uint8_t>(o);
+        }
+      }
+    }
+    std::swap(best, next);
+  }
+  std::size_t c = states - 1;
+  for (std::size_t b = n; b-- > 0;) {
+    const int o = choice_at[b * states + c];
+    s.choice[b] = o;
+    const int64_t extra = problem.blocks[b][static_cast<std::size_t>(o)].cost - base[b];
+    c -= static_cast<std::size_t>((extra + unit - 1) / unit);
+  }
+  finish(problem, s);
+  return s;
+}
+
+}  // namespace bayesq

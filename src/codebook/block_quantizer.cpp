@@ -1,0 +1,113 @@
+#include "bayesq/codebook/block_quantizer.h"
+
+#include <algorithm>
+
+#include "bayesq/codebook/bit_packing.h"
+#include "bayesq/codebook/expected_loss.h"
+#include "bayesq/common/errors.h"
+#include "bayesq/common/parallel.h"
+
+namespace bayesq {
+
+int64_t effective_group_size(int64_t cols, int64_t group_size) {
+  return (group_size <= 0 || group_size >= cols) ? cols : group_size;
+}
+
+int64_t groups_per_row(int64_t cols, int64_t group_size) {
+  const int64_t g = effective_group_size(cols, group_size);
+  return g > 0 ? (cols + g - 1) / g : 0;
+}
+
+BlockCost block_cost(int64_t rows, int64_t cols, int bits, CodebookKind kind, int64_t group_size) {
+  BlockCost cost;
+  cost.code_bits = 8 * packed_code_bytes(rows * cols, bits);
+  cost.metadata_bits = rows * groups_per_row(cols, group_size) * codebook_metadata_bits(kind, bits);
+  return cost;
+}
+
+Codebook design_codebook(const WeightedRow& row, int bits, const QuantizerParams& params, DesignStats* stats) {
+  if (params.kind == CodebookKind::lloyd) return design_lloyd(row, bits, params.lloyd, params.uniform, stats);
+  return design_uniform(row, bits, params.kind, params.uniform, stats);
+}
+
+DesignedLoss design_and_score(const WeightedRow& row, int bits, const QuantizerParams& params) {
+  DesignStats stats;
+  const Codebook cb = design_codebook(row, bits, params, &stats);
+  DesignedLoss out;
+  out.expected = stats.loss;
+  out.plugin = row.tau > 0.0 ? plugin_loss(cb, row) : stats.loss;
+  out.fell_back = stats.fell_back_to_uniform;
+  return out;
+}
+
+namespace {
+
+// Shared driver: one codebook per (row, group), designed by `design`, codes by nearest level.
+template <typename Design>
+QuantizedBlock quantize_with(const BlockWeights& block, int bits, CodebookKind kind, int64_t group_size, double tau,
+                             Design&& design) {
+  BQ_ASSERT(bits >= kMinBits && bits <= kMaxBits, "bits = ", bits);
+  QuantizedBlock qb;
+  qb.bits = bits;
+  qb.kind = kind;
+  qb.rows = block.rows;
+  qb.cols = block.cols;
+  qb.group_size = effective_group_size(block.cols, group_size);
+  const int64_t groups = groups_per_row(block.cols, group_size);
+  const std::size_t tasks = static_cast<std::size_t>(block.rows * groups);
+  qb.codebooks.resize(tasks);
+  qb.codes.resize(static_cast<std::size_t>(block.rows * block.cols));
+  std::vector<double> expected(tasks, 0.0), plugin(tasks, 0.0);
+  std::vector<char> fell_back(tasks, 0);
+  parallel_for(tasks, [&](std::size_t t) {
+    const int64_t r = static_cast<int64_t>(t) / groups;
+    const int64_t c0 = (static_cast<int64_t>(t) % groups) * qb.group_size;
+    const int64_t len = std::min(qb.group_size, block.cols - c0);
+    const int64_t base = r * block.cols + c0;
+    const WeightedRow row = WeightedRow::build(block.weights + base, block.precision ? block.precision + base : nullptr,
+                                               static_cast<std::size_t>(len), tau);
+    DesignStats stats;
+    qb.codebooks[t] = design(row, &stats);
+    const Codebook& cb = qb.codebooks[t];
+    for (int64_t e = 0; e < len; ++e)
+      qb.codes[static_cast<std::size_t>(base + e)] = static_cast<uint8_t>(cb.encode(block.weights[base + e]));
+    expected[t] = stats.loss;
+    plugin[t] = tau > 0.0 ? plugin_loss(cb, row) : stats.loss;
+    fell_back[t] = stats.fell_back_to_uniform ? 1 : 0;
+  });
+  for (std::size_t t = 0; t < tasks; ++t) {
+    qb.expected_loss += expected[t];
+    qb.plugin_loss += plugin[t];
+    qb.lloyd_fallbacks += fell_back[t];
+  }
+  return qb;
+}
+
+}  // namespace
+
+QuantizedBlock quantize_block(const BlockWeights& block, int bits, const QuantizerParams& params) {
+  return quantize_with(block, bits, params.kind, params.group_size, params.tau,
+                       [&](const WeightedRow& row, DesignStats* stats) { return design_codebook(row, bits, params, stats); });
+}
+
+QuantizedBlock quantize_block_rtn(const BlockWeights& block, int bits, int64_t group_size) {
+  return quantize_with(block, bits, CodebookKind::uniform_asymmetric, group_size, 0.0,
+                       [&](const WeightedRow& row, DesignStats* stats) {
+                         const double lo = row.size() ? row.min() : 0.0, hi = row.size() ? row.max() : 0.0;
+                         Codebook cb = Codebook::uniform_asymmetric(bits, (hi - lo) / double((1 << bits) - 1), lo);
+                         stats->loss = expected_loss(cb, row);
+                         return cb;
+                       });
+}
+
+std::vector<float> QuantizedBlock::dequantize() const {
+  std::vector<float> out(codes.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const std::size_t i = static_cast<std::size_t>(r * cols + c);
+      out[i] = codebook_for(r, c).decode(codes[i]);
+    }
+  return out;
+}
+
+}  // namespace bayesq

@@ -1,0 +1,102 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "bayesq/codebook/block_quantizer.h"
+#include "bayesq/codebook/expected_loss.h"
+#include "bayesq/common/parallel.h"
+
+using namespace bayesq;
+
+namespace {
+std::vector<float> random_weights(std::size_t n, uint32_t seed, float scale = 0.1f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> w(n);
+  for (auto& x : w) x = normal(rng);
+  return w;
+}
+}  // namespace
+
+TEST(Rtn, ErrorIsBoundedByHalfAStepPerRow) {
+  const int64_t rows = 16, cols = 75;
+  const auto w = random_weights(static_cast<std::size_t>(rows * cols), 1);
+  for (int bits = 2; bits <= 8; ++bits) {
+    const QuantizedBlock q = quantize_block_rtn({w.data(), nullptr, rows, cols}, bits, 0);
+    const auto deq = q.dequantize();
+    for (int64_t r = 0; r < rows; ++r) {
+      float lo = INFINITY, hi = -INFINITY;
+      for (int64_t c = 0; c < cols; ++c) {
+        lo = std::min(lo, w[r * cols + c]);
+        hi = std::max(hi, w[r * cols + c]);
+      }
+      const Codebook& cb = q.codebook_for(r, 0);
+      // With fp16 scale s and offset o, levels span [o, o + (2^m - 1) s]; the error is at most half a step inside
+      // the span, or the distance from the span's ends to the row's min and max.
+      const double bound = std::max({0.5 * cb.scale, std::fabs(double(cb.levels.front()) - lo),
+                                     std::fabs(double(cb.levels.back()) - hi)});
+      for (int64_t c = 0; c < cols; ++c)
+        EXPECT_LE(std::fabs(deq[r * cols + c] - w[r * cols + c]), bound * (1 + 1e-6)) << bits << " bits";
+      // And half a step is about range / (2 (2^m - 1)).
+      EXPECT_NEAR(cb.scale, (hi - lo) / ((1 << bits) - 1), (hi - lo) * 1e-3);
+    }
+  }
+}
+
+TEST(BlockQuantizer, GroupsHaveTheirOwnCodebooks) {
+  const int64_t rows = 5, cols = 70;  // groups of 32: 32, 32, 6
+  const auto w = random_weights(static_cast<std::size_t>(rows * cols), 2);
+  QuantizerParams params;
+  params.group_size = 32;
+  const QuantizedBlock q = quantize_block({w.data(), nullptr, rows, cols}, 3, params);
+  EXPECT_EQ(q.codebooks.size(), static_cast<std::size_t>(rows * 3));
+  EXPECT_EQ(q.group_size, 32);
+  const auto deq = q.dequantize();
+  double loss = 0.0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const Codebook& cb = q.codebooks[static_cast<std::size_t>(r * 3 + c / 32)];
+      EXPECT_EQ(deq[r * cols + c], cb.decode(cb.encode(w[r * cols + c])));
+      loss += 0.5 * (deq[r * cols + c] - w[r * cols + c]) * (deq[r * cols + c] - w[r * cols + c]);
+    }
+  EXPECT_NEAR(q.plugin_loss, loss, 1e-9 + 1e-6 * loss);
+  EXPECT_EQ(q.cost().metadata_bits, rows * 3 * 8 * 16);
+}
+
+TEST(BlockQuantizer, SameResultForAnyThreadCount) {
+  const int64_t rows = 33, cols = 50;
+  const auto w = random_weights(static_cast<std::size_t>(rows * cols), 3);
+  const auto p = random_weights(static_cast<std::size_t>(rows * cols), 4, 1.0f);
+  std::vector<float> precision(p.size());
+  for (std::size_t i = 0; i < p.size(); ++i) precision[i] = std::exp(p[i]);
+  QuantizerParams params;
+  params.tau = 0.5;
+  set_num_threads(1);
+  const QuantizedBlock a = quantize_block({w.data(), precision.data(), rows, cols}, 3, params);
+  set_num_threads(4);
+  const QuantizedBlock b = quantize_block({w.data(), precision.data(), rows, cols}, 3, params);
+  set_num_threads(0);
+  EXPECT_EQ(a.codes, b.codes);
+  EXPECT_EQ(a.expected_loss, b.expected_loss);
+  EXPECT_EQ(a.dequantize(), b.dequantize());
+}
+
+TEST(BlockQuantizer, CurvatureWeightingMovesErrorToUnimportantWeights) {
+  // The small weights of each row carry 1000x the precision: the weighted design must spend its levels on them.
+  const int64_t rows = 8, cols = 64;
+  const auto w = random_weights(static_cast<std::size_t>(rows * cols), 9);
+  std::vector<float> precision(w.size());
+  for (std::size_t i = 0; i < w.size(); ++i) precision[i] = std::fabs(w[i]) < 0.05f ? 1000.0f : 1.0f;
+  QuantizerParams params;
+  const QuantizedBlock weighted = quantize_block({w.data(), precision.data(), rows, cols}, 2, params);
+  const QuantizedBlock plain = quantize_block({w.data(), nullptr, rows, cols}, 2, params);
+  auto weighted_error = [&](const QuantizedBlock& q) {
+    const auto d = q.dequantize();
+    double e = 0.0;
+    for (std::size_t i = 0; i < w.size(); ++i) e += 0.5 * precision[i] * (d[i] - w[i]) * (d[i] - w[i]);
+    return e;
+  };
+  EXPECT_LT(weighted_error(weighted), 0.5 * weighted_error(plain));
+  EXPECT_NEAR(weighted.plugin_loss, weighted_error(weighted), 1e-6 * weighted_error(weighted));
+}

@@ -1,0 +1,160 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "bayesq/codebook/design.h"
+#include "bayesq/codebook/expected_loss.h"
+#include "bayesq/codebook/kmeans_dp.h"
+
+using namespace bayesq;
+
+namespace {
+struct Sample {
+  std::vector<float> w, p;
+};
+
+// Small random inputs: a mixture of two or three Gaussians with log-normal importances.
+Sample random_sample(std::mt19937& rng, std::size_t n) {
+  Sample s;
+  std::uniform_int_distribution<int> modes(1, 3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::lognormal_distribution<float> lognormal(0.0f, 1.0f);
+  const int m = modes(rng);
+  std::vector<float> centers(static_cast<std::size_t>(m));
+  for (auto& c : centers) c = 2.0f * normal(rng);
+  for (std::size_t i = 0; i < n; ++i) {
+    s.w.push_back(centers[i % centers.size()] + 0.5f * normal(rng));
+    s.p.push_back(lognormal(rng));
+  }
+  return s;
+}
+}  // namespace
+
+TEST(Lloyd, WithinOnePercentOfTheExactOptimumOnAverage) {
+  std::mt19937 rng(2024);
+  std::uniform_int_distribution<int> sizes(12, 60);
+  double ratio_sum = 0.0;
+  int cases = 0;
+  for (int bits = 1; bits <= 3; ++bits) {
+    for (int c = 0; c < 100; ++c) {
+      const Sample s = random_sample(rng, static_cast<std::size_t>(sizes(rng)));
+      const WeightedRow row = WeightedRow::build(s.w.data(), s.p.data(), s.w.size(), 0.0);
+      const KMeansSolution optimum = optimal_weighted_kmeans(row, 1 << bits);
+      double loss = 0.0;
+      int iterations = 0;
+      lloyd_iterate(row, weighted_quantile_levels(row, 1 << bits), LloydParams{}, &loss, &iterations);
+      const double optimal_loss = 0.5 * optimum.cost;  // the DP counts sum w (x - c)^2, the loss has a 1/2
+      EXPECT_GE(loss, optimal_loss * (1.0 - 1e-9)) << "the oracle is a lower bound";
+      ratio_sum += optimal_loss > 0.0 ? loss / optimal_loss : 1.0;
+      ++cases;
+    }
+  }
+  const double mean_ratio = ratio_sum / cases;
+  RecordProperty("mean_ratio_to_optimum", std::to_string(mean_ratio));
+  EXPECT_LE(mean_ratio, 1.01) << "mean Lloyd / optimum over " << cases << " cases";
+}
+
+TEST(Lloyd, NeverWorseThanTheUniformCodebook) {
+  std::mt19937 rng(99);
+  for (int c = 0; c < 100; ++c) {
+    const Sample s = random_sample(rng, 40);
+    for (double tau : {0.0, 0.5}) {
+      const WeightedRow row = WeightedRow::build(s.w.data(), s.p.data(), s.w.size(), tau);
+      for (int bits = 1; bits <= 4; ++bits) {
+        DesignStats lloyd_stats, uniform_stats;
+        const Codebook lloyd = design_lloyd(row, bits, LloydParams{}, UniformParams{}, &lloyd_stats);
+        const Codebook uniform =
+            design_uniform(row, bits, CodebookKind::uniform_asymmetric, UniformParams{}, &uniform_stats);
+        // The uniform levels as a (fp16) table are what Lloyd could have started from.
+        const Codebook uniform_table =
+            Codebook::lloyd(bits, std::vector<double>(uniform.levels.begin(), uniform.levels.end()));
+        EXPECT_LE(expected_loss(lloyd, row), expected_loss(uniform_table, row));
+        EXPECT_DOUBLE_EQ(lloyd_stats.loss, expected_loss(lloyd, row));
+        EXPECT_DOUBLE_EQ(uniform_stats.loss, expected_loss(uniform, row));
+      }
+    }
+  }
+}
+
+TEST(Lloyd, IterationsNeverIncreaseTheLossAtPositiveTau) {
+  std::mt19937 rng(5);
+  const Sample s = random_sample(rng, 200);
+  const WeightedRow row = WeightedRow::build(s.w.data(), s.p.data(), s.w.size(), 1.0);
+  const auto start = weighted_quantile_levels(row, 8);
+  std::vector<double> boundaries(7);
+  for (int k = 0; k < 7; ++k) boundaries[k] = 0.5 * (start[k] + start[k + 1]);
+  const CellMoments m0 = cell_moments(row, boundaries, start);
+  double initial = 0.0;
+  for (double v : m0.w2) initial += 0.5 * v;
+  double loss = 0.0;
+  int iterations = 0;
+  lloyd_iterate(row, start, LloydParams{}, &loss, &iterations);
+  EXPECT_LT(loss, initial);
+  EXPECT_GT(iterations, 0);
+}
+
+TEST(Uniform, RangeSearchBeatsMinMaxOnHeavyTails) {
+  // Student-t-like weights: the min-max range wastes levels on outliers; the search must clip.
+  std::mt19937 rng(8);
+  std::student_t_distribution<float> t(2.0f);
+  std::vector<float> w(512);
+  for (auto& x : w) x = 0.01f * t(rng);
+  const WeightedRow row = WeightedRow::build(w.data(), nullptr, w.size(), 0.0);
+  for (int bits = 2; bits <= 4; ++bits) {
+    const Codebook minmax = Codebook::uniform_asymmetric(bits, (row.max() - row.min()) / ((1 << bits) - 1), row.min());
+    DesignStats stats;
+    const Codebook searched = design_uniform(row, bits, CodebookKind::uniform_asymmetric, UniformParams{}, &stats);
+    EXPECT_LT(expected_loss(searched, row), 0.8 * expected_loss(minmax, row)) << bits << " bits";
+    const Codebook symmetric = design_uniform(row, bits, CodebookKind::uniform_symmetric, UniformParams{});
+    EXPECT_EQ(symmetric.kind, CodebookKind::uniform_symmetric);
+    EXPECT_EQ(symmetric.levels.front(), -symmetric.levels.back());
+  }
+}
+
+TEST(Uniform, SearchIsNearTheBestOfAFineGrid) {
+  // Brute force over a fine (lo, hi) grid: the search result is within 2% of the best grid point.
+  std::mt19937 rng(12);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::lognormal_distribution<float> lognormal(0.0f, 1.0f);
+  std::vector<float> w(300), p(300);
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    w[i] = normal(rng) * (i % 10 == 0 ? 4.0f : 1.0f);
+    p[i] = lognormal(rng);
+  }
+  const WeightedRow row = WeightedRow::build(w.data(), p.data(), w.size(), 0.0);
+  const int bits = 2;
+  double best = INFINITY;
+  const int grid = 120;
+  for (int a = 0; a < grid; ++a)
+    for (int b = 0; b < grid; ++b) {
+      const double lo = row.min() + (row.max() - row.min()) * 0.5 * a / grid;
+      const double hi = row.max() - (row.max() - row.min()) * 0.5 * b / grid;
+      best = std::min(best, expected_loss(Codebook::uniform_asymmetric(bits, (hi - lo) / 3.0, lo), row));
+    }
+  DesignStats stats;
+  design_uniform(row, bits, CodebookKind::uniform_asymmetric, UniformParams{}, &stats);
+  EXPECT_LE(stats.loss, best * 1.02);
+}
+
+TEST(KMeansOracle, MatchesBruteForceOnTinyInputs) {
+  // Every contiguous partition of 7 sorted points into 3 clusters.
+  const std::vector<float> w = {-2.0f, -1.5f, -0.1f, 0.0f, 0.3f, 2.0f, 2.2f};
+  const std::vector<float> p = {1.0f, 2.0f, 0.5f, 1.0f, 3.0f, 1.0f, 0.2f};
+  const WeightedRow row = WeightedRow::build(w.data(), p.data(), w.size(), 0.0);
+  auto sse = [&](std::size_t i, std::size_t j) {
+    double s0 = 0, s1 = 0;
+    for (std::size_t k = i; k < j; ++k) {
+      s0 += row.precision[k];
+      s1 += row.precision[k] * row.mu[k];
+    }
+    const double c = s1 / s0;
+    double e = 0;
+    for (std::size_t k = i; k < j; ++k) e += row.precision[k] * (row.mu[k] - c) * (row.mu[k] - c);
+    return e;
+  };
+  double best = INFINITY;
+  for (std::size_t a = 1; a < 7; ++a)
+    for (std::size_t b = a + 1; b < 7; ++b) best = std::min(best, sse(0, a) + sse(a, b) + sse(b, 7));
+  EXPECT_NEAR(optimal_weighted_kmeans(row, 3).cost, best, 1e-12);
+}

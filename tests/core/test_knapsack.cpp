@@ -1,0 +1,133 @@
+// Greedy vs exact DP vs brute force on random multiple-choice knapsacks (METHOD.md §4).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <random>
+
+#include "bayesq/allocate/knapsack.h"
+
+using namespace bayesq;
+
+namespace {
+
+// Random per-block options shaped like loss tables: cost grows with bits, loss mostly falls (sometimes not).
+KnapsackProblem random_problem(std::mt19937& rng, int blocks, int options) {
+  std::uniform_int_distribution<int> numel(3, 40), meta(0, 12);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  KnapsackProblem p;
+  for (int b = 0; b < blocks; ++b) {
+    const int n = numel(rng);
+    std::vector<KnapsackOption> opts;
+    double loss = 10.0 * unit(rng) + 1.0;
+    for (int o = 0; o < options; ++o) {
+      const int bits = o + 1 + (o >= 5 ? 1 : 0);
+      loss *= 0.2 + 0.7 * unit(rng);
+      if (unit(rng) < 0.1) loss *= 1.5;  // an occasional non-monotone step
+      opts.push_back({static_cast<int64_t>(n * bits + meta(rng) * (1 << (bits / 2))), loss});
+    }
+    p.blocks.push_back(opts);
+  }
+  return p;
+}
+
+double brute_force(const KnapsackProblem& p) {
+  double best = std::numeric_limits<double>::infinity();
+  std::function<void(std::size_t, int64_t, double)> go = [&](std::size_t b, int64_t cost, double loss) {
+    if (cost > p.budget) return;
+    if (b == p.blocks.size()) {
+      best = std::min(best, loss);
+      return;
+    }
+    for (const auto& o : p.blocks[b]) go(b + 1, cost + o.cost, loss + o.loss);
+  };
+  go(0, 0, 0.0);
+  return best;
+}
+
+}  // namespace
+
+TEST(Knapsack, DpEqualsBruteForceAndGreedyIsWithinOneUpgrade) {
+  std::mt19937 rng(17);
+  std::uniform_int_distribution<int> block_count(1, 10);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  for (int trial = 0; trial < 60; ++trial) {
+    // Brute force over up to 10 blocks x 6 options (6^10 leaves) is slow: keep the large cases few.
+    const int blocks = trial < 4 ? 10 : std::min(block_count(rng), 7);
+    KnapsackProblem p = random_problem(rng, blocks, 6);
+    const int64_t lo = minimum_cost(p);
+    int64_t hi = 0;
+    for (const auto& b : p.blocks) {
+      int64_t m = 0;
+      for (const auto& o : b) m = std::max(m, o.cost);
+      hi += m;
+    }
+    p.budget = lo + static_cast<int64_t>(unit(rng) * double(hi - lo));
+    const double exact = brute_force(p);
+    const KnapsackSolution dp = solve_dp(p);
+    const KnapsackSolution greedy = solve_greedy(p);
+    ASSERT_TRUE(dp.feasible);
+    ASSERT_TRUE(greedy.feasible);
+    EXPECT_TRUE(dp.exact);
+    EXPECT_LE(dp.cost, p.budget);
+    EXPECT_LE(greedy.cost, p.budget);
+    EXPECT_NEAR(dp.loss, exact, 1e-9 * (1.0 + exact)) << "trial " << trial;
+    EXPECT_GE(greedy.loss, exact - 1e-9 * (1.0 + exact));
+    EXPECT_LE(greedy.loss, exact + greedy.largest_upgrade_gain + 1e-9) << "trial " << trial;
+  }
+}
+
+TEST(Knapsack, GreedyIsOptimalAtItsBreakpoints) {
+  std::mt19937 rng(23);
+  for (int trial = 0; trial < 40; ++trial) {
+    KnapsackProblem p = random_problem(rng, 8, 6);
+    // Walk the greedy path with an unlimited budget: the cumulative cost after each hull upgrade (in gamma order)
+    // is a breakpoint. Re-solve with that exact budget; greedy must equal the DP optimum.
+    std::vector<std::vector<int>> hulls;
+    std::vector<std::pair<double, std::pair<int, int>>> upgrades;  // (gamma, (block, hull step))
+    int64_t cost = 0;
+    for (std::size_t b = 0; b < p.blocks.size(); ++b) {
+      hulls.push_back(lower_convex_hull(p.blocks[b]));
+      cost += p.blocks[b][hulls[b][0]].cost;
+      for (std::size_t h = 1; h < hulls[b].size(); ++h) {
+        const auto& x = p.blocks[b][hulls[b][h - 1]];
+        const auto& y = p.blocks[b][hulls[b][h]];
+        upgrades.push_back({(x.loss - y.loss) / double(y.cost - x.cost), {int(b), int(h)}});
+      }
+    }
+    std::stable_sort(upgrades.begin(), upgrades.end(),
+                     [](const auto& a, const auto& b) { return a.first > b.first; });
+    std::vector<int64_t> breakpoints = {cost};
+    for (const auto& u : upgrades) {
+      const auto& hull = hulls[static_cast<std::size_t>(u.second.first)];
+      const auto& blk = p.blocks[static_cast<std::size_t>(u.second.first)];
+      cost += blk[hull[u.second.second]].cost - blk[hull[u.second.second - 1]].cost;
+      breakpoints.push_back(cost);
+    }
+    for (int64_t budget : breakpoints) {
+      p.budget = budget;
+      const KnapsackSolution greedy = solve_greedy(p);
+      const KnapsackSolution dp = solve_dp(p);
+      EXPECT_NEAR(greedy.loss, dp.loss, 1e-9 * (1.0 + dp.loss)) << "trial " << trial << " budget " << budget;
+    }
+  }
+}
+
+TEST(Knapsack, LowerConvexHullDropsDominatedAndNonConvexPoints) {
+  // (1,10) (2,4) (3,3.5) (4,1) (5,2): (3,3.5) lies above the segment (2,4)-(4,1); (5,2) is dominated.
+  const std::vector<KnapsackOption> options = {{1, 10.0}, {2, 4.0}, {3, 3.5}, {4, 1.0}, {5, 2.0}};
+  EXPECT_EQ(lower_convex_hull(options), (std::vector<int>{0, 1, 3}));
+}
+
+TEST(Knapsack, CoarsenedDpStaysFeasible) {
+  std::mt19937 rng(31);
+  KnapsackProblem p = random_problem(rng, 10, 6);
+  p.budget = minimum_cost(p) + 150;
+  const KnapsackSolution coarse = solve_dp(p, 20);
+  EXPECT_FALSE(coarse.exact);
+  EXPECT_GT(coarse.resolution, 1);
+  EXPECT_LE(coarse.cost, p.budget);
+  EXPECT_GE(coarse.loss, solve_dp(p).loss - 1e-12);
+}
