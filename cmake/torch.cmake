@@ -1,1 +1,39 @@
-# placeholder, filled below
+# The libtorch-facing library and the bayesq tool.
+find_package(Torch REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(spdlog REQUIRED)
+
+# libtorch 2.10+ headers need C++20; 1.13 builds as C++17. The code is valid in both.
+set(BAYESQ_TORCH_CXX_STANDARD 17)
+if(Torch_VERSION VERSION_GREATER_EQUAL 2.10)
+  set(BAYESQ_TORCH_CXX_STANDARD 20)
+endif()
+
+add_library(bayesq_torch STATIC
+  src/model/model_file.cpp
+  src/model/block_discovery.cpp
+  src/model/block_tensor.cpp
+  src/model/forward.cpp
+  src/data/data_file.cpp
+  src/calibrate/curvature.cpp
+  src/export/model_writer.cpp
+  src/eval/evaluate.cpp
+  src/pipeline/device.cpp
+  src/pipeline/memory.cpp
+  src/pipeline/quantize.cpp
+  src/pipeline/commands.cpp
+  src/common/progress.cpp
+)
+target_link_libraries(bayesq_torch PUBLIC bayesq_core ${TORCH_LIBRARIES} spdlog::spdlog)
+target_include_directories(bayesq_torch PUBLIC ${TORCH_INCLUDE_DIRS})
+set_target_properties(bayesq_torch PROPERTIES CXX_STANDARD ${BAYESQ_TORCH_CXX_STANDARD} CXX_STANDARD_REQUIRED ON)
+target_compile_options(bayesq_torch PRIVATE -Wall -Wno-unused-parameter)
+# One precompiled header for the heavy libtorch includes: each translation unit would otherwise reparse them.
+target_precompile_headers(bayesq_torch PRIVATE <torch/script.h> <torch/torch.h>)
+if(TORCH_CUDA_LIBRARIES OR TARGET c10_cuda OR TARGET torch_cuda)
+  target_compile_definitions(bayesq_torch PRIVATE BAYESQ_WITH_CUDA)
+endif()
+
+add_executable(bayesq tools/bayesq.cpp)
+target_link_libraries(bayesq PRIVATE bayesq_torch CLI11::CLI11 spdlog::spdlog)
+set_target_properties(bayesq PROPERTIES CXX_STANDARD ${BAYESQ_TORCH_CXX_STANDARD} CXX_STANDARD_REQUIRED ON)

@@ -14,11 +14,16 @@ namespace bayesq {
 namespace fs = std::filesystem;
 
 std::string temporary_path_for(const std::string& target) {
+  // A private folder beside the target holding a file of the target's own name: writers that record the file
+  // name (libtorch names its archive after it) see the final name.
   const fs::path path(target);
   std::random_device device;
-  const std::string name = "." + path.filename().string() + ".tmp" + std::to_string(::getpid()) + "-" +
-                           std::to_string(device() % 1000000);
-  return (path.parent_path() / name).string();
+  const fs::path folder = path.parent_path() / ("." + path.filename().string() + ".tmp" + std::to_string(::getpid()) +
+                                                "-" + std::to_string(device() % 1000000));
+  std::error_code ec;
+  fs::create_directory(folder, ec);
+  if (ec) BQ_FAIL(ExitCode::io, "cannot write output file (", ec.message(), "): ", target);
+  return (folder / path.filename()).string();
 }
 
 void check_output_path(const std::string& path) {
@@ -35,14 +40,16 @@ void commit_temporary(const std::string& temporary, const std::string& target) {
   std::error_code ec;
   fs::rename(temporary, target, ec);
   if (ec) {
-    fs::remove(temporary, ec);
+    remove_temporary(temporary);
     BQ_FAIL(ExitCode::io, "cannot write output file (", ec.message(), "): ", target);
   }
+  fs::remove(fs::path(temporary).parent_path(), ec);
 }
 
 void remove_temporary(const std::string& temporary) {
   std::error_code ec;
   fs::remove(temporary, ec);
+  fs::remove(fs::path(temporary).parent_path(), ec);
 }
 
 AtomicFile::AtomicFile(std::string target) : target_(std::move(target)) {

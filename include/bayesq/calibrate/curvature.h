@@ -1,0 +1,42 @@
+// Calibration: the diagonal curvature of every block on calibration data (METHOD.md §1), streamed batch by batch
+// (device memory: the model plus one batch's activations for double backward).
+//
+// Curvature loss: `kl` (label-free, default): 1/N sum_n KL(p_theta_hat(.|x_n) || p_theta(.|x_n)) with p the
+// softmax over the last output dimension; at theta_hat its Hessian is the generalised Gauss-Newton matrix.
+// `ce`: mean cross-entropy against the file's labels. `mse`: 1/N sum_n 1/2 ||f_theta(x_n) - f_theta_hat(x_n)||^2,
+// for outputs that are not class scores. `auto` is kl.
+// Estimators:
+//   hutchinson: d = 1/P sum_p v_p (.) H v_p, Rademacher v_p, Hv by double backward (Pearlmutter) from one
+//               create_graph gradient per batch; per block the trace estimate sum_i v_i (Hv)_i gives the
+//               standard error. Negative entries are clamped to 0 and counted.
+//   fisher:     d = 1/N sum_n g_n (.) g_n, g_n = grad log p(y_n | x_n) with y_n drawn from the model's own
+//               predictive (Monte-Carlo Fisher), one example per backward pass (exact per-example squares).
+#pragma once
+
+#include <string>
+
+#include <torch/script.h>
+
+#include "bayesq/data/data_file.h"
+#include "bayesq/index/block_index.h"
+#include "bayesq/posterior/posterior.h"
+
+namespace bayesq {
+
+struct CurvatureParams {
+  std::string estimator = "hutchinson";  // hutchinson | fisher
+  std::string loss = "auto";             // auto | kl | ce | mse
+  int64_t probes = 8;
+  int64_t batch_size = 32;
+  int64_t max_examples = 0;              // 0: every example in the file
+  std::string output;                    // --output-index
+  std::string device = "cpu";
+  uint64_t seed = 0;
+};
+
+// Throws UserError(usage) on bad parameters (ce without labels, unknown names) and UserError(input) when the data
+// does not fit the model.
+CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& index, const DataFile& data,
+                                const CurvatureParams& params, const std::string& model_path);
+
+}  // namespace bayesq

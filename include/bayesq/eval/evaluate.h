@@ -1,0 +1,37 @@
+// Evaluation of a classifier on a data file: top-1 accuracy, NLL and ECE (15 equal-width confidence bins) when
+// the file has labels; with a reference model, top-1 agreement and mean KL(reference || model).
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+#include <torch/script.h>
+
+#include "bayesq/data/data_file.h"
+
+namespace bayesq {
+
+struct EvalParams {
+  int64_t batch_size = 256;
+  std::string output;  // --output-index
+  std::string device = "cpu";
+  int ece_bins = 15;
+};
+
+struct EvalResult {
+  int64_t examples = 0;
+  int64_t classes = 0;
+  bool has_labels = false;
+  double top1 = 0.0, nll = 0.0, ece = 0.0;
+  bool has_reference = false;
+  double agreement = 0.0, mean_kl = 0.0;
+  double seconds = 0.0;
+};
+
+// Logits must be [batch, classes] (or [batch, ..., classes], then every position is scored).
+EvalResult evaluate(torch::jit::Module& model, torch::jit::Module* reference, const DataFile& data,
+                    const EvalParams& params, const std::string& model_path);
+
+void to_json(nlohmann::json& j, const EvalResult& r);
+
+}  // namespace bayesq

@@ -1,0 +1,14 @@
+// Peak memory figures for reports: host resident set (VmHWM) and, in CUDA builds, the caching allocator's peak.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace bayesq {
+
+int64_t peak_host_bytes();
+// 0 on CPU devices or CPU-only builds.
+int64_t peak_device_bytes(const std::string& device);
+void reset_peak_device_bytes(const std::string& device);
+
+}  // namespace bayesq

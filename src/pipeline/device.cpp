@@ -1,0 +1,37 @@
+#include "bayesq/pipeline/device.h"
+
+#include <ATen/Context.h>
+#include <torch/cuda.h>
+
+#include "bayesq/common/errors.h"
+
+namespace bayesq {
+
+torch::Device parse_device(const std::string& name) {
+  if (name.empty() || name == "cpu") return torch::kCPU;
+  const bool cuda = torch::cuda::is_available();
+  if (name == "auto") return cuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  if (name.rfind("cuda", 0) == 0) {
+    BQ_CHECK(cuda, ExitCode::usage, "--device ", name, " asked for, but this build or machine has no CUDA device");
+    torch::Device device(torch::kCPU);
+    try {
+      device = torch::Device(name);
+    } catch (const c10::Error&) {
+      BQ_FAIL(ExitCode::usage, "unknown device '", name, "' (expected cpu, cuda, cuda:N or auto)");
+    }
+    if (device.index() < 0) device = torch::Device(torch::kCUDA, 0);
+    BQ_CHECK(device.index() < static_cast<int>(torch::cuda::device_count()), ExitCode::usage, "--device ", name,
+             ": only ", torch::cuda::device_count(), " CUDA device(s) present");
+    at::globalContext().setDeterministicCuDNN(true);
+    at::globalContext().setBenchmarkCuDNN(false);
+    return device;
+  }
+  BQ_FAIL(ExitCode::usage, "unknown device '", name, "' (expected cpu, cuda, cuda:N or auto)");
+}
+
+std::string device_description(const torch::Device& device) {
+  if (device.is_cpu()) return "cpu";
+  return device.str();
+}
+
+}  // namespace bayesq

@@ -1,0 +1,50 @@
+#include "bayesq/pipeline/memory.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "bayesq/pipeline/device.h"
+
+#ifdef BAYESQ_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace bayesq {
+
+int64_t peak_host_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      std::istringstream fields(line.substr(6));
+      int64_t kib = 0;
+      fields >> kib;
+      return kib * 1024;
+    }
+  }
+  return 0;
+}
+
+int64_t peak_device_bytes(const std::string& name) {
+#ifdef BAYESQ_WITH_CUDA
+  const torch::Device device = parse_device(name);
+  if (device.is_cuda()) {
+    // allocated_bytes[0] is the aggregate over pool types in every libtorch version.
+    return c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).allocated_bytes[0].peak;
+  }
+#else
+  (void)name;
+#endif
+  return 0;
+}
+
+void reset_peak_device_bytes(const std::string& name) {
+#ifdef BAYESQ_WITH_CUDA
+  const torch::Device device = parse_device(name);
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#else
+  (void)name;
+#endif
+}
+
+}  // namespace bayesq

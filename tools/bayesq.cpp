@@ -1,0 +1,256 @@
+// The `bayesq` command-line tool: argument parsing and printing only; the work happens in the library.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "bayesq/common/errors.h"
+#include "bayesq/common/progress.h"
+#include "bayesq/pipeline/commands.h"
+#include "bayesq/pipeline/quantize.h"
+#include "json_config.h"
+
+namespace {
+
+using bayesq::ExitCode;
+
+// "REGEX=N" for --min-bits / --max-bits.
+bayesq::BitsRule parse_rule(const std::string& text, bool minimum) {
+  const auto eq = text.find_last_of('=');
+  BQ_CHECK(eq != std::string::npos && eq > 0, ExitCode::usage, "bits rule '", text, "' must read REGEX=BITS");
+  bayesq::BitsRule rule;
+  rule.pattern = text.substr(0, eq);
+  int bits = 0;
+  try {
+    bits = std::stoi(text.substr(eq + 1));
+  } catch (const std::exception&) {
+    BQ_FAIL(ExitCode::usage, "bits rule '", text, "' must end in a whole number of bits");
+  }
+  BQ_CHECK(bits >= 1 && bits <= 8, ExitCode::usage, "bits rule '", text, "': bits must be 1..8");
+  (minimum ? rule.min_bits : rule.max_bits) = bits;
+  return rule;
+}
+
+std::string fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+void print_eval(const nlohmann::json& r) {
+  std::printf("%-12s %10s\n", "examples", std::to_string(r["examples"].get<int64_t>()).c_str());
+  if (r.contains("top1")) {
+    std::printf("%-12s %10s\n", "top-1 (%)", fixed(100.0 * r["top1"].get<double>(), 2).c_str());
+    std::printf("%-12s %10s\n", "NLL", fixed(r["nll"].get<double>(), 4).c_str());
+    std::printf("%-12s %10s\n", "ECE (%)", fixed(100.0 * r["ece"].get<double>(), 2).c_str());
+  }
+  if (r.contains("agreement")) {
+    std::printf("%-12s %10s\n", "agreement (%)", fixed(100.0 * r["agreement"].get<double>(), 2).c_str());
+    std::printf("%-12s %10s\n", "KL(ref||m)", fixed(r["mean_kl"].get<double>(), 5).c_str());
+  }
+}
+
+void print_inspect(const nlohmann::json& r) {
+  if (r.contains("quantized")) {
+    const auto& q = r["quantized"];
+    std::printf("%s: bayesq output, %s format, %lld bytes\n", r["model"].get<std::string>().c_str(),
+                q["format"].get<std::string>().c_str(), static_cast<long long>(r["file_bytes"].get<int64_t>()));
+    std::printf("%-44s %-8s %-18s %5s %-18s %8s\n", "block", "op", "shape", "bits", "codebook", "group");
+    for (const auto& b : q["blocks"]) {
+      std::printf("%-44s %-8s %-18s %5s %-18s %8s\n", b["name"].get<std::string>().c_str(),
+                  b["op"].get<std::string>().c_str(), b["shape"].dump().c_str(),
+                  b.contains("bits") ? std::to_string(b["bits"].get<int>()).c_str() : "fp",
+                  b.contains("kind") ? b["kind"].get<std::string>().c_str() : "-",
+                  b.contains("group_size") ? std::to_string(b["group_size"].get<int64_t>()).c_str() : "-");
+    }
+    return;
+  }
+  std::printf("%-44s %-15s %-20s %6s %12s %10s %7s\n", "block", "op", "shape", "groups", "weights", "bytes", "share");
+  int64_t weights = 0, bytes = 0;
+  for (const auto& b : r["blocks"]) {
+    const std::string groups = b.contains("conv") ? std::to_string(b["conv"]["groups"].get<int64_t>()) : "-";
+    std::printf("%-44s %-15s %-20s %6s %12lld %10lld %6s%%\n", b["name"].get<std::string>().c_str(),
+                b["op_symbol"].get<std::string>().c_str(), b["shape"].dump().c_str(), groups.c_str(),
+                static_cast<long long>(b["numel"].get<int64_t>()), static_cast<long long>(b["bytes"].get<int64_t>()),
+                fixed(100.0 * b["share"].get<double>(), 2).c_str());
+    weights += b["numel"].get<int64_t>();
+    bytes += b["bytes"].get<int64_t>();
+  }
+  const int64_t all = r["model_parameter_count"].get<int64_t>();
+  std::printf("%zu blocks, %lld quantizable weights (%lld bytes), %s%% of the model's %lld parameters and buffers\n",
+              r["blocks"].size(), static_cast<long long>(weights), static_cast<long long>(bytes),
+              fixed(all ? 100.0 * double(weights) / double(all) : 0.0, 2).c_str(), static_cast<long long>(all));
+}
+
+void print_quantize(const bayesq::QuantizeOutcome& outcome) {
+  std::printf("%-8s %-40s %12s %10s %10s %9s\n", "bits", "output", "bytes", "avg bits", "w/o meta", "vs float");
+  for (std::size_t i = 0; i < outcome.outputs.size(); ++i) {
+    const auto& t = outcome.report_json[i]["totals"];
+    std::printf("%-8s %-40s %12lld %10s %10s %8sx\n", fixed(outcome.report_json[i]["bits"].get<double>(), 2).c_str(),
+                outcome.outputs[i].c_str(), static_cast<long long>(t["file_bytes"].get<int64_t>()),
+                fixed(t["average_bits"].get<double>(), 3).c_str(),
+                fixed(t["average_bits_without_metadata"].get<double>(), 3).c_str(),
+                fixed(t["compression"].get<double>(), 3).c_str());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"bayesq: Bayesian post-training quantization of PyTorch (TorchScript) models"};
+  app.require_subcommand(1);
+  app.fallthrough();
+  app.config_formatter(std::make_shared<bayesq_cli::JsonConfig>(&app));
+  app.set_config("--config", "", "JSON file of option values (keys as the long options); the command line wins");
+  bool quiet = false, verbose = false;
+  app.add_flag("-q,--quiet", quiet, "Only warnings and errors");
+  app.add_flag("-v,--verbose", verbose, "Debug logging");
+
+  // quantize
+  bayesq::QuantizeOptions q;
+  std::vector<std::string> min_rules, max_rules;
+  auto* quantize = app.add_subcommand("quantize", "Quantize a model to an average bit budget");
+  quantize->add_option("--model", q.model, "TorchScript model (scripted or traced)")->required();
+  quantize->add_option("-o,--output", q.output,
+                       "Output model; with several --bits, '{bits}' in the name is replaced (else -<bits>b is added)")
+      ->required();
+  quantize->add_option("--bits", q.bits, "Average bits per weight, metadata included (a list writes one model each)")
+      ->delimiter(',')
+      ->required();
+  quantize->add_option("--method", q.method, "bayesq (needs --calib or --posterior) or rtn")
+      ->check(CLI::IsMember({"bayesq", "rtn"}))
+      ->capture_default_str();
+  quantize->add_option("--calib", q.calib, "Calibration data file (torch.save format, see README)");
+  quantize->add_option("--posterior", q.posterior, "Posterior from `bayesq calibrate` (skips calibration)");
+  quantize->add_option("--device", q.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  quantize->add_option("--seed", q.seed, "Seed for probes and sampling")->capture_default_str();
+  quantize->add_option("--report", q.report, "JSON report path ('{bits}' as for -o)");
+  quantize->add_option("--format", q.format, "packed (codes + tables) or fake (de-quantized floats)")
+      ->check(CLI::IsMember({"packed", "fake"}))
+      ->capture_default_str();
+  quantize->add_option("--batch-size", q.batch_size, "Calibration batch size")->capture_default_str();
+  quantize->add_option("--output-index", q.output_index, "Which model output is the logits (index or dict key)");
+  quantize->add_option("--group-size", q.group_size, "Codebook per group of this many inputs (0: per output row)")
+      ->capture_default_str();
+  quantize->add_option("--curvature", q.curvature, "hutchinson or fisher")
+      ->check(CLI::IsMember({"hutchinson", "fisher"}))
+      ->capture_default_str();
+  quantize->add_option("--curvature-loss", q.curvature_loss, "auto (=kl), kl, ce (needs labels) or mse")
+      ->check(CLI::IsMember({"auto", "kl", "ce", "mse"}))
+      ->capture_default_str();
+  quantize->add_option("--probes", q.probes, "Hutchinson probes per batch")->capture_default_str();
+  quantize->add_option("--max-examples", q.max_examples, "Use at most this many calibration examples (0: all)")
+      ->capture_default_str();
+  quantize->add_option("--damp", q.damp, "Prior precision as a fraction of the mean data precision")
+      ->capture_default_str();
+  quantize->add_option("--candidates", q.candidates, "Candidate bit-widths")->delimiter(',')->capture_default_str();
+  quantize->add_option("--codebook", q.codebook, "lloyd, uniform, uniform-symmetric, or auto (lloyd and uniform)")
+      ->check(CLI::IsMember({"lloyd", "uniform", "uniform-symmetric", "auto"}))
+      ->capture_default_str();
+  quantize->add_option("--posterior-temp", q.tau, "tau in [0, 1]: 0 plug-in loss, 1 the whole posterior")
+      ->capture_default_str();
+  quantize->add_option("--allocator", q.allocator, "greedy (max-heap on convex hulls) or dp (exact knapsack)")
+      ->check(CLI::IsMember({"greedy", "dp"}))
+      ->capture_default_str();
+  quantize->add_flag("--certify", q.certify, "With greedy: also solve the exact DP and report the gap");
+  quantize->add_option("--keep-fp", q.keep_fp,
+                       "Regex of blocks left in floating point (their bytes count in the file, not in the budget)");
+  quantize->add_option("--min-bits", min_rules, "REGEX=N: matching blocks get at least N bits");
+  quantize->add_option("--max-bits", max_rules, "REGEX=N: matching blocks get at most N bits");
+  quantize->add_option("--threads", q.threads, "CPU threads (0: all cores)")->capture_default_str();
+
+  // calibrate
+  bayesq::CalibrateOptions c;
+  auto* calibrate = app.add_subcommand("calibrate", "Estimate the posterior once, for several quantize runs");
+  calibrate->add_option("--model", c.model, "TorchScript model")->required();
+  calibrate->add_option("--calib", c.calib, "Calibration data file")->required();
+  calibrate->add_option("-o,--output", c.output, "Posterior file (.bqp)")->required();
+  calibrate->add_option("--curvature", c.curvature, "hutchinson or fisher")
+      ->check(CLI::IsMember({"hutchinson", "fisher"}))
+      ->capture_default_str();
+  calibrate->add_option("--curvature-loss", c.curvature_loss, "auto (=kl), kl, ce or mse")
+      ->check(CLI::IsMember({"auto", "kl", "ce", "mse"}))
+      ->capture_default_str();
+  calibrate->add_option("--probes", c.probes, "Hutchinson probes per batch")->capture_default_str();
+  calibrate->add_option("--batch-size", c.batch_size, "Batch size")->capture_default_str();
+  calibrate->add_option("--max-examples", c.max_examples, "Use at most this many examples (0: all)")
+      ->capture_default_str();
+  calibrate->add_option("--output-index", c.output_index, "Which model output is the logits");
+  calibrate->add_option("--device", c.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  calibrate->add_option("--seed", c.seed, "Seed")->capture_default_str();
+  calibrate->add_option("--threads", c.threads, "CPU threads (0: all cores)")->capture_default_str();
+
+  // eval
+  bayesq::EvalOptions e;
+  bool eval_json = false;
+  auto* eval = app.add_subcommand("eval", "Accuracy, NLL, ECE; agreement and KL against a reference model");
+  eval->add_option("--model", e.model, "Model to evaluate")->required();
+  eval->add_option("--data", e.data, "Evaluation data file")->required();
+  eval->add_option("--reference", e.reference, "Reference (float) model for agreement and KL");
+  eval->add_option("--batch-size", e.batch_size, "Batch size")->capture_default_str();
+  eval->add_option("--output-index", e.output_index, "Which model output is the logits");
+  eval->add_option("--device", e.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  eval->add_option("--threads", e.threads, "CPU threads (0: all cores)")->capture_default_str();
+  eval->add_flag("--json", eval_json, "Print JSON instead of a table");
+
+  // inspect
+  std::string inspect_path;
+  bool inspect_json = false;
+  auto* inspect = app.add_subcommand("inspect", "List a model's blocks, or a quantized model's bits per block");
+  inspect->add_option("model", inspect_path, "TorchScript model")->required();
+  inspect->add_flag("--json", inspect_json, "Print JSON instead of a table");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& err) {
+    if (err.get_exit_code() == 0) return app.exit(err);
+    std::fprintf(stderr, "bayesq: error: %s (see --help)\n", err.what());
+    return static_cast<int>(ExitCode::usage);
+  }
+
+  auto logger = spdlog::stderr_color_mt("bayesq");
+  logger->set_pattern("%^%l%$: %v");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(quiet ? spdlog::level::warn : verbose ? spdlog::level::debug : spdlog::level::info);
+  bayesq::Progress::set_enabled(!quiet && ::isatty(STDERR_FILENO));
+
+  try {
+    if (*quantize) {
+      for (const auto& r : min_rules) q.rules.push_back(parse_rule(r, true));
+      for (const auto& r : max_rules) q.rules.push_back(parse_rule(r, false));
+      q.command_line.assign(argv, argv + argc);
+      if (app.get_config_ptr() && *app.get_config_ptr()) q.config_file = app.get_config_ptr()->as<std::string>();
+      print_quantize(bayesq::run_quantize(q));
+    } else if (*calibrate) {
+      const nlohmann::json r = bayesq::run_calibrate(c);
+      std::printf("wrote %s: %lld examples, %s, %.2f s\n", c.output.c_str(),
+                  static_cast<long long>(r["examples"].get<int64_t>()), r["estimator"].get<std::string>().c_str(),
+                  r["seconds"].get<double>());
+    } else if (*eval) {
+      const nlohmann::json r = bayesq::run_eval(e);
+      if (eval_json) std::cout << r.dump(2) << "\n";
+      else print_eval(r);
+    } else if (*inspect) {
+      const nlohmann::json r = bayesq::run_inspect(inspect_path);
+      if (inspect_json) std::cout << r.dump(2) << "\n";
+      else print_inspect(r);
+    }
+  } catch (const bayesq::UserError& err) {
+    std::fprintf(stderr, "bayesq: error: %s\n", err.what());
+    return static_cast<int>(err.code());
+  } catch (const bayesq::InternalError& err) {
+    std::fprintf(stderr, "bayesq: %s (please report this bug)\n", err.what());
+    return static_cast<int>(ExitCode::internal);
+  } catch (const std::exception& err) {
+    std::string what = err.what();
+    what = what.substr(0, what.find('\n'));
+    std::fprintf(stderr, "bayesq: internal error: %s (please report this bug)\n", what.c_str());
+    return static_cast<int>(ExitCode::internal);
+  }
+  return 0;
+}
