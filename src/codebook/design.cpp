@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "bayesq/codebook/expected_loss.h"
+#include "bayesq/codebook/kmeans_dp.h"
 #include "bayesq/common/errors.h"
 
 namespace bayesq {
@@ -15,6 +16,19 @@ constexpr double kGoldenRatio = 0.61803398874989484820;  // (sqrt 5 - 1) / 2
 
 // Expected loss of an ascending set of levels (no fp16 rounding): 1/2 sum_k W2_k.
 double levels_loss(const WeightedRow& row, const std::vector<double>& levels) {
+  if (row.tau == 0.0 && levels.size() > 1 && row.size() < levels.size() * 8) {
+    // Few points per level: one pass over the points beats a binary search per cell.
+    double total = 0.0;
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      const double x = row.mu[i];
+      const auto it = std::lower_bound(levels.begin(), levels.end(), x);
+      double e = std::numeric_limits<double>::infinity();
+      if (it != levels.end()) e = *it - x;
+      if (it != levels.begin()) e = std::min(std::fabs(e), x - *(it - 1));
+      total += row.precision[i] * e * e;
+    }
+    return 0.5 * total;
+  }
   std::vector<double> boundaries(levels.size() - 1);
   for (std::size_t k = 0; k + 1 < levels.size(); ++k) boundaries[k] = 0.5 * (levels[k] + levels[k + 1]);
   const CellMoments m = cell_moments(row, boundaries, levels);
@@ -171,43 +185,8 @@ LloydRun run_lloyd(const WeightedRow& row, std::vector<double> levels, const Llo
 std::vector<double> lloyd_iterate(const WeightedRow& row, std::vector<double> levels, const LloydParams& params,
                                   double* loss, int* iterations) {
   LloydRun run = run_lloyd(row, std::move(levels), params, params.max_iterations);
-  int total_iterations = run.iterations;
-  // Swap refinement for small codebooks, where a Lloyd fixed point is most often a poor local optimum: take a
-  // level out, split a cell with it, rerun Lloyd, keep any improvement. Up to swap_exhaustive_levels levels every
-  // (level, cell) pair is tried; up to swap_max_levels only the cell with the largest distortion.
-  const std::size_t count = run.levels.size();
-  if (count >= 2 && count <= static_cast<std::size_t>(params.swap_max_levels)) {
-    const bool exhaustive = count <= static_cast<std::size_t>(params.swap_exhaustive_levels);
-    for (int round = 0; round < params.swap_rounds && run.loss > 0.0; ++round) {
-      bool improved = false;
-      for (std::size_t k = 0; k < count && run.loss > 0.0; ++k) {
-        std::vector<double> boundaries(count - 1);
-        for (std::size_t j = 0; j + 1 < count; ++j) boundaries[j] = 0.5 * (run.levels[j] + run.levels[j + 1]);
-        const CellMoments m = cell_moments(row, boundaries, run.levels);
-        std::size_t worst = 0;
-        for (std::size_t j = 1; j < count; ++j)
-          if (m.w2[j] > m.w2[worst]) worst = j;
-        for (std::size_t j = 0; j < count; ++j) {
-          if (!exhaustive && j != worst) continue;
-          if (j == k || !(m.w0[j] > 0.0) || !(m.w2[j] > 0.0)) continue;
-          const double spread = std::sqrt(m.w2[j] / m.w0[j]);
-          std::vector<double> trial = run.levels;
-          trial[k] = trial[j] + 0.5 * spread;
-          trial[j] -= 0.5 * spread;
-          LloydRun candidate = run_lloyd(row, trial, params, params.max_iterations);
-          total_iterations += candidate.iterations;
-          if (candidate.loss < run.loss * (1.0 - params.relative_tolerance)) {
-            run = std::move(candidate);
-            improved = true;
-            break;
-          }
-        }
-      }
-      if (!improved) break;
-    }
-  }
   if (loss) *loss = run.loss;
-  if (iterations) *iterations = total_iterations;
+  if (iterations) *iterations = run.iterations;
   return run.levels;
 }
 
@@ -241,7 +220,8 @@ Codebook design_uniform(const WeightedRow& row, int bits, CodebookKind kind, con
 
   double best_lo = lo0, best_hi = hi0, best = raw_loss(lo0, hi0);
   if (hi0 > lo0) {
-    const int g = std::max(2, params.grid_points);
+    // Clipping matters most at low bit-widths; wide codebooks get a coarser grid.
+    const int g = std::max(2, count > 16 ? params.grid_points / 2 : params.grid_points);
     const double shrink_step = (1.0 - params.min_shrink) / double(g - 1);
     auto end_at = [&](int a, double edge) { return mid + (1.0 - shrink_step * a) * (edge - mid); };
     if (kind == CodebookKind::uniform_symmetric) {
@@ -290,35 +270,64 @@ Codebook design_uniform(const WeightedRow& row, int bits, CodebookKind kind, con
   return searched_loss <= minmax_loss ? searched : minmax;
 }
 
+std::vector<double> lloyd_levels(const WeightedRow& points, int count, const std::vector<double>& uniform_levels,
+                                 const LloydParams& params, double* loss, int* iterations) {
+  // Starting points: the exact optimum of the (compressed) point set where affordable, the uniform design, and
+  // weighted quantiles; Lloyd-Max from each, best kept. Plain Lloyd from one start often stalls far from the
+  // optimum once there are more than a few levels.
+  std::vector<std::vector<double>> starts;
+  if (count <= params.dp_max_levels) {
+    const std::size_t budget =
+        std::max<std::size_t>(params.dp_points, static_cast<std::size_t>(params.dp_points_per_level * count));
+    std::vector<double> centers = optimal_weighted_kmeans_fast(compress_sorted(points, budget), count).centers;
+    while (!centers.empty() && static_cast<int>(centers.size()) < count) centers.push_back(centers.back());
+    if (!centers.empty()) starts.push_back(std::move(centers));
+  } else {
+    starts.push_back(weighted_quantile_levels(points, count));
+  }
+  if (!uniform_levels.empty()) starts.push_back(uniform_levels);
+  LloydRun best;
+  int total_iterations = 0;
+  for (auto& start : starts) {
+    LloydRun run = run_lloyd(points, std::move(start), params, params.max_iterations);
+    total_iterations += run.iterations;
+    if (run.loss < best.loss) best = std::move(run);
+  }
+  if (loss) *loss = best.loss;
+  if (iterations) *iterations = total_iterations;
+  return best.levels;
+}
+
 Codebook design_lloyd(const WeightedRow& row, int bits, const LloydParams& lloyd, const UniformParams& uniform,
-                      DesignStats* stats) {
+                      DesignStats* stats, const Codebook* uniform_design) {
   const int count = 1 << bits;
   DesignStats out;
-  Codebook uniform_cb = design_uniform(row, bits, CodebookKind::uniform_asymmetric, uniform);
   if (row.size() == 0) {
     if (stats) *stats = out;
     return Codebook::lloyd(bits, std::vector<double>(static_cast<std::size_t>(count), 0.0));
   }
+  const Codebook uniform_cb =
+      uniform_design ? *uniform_design : design_uniform(row, bits, CodebookKind::uniform_asymmetric, uniform);
+  const std::vector<double> uniform_levels(uniform_cb.levels.begin(), uniform_cb.levels.end());
   std::vector<double> levels;
   int iterations = 0;
   if (row.tau > 0.0) {
-    // Iterate on the Gauss-Hermite proxy (cheap), then polish with exact Gaussian-cell iterations, which can
+    // Design on the Gauss-Hermite proxy (cheap), then polish with exact Gaussian-cell iterations, which can
     // only lower the exact loss.
-    const WeightedRow proxy = row.gauss_hermite_proxy();
-    levels = lloyd_iterate(proxy, weighted_quantile_levels(proxy, count), lloyd, nullptr, &iterations);
+    levels = lloyd_levels(row.gauss_hermite_proxy(), count, uniform_levels, lloyd, nullptr, &iterations);
     LloydParams polish = lloyd;
-    polish.max_iterations = std::min(lloyd.max_iterations, 5);
+    polish.max_iterations = std::min(lloyd.max_iterations, lloyd.exact_polish_iterations);
     int polish_iterations = 0;
     levels = lloyd_iterate(row, levels, polish, nullptr, &polish_iterations);
     iterations += polish_iterations;
   } else {
-    levels = lloyd_iterate(row, weighted_quantile_levels(row, count), lloyd, nullptr, &iterations);
+    levels = lloyd_levels(row, count, uniform_levels, lloyd, nullptr, &iterations);
   }
   Codebook lloyd_cb = Codebook::lloyd(bits, levels);
   const double lloyd_loss = exact_loss(lloyd_cb, row);
   out.iterations = iterations;
   // The uniform design's levels as a table (fp16-rounded like any table): Lloyd never returns worse than that.
-  Codebook fallback = Codebook::lloyd(bits, std::vector<double>(uniform_cb.levels.begin(), uniform_cb.levels.end()));
+  Codebook fallback = Codebook::lloyd(bits, uniform_levels);
   const double fallback_loss = exact_loss(fallback, row);
   if (fallback_loss < lloyd_loss) {
     out.fell_back_to_uniform = true;

@@ -1,6 +1,8 @@
 #include "bayesq/data/data_file.h"
 
+#include <algorithm>
 #include <filesystem>
+#include <stdexcept>
 #include <fstream>
 #include <sstream>
 
@@ -19,20 +21,94 @@ std::string first_line(const std::string& text) {
   return end == std::string::npos ? text : text.substr(0, end);
 }
 
-// Note [Single-key dicts]: libtorch 1.13's unpickler lacks the SETITEM opcode, which Python uses for a dict with
-// one item, so torch.save({"inputs": x}) fails there ("Unknown opcode for unpickling at 0x73"). For a top-level
-// dict, data.pkl reads PROTO 2, EMPTY_DICT, BINPUT/LONG_BINPUT, <key>, <value>, SETITEM, STOP; inserting a MARK
-// after the memo put and turning the final SETITEM into SETITEMS gives the same dict in opcodes the unpickler
-// knows. The archive is rewritten in memory with the patched record and loaded again.
-bool patch_single_key_dict(std::string& pickle) {
-  if (pickle.size() < 8 || static_cast<unsigned char>(pickle[0]) != 0x80 || pickle[2] != '}') return false;
-  if (pickle[pickle.size() - 1] != '.' || pickle[pickle.size() - 2] != 's') return false;
-  std::size_t after_put = 3;
-  if (pickle[3] == 'q') after_put = 5;        // BINPUT <1 byte>
-  else if (pickle[3] == 'r') after_put = 8;   // LONG_BINPUT <4 bytes>
-  if (pickle[after_put] == '(') return false;  // already SETITEMS
-  pickle[pickle.size() - 2] = 'u';
-  pickle.insert(after_put, 1, '(');
+// Note [Single-key dicts]: libtorch 1.13's unpickler lacks the SETITEM and APPEND opcodes, which Python uses for
+// a dict with one item and a list with one element, so torch.save({"inputs": x}) or torch.save([x]) fail there
+// ("Unknown opcode for unpickling at 0x73"). Each such opcode can be rewritten into the batched form the unpickler
+// knows: a MARK right after the container is pushed (after its memo put), and SETITEMS / APPENDS in place of
+// SETITEM / APPEND. Finding the container needs the stack, so this walks the protocol-2 opcodes torch.save emits
+// and tracks, for every stack item, the offset just after it was pushed. Returns false (file untouched) when there
+// is nothing to rewrite or an opcode it does not know.
+bool rewrite_single_item_opcodes(std::string& pickle) {
+  struct Item {
+    std::size_t insert_at;
+    bool mark;
+  };
+  std::vector<Item> stack;
+  std::vector<std::pair<std::size_t, std::size_t>> rewrites;  // (MARK insertion offset, opcode offset)
+  auto u32 = [&](std::size_t at) {
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(pickle.at(at + static_cast<std::size_t>(i)));
+    return static_cast<std::size_t>(v);
+  };
+  auto pop_to_mark = [&]() {
+    while (!stack.empty() && !stack.back().mark) stack.pop_back();
+    if (stack.empty()) throw std::out_of_range("no mark");
+    stack.pop_back();
+  };
+  auto pop = [&](std::size_t n) {
+    if (stack.size() < n) throw std::out_of_range("stack underflow");
+    stack.resize(stack.size() - n);
+  };
+  try {
+    std::size_t pos = 0;
+    while (pos < pickle.size()) {
+      const unsigned char op = static_cast<unsigned char>(pickle[pos]);
+      std::size_t next = pos + 1;
+      switch (op) {
+        case 0x80: next = pos + 2; break;                                    // PROTO
+        case '}': case ']': case ')': case 'N': case 0x88: case 0x89:        // empty containers, None, bools
+          stack.push_back({next, false});
+          break;
+        case 'c':                                                            // GLOBAL module\nname\n
+          next = pickle.find('\n', pickle.find('\n', pos + 1) + 1) + 1;
+          stack.push_back({next, false});
+          break;
+        case 'X': case 'B': next = pos + 5 + u32(pos + 1); stack.push_back({next, false}); break;
+        case 0x8c: case 'C': case 'U':
+          next = pos + 2 + static_cast<unsigned char>(pickle.at(pos + 1));
+          stack.push_back({next, false});
+          break;
+        case 'J': next = pos + 5; stack.push_back({next, false}); break;     // BININT
+        case 'K': next = pos + 2; stack.push_back({next, false}); break;     // BININT1
+        case 'M': next = pos + 3; stack.push_back({next, false}); break;     // BININT2
+        case 'G': next = pos + 9; stack.push_back({next, false}); break;     // BINFLOAT
+        case 0x8a: next = pos + 2 + static_cast<unsigned char>(pickle.at(pos + 1)); stack.push_back({next, false}); break;
+        case 'q': next = pos + 2; if (!stack.empty()) stack.back().insert_at = next; break;   // BINPUT
+        case 'r': next = pos + 5; if (!stack.empty()) stack.back().insert_at = next; break;   // LONG_BINPUT
+        case 'h': next = pos + 2; stack.push_back({next, false}); break;     // BINGET
+        case 'j': next = pos + 5; stack.push_back({next, false}); break;     // LONG_BINGET
+        case '(': stack.push_back({next, true}); break;                      // MARK
+        case 't': case 'l': case 'd': pop_to_mark(); stack.push_back({next, false}); break;
+        case 0x85: pop(1); stack.push_back({next, false}); break;            // TUPLE1
+        case 0x86: pop(2); stack.push_back({next, false}); break;            // TUPLE2
+        case 0x87: pop(3); stack.push_back({next, false}); break;            // TUPLE3
+        case 'R': case 0x81: pop(2); stack.push_back({next, false}); break;  // REDUCE, NEWOBJ
+        case 'Q': pop(1); stack.push_back({next, false}); break;             // BINPERSID
+        case 'b': pop(1); break;                                             // BUILD
+        case 'e': case 'u': pop_to_mark(); break;                            // APPENDS, SETITEMS
+        case 'a':                                                            // APPEND
+          pop(1);
+          if (stack.empty()) return false;
+          rewrites.emplace_back(stack.back().insert_at, pos);
+          break;
+        case 's':                                                            // SETITEM
+          pop(2);
+          if (stack.empty()) return false;
+          rewrites.emplace_back(stack.back().insert_at, pos);
+          break;
+        case '0': pop(1); break;                                             // POP
+        case '.': next = pickle.size(); break;                               // STOP
+        default: return false;
+      }
+      pos = next;
+    }
+  } catch (const std::out_of_range&) {
+    return false;
+  }
+  if (rewrites.empty()) return false;
+  for (const auto& r : rewrites) pickle[r.second] = pickle[r.second] == 'a' ? 'e' : 'u';
+  std::sort(rewrites.begin(), rewrites.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
+  for (const auto& r : rewrites) pickle.insert(r.first, 1, '(');
   return true;
 }
 
@@ -48,7 +124,7 @@ std::vector<char> rewrite_with_patched_pickle(const std::vector<char>& bytes, bo
   caffe2::serialize::PyTorchStreamReader reader(&stream);
   const auto data = reader.getRecord("data.pkl");
   std::string pickle(static_cast<const char*>(std::get<0>(data).get()), std::get<1>(data));
-  if (!patch_single_key_dict(pickle)) return bytes;
+  if (!rewrite_single_item_opcodes(pickle)) return bytes;
   std::vector<char> out;
   {
     caffe2::serialize::PyTorchStreamWriter writer([&](const void* buf, size_t n) {

@@ -67,10 +67,20 @@ std::optional<Origin> resolve(Value* v, Value* self) {
   return o;
 }
 
+// A constant int list, or a prim::ListConstruct of constant ints (how scripted graphs pass stride and padding).
 std::vector<int64_t> int_list(Value* v) {
   const auto iv = torch::jit::toIValue(v);
   if (iv && iv->isIntList()) return iv->toIntVector();
   if (iv && iv->isInt()) return {iv->toInt()};
+  if (v->node()->kind() == torch::jit::prim::ListConstruct) {
+    std::vector<int64_t> out;
+    for (Value* item : v->node()->inputs()) {
+      int64_t x = 0;
+      if (!is_int_constant(item, &x)) return {};
+      out.push_back(x);
+    }
+    return out;
+  }
   return {};
 }
 

@@ -7,7 +7,16 @@
 namespace bayesq {
 
 namespace {
-std::string first_line(const std::string& text) {
+// The informative line of a libtorch error: for TorchScript interpreter errors (a traceback ending in the Python
+// exception) the last non-empty line, otherwise the first.
+std::string message_line(const std::string& text) {
+  if (text.find("TorchScript interpreter") != std::string::npos) {
+    std::size_t end = text.find_last_not_of(" \n");
+    if (end != std::string::npos) {
+      const std::size_t begin = text.rfind('\n', end);
+      return text.substr(begin == std::string::npos ? 0 : begin + 1, end - (begin == std::string::npos ? 0 : begin + 1) + 1);
+    }
+  }
   const auto end = text.find('\n');
   return end == std::string::npos ? text : text.substr(0, end);
 }
@@ -75,16 +84,22 @@ void check_input_count(const torch::jit::Module& module, const DataFile& data, c
 
 torch::jit::IValue forward_batch(torch::jit::Module& module, const DataFile& data, int64_t begin, int64_t end,
                                  const torch::Device& device, const std::string& model_path) {
+  std::string what;
   try {
     return module.forward(data.batch(begin, end, device));
   } catch (const c10::Error& e) {
-    std::ostringstream shapes;
-    for (int64_t i = 0; i < data.input_count(); ++i)
-      shapes << (i ? ", " : "") << "input " << i << " has shape " << data.shape_string(i) << " ("
-             << c10::toString(data.input(i).scalar_type()) << ")";
-    BQ_FAIL(ExitCode::input, "data does not fit the model ", model_path, ": ", shapes.str(), "; the model says: ",
-            first_line(e.what_without_backtrace()), ": ", data.path());
+    what = e.what_without_backtrace();
+  } catch (const std::exception& e) {  // TorchScript interpreter errors are torch::jit::JITException
+    what = e.what();
   }
+  BQ_CHECK(what.find("out of memory") == std::string::npos, ExitCode::usage, "out of memory running ", model_path,
+           " on batches of ", end - begin, " examples; lower --batch-size: ", data.path());
+  std::ostringstream shapes;
+  for (int64_t i = 0; i < data.input_count(); ++i)
+    shapes << (i ? ", " : "") << "input " << i << " has shape " << data.shape_string(i) << " ("
+           << c10::toString(data.input(i).scalar_type()) << ")";
+  BQ_FAIL(ExitCode::input, "data does not fit the model ", model_path, ": ", shapes.str(), "; the model says: ",
+          message_line(what), ": ", data.path());
 }
 
 void check_labels(const DataFile& data, int64_t classes) {

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "bayesq/codebook/expected_loss.h"
 #include "bayesq/common/errors.h"
 #include "bayesq/common/parallel.h"
 
@@ -44,11 +45,36 @@ LossTable build_loss_table(const std::vector<BlockTableInput>& blocks, const Los
     const int64_t base = it.row * w.cols + it.col0;
     const WeightedRow row = WeightedRow::build(w.weights + base, w.precision ? w.precision + base : nullptr,
                                                static_cast<std::size_t>(it.len), params.quantizer.tau);
-    QuantizerParams qp = params.quantizer;
-    std::size_t o = 0;
-    for (CodebookKind kind : params.kinds) {
-      qp.kind = kind;
-      for (int bits : params.candidates) results[i * options + o++] = design_and_score(row, bits, qp);
+    const QuantizerParams& qp = params.quantizer;
+    for (std::size_t c = 0; c < params.candidates.size(); ++c) {
+      const int bits = params.candidates[c];
+      // One asymmetric uniform design per bit-width serves both the uniform option and Lloyd's safeguard.
+      DesignStats uniform_stats;
+      Codebook uniform;
+      bool have_uniform = false;
+      auto uniform_design = [&]() -> const Codebook& {
+        if (!have_uniform) {
+          uniform = design_uniform(row, bits, CodebookKind::uniform_asymmetric, qp.uniform, &uniform_stats);
+          have_uniform = true;
+        }
+        return uniform;
+      };
+      for (std::size_t k = 0; k < params.kinds.size(); ++k) {
+        DesignedLoss& out = results[i * options + k * params.candidates.size() + c];
+        DesignStats stats;
+        Codebook cb;
+        if (params.kinds[k] == CodebookKind::uniform_asymmetric) {
+          cb = uniform_design();
+          stats = uniform_stats;
+        } else if (params.kinds[k] == CodebookKind::lloyd) {
+          cb = design_lloyd(row, bits, qp.lloyd, qp.uniform, &stats, &uniform_design());
+        } else {
+          cb = design_uniform(row, bits, params.kinds[k], qp.uniform, &stats);
+        }
+        out.expected = stats.loss;
+        out.plugin = row.tau > 0.0 ? plugin_loss(cb, row) : stats.loss;
+        out.fell_back = stats.fell_back_to_uniform;
+      }
     }
   });
 

@@ -41,9 +41,11 @@ TEST(Lloyd, WithinOnePercentOfTheExactOptimumOnAverage) {
       const Sample s = random_sample(rng, static_cast<std::size_t>(sizes(rng)));
       const WeightedRow row = WeightedRow::build(s.w.data(), s.p.data(), s.w.size(), 0.0);
       const KMeansSolution optimum = optimal_weighted_kmeans(row, 1 << bits);
+      const Codebook uniform = design_uniform(row, bits, CodebookKind::uniform_asymmetric, UniformParams{});
       double loss = 0.0;
       int iterations = 0;
-      lloyd_iterate(row, weighted_quantile_levels(row, 1 << bits), LloydParams{}, &loss, &iterations);
+      lloyd_levels(row, 1 << bits, std::vector<double>(uniform.levels.begin(), uniform.levels.end()), LloydParams{},
+                   &loss, &iterations);
       const double optimal_loss = 0.5 * optimum.cost;  // the DP counts sum w (x - c)^2, the loss has a 1/2
       EXPECT_GE(loss, optimal_loss * (1.0 - 1e-9)) << "the oracle is a lower bound";
       ratio_sum += optimal_loss > 0.0 ? loss / optimal_loss : 1.0;
@@ -53,6 +55,44 @@ TEST(Lloyd, WithinOnePercentOfTheExactOptimumOnAverage) {
   const double mean_ratio = ratio_sum / cases;
   RecordProperty("mean_ratio_to_optimum", std::to_string(mean_ratio));
   EXPECT_LE(mean_ratio, 1.01) << "mean Lloyd / optimum over " << cases << " cases";
+}
+
+TEST(Lloyd, WideRowsStayWithinOnePercentOfTheOptimumAtEveryWidth) {
+  // Rows larger than the DP start's point budget (so it starts from a compressed problem), heavy-tailed
+  // importances, 2 to 64 levels: plain Lloyd from quantiles is several times the optimum here.
+  std::mt19937 rng(77);
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  std::lognormal_distribution<float> lognormal(0.0f, 2.0f);
+  for (int bits = 1; bits <= 6; ++bits) {
+    double ratio_sum = 0.0;
+    const int rows = 5;
+    for (int r = 0; r < rows; ++r) {
+      std::vector<float> w(900), p(900);
+      for (auto& x : w) x = normal(rng);
+      for (auto& x : p) x = lognormal(rng);
+      const WeightedRow row = WeightedRow::build(w.data(), p.data(), w.size(), 0.0);
+      const double optimum = 0.5 * optimal_weighted_kmeans_fast(row, 1 << bits).cost;
+      const Codebook uniform = design_uniform(row, bits, CodebookKind::uniform_asymmetric, UniformParams{});
+      double loss = 0.0;
+      int iterations = 0;
+      lloyd_levels(row, 1 << bits, std::vector<double>(uniform.levels.begin(), uniform.levels.end()), LloydParams{},
+                   &loss, &iterations);
+      ratio_sum += loss / optimum;
+    }
+    EXPECT_LE(ratio_sum / rows, 1.01) << bits << " bits";
+  }
+}
+
+TEST(KMeansOracle, FastDpEqualsTheQuadraticDp) {
+  std::mt19937 rng(4);
+  for (int c = 0; c < 40; ++c) {
+    const Sample s = random_sample(rng, 30 + static_cast<std::size_t>(c) * 5);
+    const WeightedRow row = WeightedRow::build(s.w.data(), s.p.data(), s.w.size(), 0.0);
+    for (int k : {1, 2, 3, 5, 8, 16}) {
+      const double slow = optimal_weighted_kmeans(row, k).cost, fast = optimal_weighted_kmeans_fast(row, k).cost;
+      EXPECT_NEAR(fast, slow, 1e-9 * (1.0 + slow)) << "n " << row.size() << " k " << k;
+    }
+  }
 }
 
 TEST(Lloyd, NeverWorseThanTheUniformCodebook) {
@@ -92,6 +132,10 @@ TEST(Lloyd, IterationsNeverIncreaseTheLossAtPositiveTau) {
   lloyd_iterate(row, start, LloydParams{}, &loss, &iterations);
   EXPECT_LT(loss, initial);
   EXPECT_GT(iterations, 0);
+  // And the full design, which starts from the optimum of the Gauss-Hermite proxy, does at least as well.
+  DesignStats stats;
+  design_lloyd(row, 3, LloydParams{}, UniformParams{}, &stats);
+  EXPECT_LE(stats.loss, loss * (1.0 + 1e-3));
 }
 
 TEST(Uniform, RangeSearchBeatsMinMaxOnHeavyTails) {

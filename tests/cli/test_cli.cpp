@@ -1,0 +1,247 @@
+// The bayesq command line as a user meets it: documented exit codes, one clear line per error naming the file,
+// and no output file (or temporary) left behind when a run fails. Runs the real binary; no libtorch headers.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+  // Lines bayesq itself writes for a failure ("bayesq: error: ..."); log lines ("info: ...", "warning: ...") that
+  // came before it do not count. Anything else on stderr (a stack trace, an abort message) is a stray line.
+  int err_lines() const { return count_lines(true); }
+  int stray_lines() const { return count_lines(false); }
+
+ private:
+  int count_lines(bool errors) const {
+    std::istringstream in(err);
+    int n = 0;
+    for (std::string line; std::getline(in, line);) {
+      const bool error = line.rfind("bayesq:", 0) == 0;
+      const bool log = line.rfind("info: ", 0) == 0 || line.rfind("warning: ", 0) == 0;
+      n += errors ? error : (!error && !log);
+    }
+    return n;
+  }
+};
+
+std::string fixture(const std::string& name) { return (fs::path(BAYESQ_FIXTURES_DIR) / name).string(); }
+
+fs::path scratch_dir() {
+  static const fs::path dir = fs::temp_directory_path() / ("bayesq_cli_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::string scratch(const std::string& name) { return (scratch_dir() / name).string(); }
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+Result run(const std::string& args) {
+  const std::string out = scratch("stdout.txt"), err = scratch("stderr.txt");
+  const std::string command = std::string(BAYESQ_BINARY) + " " + args + " > " + out + " 2> " + err;
+  const int status = std::system(command.c_str());
+  Result r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+// Every failure: the documented code, exactly one line on stderr that names `file`, and nothing written.
+void expect_failure(const std::string& args, int code, const std::string& file, const std::string& output) {
+  const Result r = run(args);
+  EXPECT_EQ(r.code, code) << args << "\n" << r.err;
+  EXPECT_EQ(r.err_lines(), 1) << r.err;
+  EXPECT_EQ(r.stray_lines(), 0) << r.err;
+  EXPECT_NE(r.err.find(file), std::string::npos) << "the error should name " << file << ": " << r.err;
+  if (!output.empty()) {
+    EXPECT_FALSE(fs::exists(output)) << "partial output left behind: " << output;
+    for (const auto& e : fs::directory_iterator(fs::path(output).parent_path()))
+      EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << "temporary left: " << e.path();
+  }
+}
+
+const std::string kRtn = " --method rtn --bits 3 ";
+
+}  // namespace
+
+TEST(Cli, HelpOnEverySubcommand) {
+  for (const char* sub : {"", "quantize", "calibrate", "eval", "inspect"}) {
+    const Result r = run(std::string(sub) + " --help");
+    EXPECT_EQ(r.code, 0) << sub;
+    EXPECT_NE(r.out.find("Usage"), std::string::npos) << sub;
+  }
+}
+
+TEST(Cli, MissingModelFile) {
+  const std::string out = scratch("missing.pt");
+  expect_failure("quantize --model " + fixture("does_not_exist.pt") + kRtn + "-o " + out, 3, "does_not_exist.pt", out);
+}
+
+TEST(Cli, NotATorchScriptArchive) {
+  const std::string out = scratch("not_archive.pt");
+  expect_failure("quantize --model " + fixture("bad_not_archive.pt") + kRtn + "-o " + out, 3, "bad_not_archive.pt",
+                 out);
+  // A torch.save file (a zip, but no TorchScript code) is refused too.
+  expect_failure("quantize --model " + fixture("resnet18_calib.pt") + kRtn + "-o " + out, 3, "resnet18_calib.pt", out);
+}
+
+TEST(Cli, TruncatedArchive) {
+  const std::string out = scratch("truncated.pt");
+  expect_failure("quantize --model " + fixture("bad_truncated.pt") + kRtn + "-o " + out, 3, "bad_truncated.pt", out);
+}
+
+TEST(Cli, ModelWithoutQuantizableBlocks) {
+  const std::string out = scratch("no_blocks.pt");
+  expect_failure("quantize --model " + fixture("bad_no_blocks.pt") + kRtn + "-o " + out, 3, "bad_no_blocks.pt", out);
+}
+
+TEST(Cli, BitsOutsideTheAllowedRange) {
+  const std::string out = scratch("bits.pt");
+  const std::string model = fixture("resnet18.pt");
+  for (const char* bits : {"0.5", "17", "nan"}) {
+    const Result r = run("quantize --model " + model + " --calib " + fixture("resnet18_calib.pt") + " --bits " + bits +
+                         " -o " + out);
+    EXPECT_EQ(r.code, 2) << bits << ": " << r.err;
+    EXPECT_EQ(r.err_lines(), 1) << r.err;
+    EXPECT_FALSE(fs::exists(out));
+  }
+  const Result rtn = run("quantize --model " + model + " --method rtn --bits 2.5 -o " + out);
+  EXPECT_EQ(rtn.code, 2) << rtn.err;
+  EXPECT_NE(rtn.err.find("whole number"), std::string::npos) << rtn.err;
+}
+
+TEST(Cli, CalibrationDataThatDoesNotFitTheModel) {
+  const std::string out = scratch("shape.pt");
+  const Result r = run("quantize --model " + fixture("resnet18.pt") + " --calib " + fixture("bad_shape_data.pt") +
+                       " --bits 4 -o " + out);
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_EQ(r.err_lines(), 1) << r.err;
+  EXPECT_NE(r.err.find("input 0 has shape [8, 1, 32, 32]"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("bad_shape_data.pt"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
+  // Too few inputs for a two-input model.
+  expect_failure("quantize --model " + fixture("transformer.pt") + " --calib " + fixture("resnet18_calib.pt") +
+                     " --bits 4 -o " + out,
+                 3, "resnet18_calib.pt", out);
+}
+
+TEST(Cli, LabelsOutsideTheOutputRange) {
+  const Result r = run("eval --model " + fixture("resnet18.pt") + " --data " + fixture("bad_labels.pt"));
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_EQ(r.err_lines(), 1) << r.err;
+  EXPECT_NE(r.err.find("label 12"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("bad_labels.pt"), std::string::npos) << r.err;
+  const std::string out = scratch("labels.pt");
+  expect_failure("quantize --model " + fixture("resnet18.pt") + " --calib " + fixture("bad_labels.pt") +
+                     " --curvature-loss ce --bits 4 -o " + out,
+                 3, "bad_labels.pt", out);
+}
+
+TEST(Cli, NonFiniteWeightsOrData) {
+  const std::string out = scratch("nan.pt");
+  expect_failure("quantize --model " + fixture("bad_nan_model.pt") + kRtn + "-o " + out, 3, "bad_nan_model.pt", out);
+  expect_failure("quantize --model " + fixture("resnet18.pt") + " --calib " + fixture("bad_nan_data.pt") +
+                     " --bits 4 -o " + out,
+                 3, "bad_nan_data.pt", out);
+}
+
+TEST(Cli, UnwritableOutputPath) {
+  expect_failure("quantize --model " + fixture("resnet18.pt") + kRtn + "-o /nonexistent_folder/q.pt", 5,
+                 "/nonexistent_folder/q.pt", "");
+  const std::string folder = scratch("a_folder");
+  fs::create_directories(folder);
+  expect_failure("quantize --model " + fixture("resnet18.pt") + kRtn + "-o " + folder, 5, folder, "");
+  expect_failure("quantize --model " + fixture("resnet18.pt") + kRtn + "-o " + scratch("ok.pt") +
+                     " --report /nonexistent_folder/r.json",
+                 5, "/nonexistent_folder/r.json", scratch("ok.pt"));
+}
+
+TEST(Cli, UnknownOptionIsAUsageError) {
+  const Result r = run("quantize --model x.pt --bits 3 -o y.pt --no-such-option");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err_lines(), 1) << r.err;
+}
+
+TEST(Cli, QuantizeEvalInspectAndJsonConfig) {
+  const std::string out = scratch("cli_q.pt"), report = scratch("cli_q.json"), config = scratch("config.json");
+  {
+    std::ofstream c(config);
+    c << R"({"model": ")" << fixture("separable.pt") << R"(", "calib": ")" << fixture("separable_calib.pt")
+      << R"(", "bits": 9.0, "probes": 2, "keep_fp": ["^fc"], "quantize": {"min_bits": ["stem=6"]}})";
+  }
+  // The command line wins over the file (--bits 5 over 9.0).
+  const Result q = run("quantize --config " + config + " --bits 5 -o " + out + " --report " + report);
+  ASSERT_EQ(q.code, 0) << q.err;
+  const nlohmann::json r = nlohmann::json::parse(slurp(report));
+  EXPECT_EQ(r["bits"].get<double>(), 5.0);
+  EXPECT_EQ(r["config"]["probes"].get<int>(), 2);
+  for (const auto& b : r["blocks"]) {
+    if (b["name"] == "fc.weight") EXPECT_TRUE(b.value("keep_fp", false));
+    if (b["name"] == "stem.weight") EXPECT_GE(b["bits"].get<int>(), 6);
+  }
+  for (const char* key : {"command_line", "seed", "libtorch_version", "device", "timings", "totals", "peak_memory"})
+    EXPECT_TRUE(r.contains(key)) << key;
+
+  const Result inspect = run("inspect " + out);
+  EXPECT_EQ(inspect.code, 0) << inspect.err;
+  EXPECT_NE(inspect.out.find("stem.weight"), std::string::npos);
+  EXPECT_NE(inspect.out.find("packed"), std::string::npos);
+
+  const Result eval = run("eval --model " + out + " --data " + fixture("separable_eval.pt") + " --reference " +
+                          fixture("separable.pt") + " --json");
+  ASSERT_EQ(eval.code, 0) << eval.err;
+  const nlohmann::json e = nlohmann::json::parse(eval.out);
+  for (const char* key : {"top1", "nll", "ece", "agreement", "mean_kl"}) EXPECT_TRUE(e.contains(key)) << key;
+  EXPECT_GT(e["agreement"].get<double>(), 0.5);
+
+  // A bad config file is a usage error.
+  {
+    std::ofstream c(config);
+    c << R"({"no_such_key": 1})";
+  }
+  const Result bad = run("quantize --config " + config + " --model a.pt --bits 3 -o b.pt");
+  EXPECT_EQ(bad.code, 2) << bad.err;
+}
+
+TEST(Cli, InfeasibleBudgetSaysTheSmallestThatFits) {
+  const std::string out = scratch("infeasible.pt");
+  const Result r = run("quantize --model " + fixture("separable.pt") + " --calib " + fixture("separable_calib.pt") +
+                       " --bits 2 --probes 1 -o " + out);
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("smallest budget that fits is"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
+}
+
+TEST(Cli, PackedFileArchiveAddsUp) {
+  // Independent of bayesq's own reader: Python's zipfile sums the archive's tensor records.
+  const std::string out = scratch("sizes.pt"), report = scratch("sizes.json");
+  ASSERT_EQ(run("quantize --model " + fixture("resnet18.pt") + kRtn + "-o " + out + " --report " + report).code, 0);
+  const nlohmann::json r = nlohmann::json::parse(slurp(report));
+  const std::string command = std::string(BAYESQ_PYTHON) +
+                              " -c \"import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); print(sum(i.file_size for i "
+                              "in z.infolist() if '/constants/' in i.filename or '/data/' in i.filename))\" " +
+                              out + " > " + scratch("records.txt");
+  ASSERT_EQ(std::system(command.c_str()), 0);
+  const int64_t records = std::stoll(slurp(scratch("records.txt")));
+  int64_t blocks = 0;
+  for (const auto& b : r["blocks"]) blocks += b["code_bytes"].get<int64_t>() + b["metadata_bytes"].get<int64_t>();
+  EXPECT_EQ(records, blocks + r["file"]["float_bytes"].get<int64_t>());
+  EXPECT_EQ(static_cast<int64_t>(fs::file_size(out)), r["file"]["file_bytes"].get<int64_t>());
+}

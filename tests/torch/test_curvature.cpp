@@ -1,0 +1,198 @@
+// Curvature estimators against closed forms (METHOD.md §1) and the posterior artifact.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include <torch/script.h>
+
+#include "bayesq/calibrate/curvature.h"
+#include "bayesq/common/errors.h"
+#include "bayesq/data/data_file.h"
+#include "bayesq/model/block_discovery.h"
+#include "bayesq/model/model_file.h"
+#include "bayesq/pipeline/commands.h"
+#include "bayesq/pipeline/quantize.h"
+#include "bayesq/posterior/posterior.h"
+#include "fixtures.h"
+
+using namespace bayesq;
+using bayesq_test::fixture;
+using bayesq_test::scratch;
+
+namespace {
+
+torch::Tensor diagonal_of(const CurvatureSet& set, const std::string& name, at::IntArrayRef shape) {
+  const auto& d = set.blocks.at(static_cast<std::size_t>(set.find(name))).diagonal;
+  return torch::from_blob(const_cast<float*>(d.data()), shape, torch::kFloat32).to(torch::kFloat64).clone();
+}
+
+double relative_error(const torch::Tensor& estimate, const torch::Tensor& exact) {
+  return ((estimate - exact).norm() / exact.norm()).item<double>();
+}
+
+struct LogReg {
+  LoadedModel model = load_model(fixture("logreg.pt"));
+  DataFile data = DataFile::load(fixture("logreg_data.pt"));
+  BlockIndex index = discover_blocks(model.module);
+  // GGN diagonal of the mean KL at theta_hat: d[c, j] = 1/N sum_n p_nc (1 - p_nc) x_nj^2.
+  torch::Tensor exact() {
+    const torch::Tensor x = data.input(0).to(torch::kFloat64);
+    const torch::Tensor w = find_tensor(model.module, "weight").to(torch::kFloat64);
+    const torch::Tensor b = find_tensor(model.module, "bias").to(torch::kFloat64);
+    const torch::Tensor p = torch::softmax(x.matmul(w.t()) + b, 1);
+    return (p * (1 - p)).t().matmul(x.pow(2)) / double(x.size(0));
+  }
+};
+
+}  // namespace
+
+TEST(Curvature, HutchinsonMatchesTheLogisticRegressionClosedForm) {
+  LogReg f;
+  CurvatureParams params;
+  params.probes = 64;
+  params.batch_size = 512;
+  const CurvatureSet set = estimate_curvature(f.model.module, f.index, f.data, params, "logreg.pt");
+  EXPECT_EQ(set.loss, "kl");
+  EXPECT_EQ(set.examples, 8192);
+  const torch::Tensor estimate = diagonal_of(set, "weight", {4, 6});
+  EXPECT_LT(relative_error(estimate, f.exact()), 0.05);
+}
+
+TEST(Curvature, FisherMatchesTheLogisticRegressionClosedForm) {
+  LogReg f;
+  CurvatureParams params;
+  params.estimator = "fisher";
+  params.batch_size = 512;
+  const CurvatureSet set = estimate_curvature(f.model.module, f.index, f.data, params, "logreg.pt");
+  EXPECT_LT(relative_error(diagonal_of(set, "weight", {4, 6}), f.exact()), 0.05);
+}
+
+TEST(Curvature, StandardErrorShrinksLikeOneOverRootP) {
+  LogReg f;
+  CurvatureParams params;
+  params.batch_size = 512;
+  params.probes = 8;
+  const CurvatureSet few = estimate_curvature(f.model.module, f.index, f.data, params, "logreg.pt");
+  params.probes = 32;
+  const CurvatureSet many = estimate_curvature(f.model.module, f.index, f.data, params, "logreg.pt");
+  const double ratio = few.blocks[0].trace_standard_error / many.blocks[0].trace_standard_error;
+  EXPECT_GT(ratio, 1.6);  // sqrt(32 / 8) = 2
+  EXPECT_LT(ratio, 2.5);
+  // And the trace estimate itself is consistent with the exact trace within a few standard errors.
+  EXPECT_NEAR(many.blocks[0].trace, f.exact().sum().item<double>(), 4.0 * many.blocks[0].trace_standard_error);
+}
+
+TEST(Curvature, HutchinsonMatchesTheLinearRegressionHessian) {
+  LoadedModel model = load_model(fixture("linreg.pt"));
+  const DataFile data = DataFile::load(fixture("linreg_data.pt"));
+  CurvatureParams params;
+  params.loss = "mse";
+  params.probes = 256;
+  params.batch_size = 256;
+  const CurvatureSet set = estimate_curvature(model.module, discover_blocks(model.module), data, params, "linreg.pt");
+  // Squared loss 1/2 ||W x - W_hat x||^2: H[(c, j), (c, j)] = 1/N sum_n x_nj^2 for every output c.
+  const torch::Tensor x = data.input(0).to(torch::kFloat64);
+  const torch::Tensor exact = x.pow(2).mean(0).unsqueeze(0).expand({3, 5});
+  EXPECT_LT(relative_error(diagonal_of(set, "weight", {3, 5}), exact), 0.05);
+}
+
+TEST(Curvature, EveryBlockOfAConvNetAndATransformerIsFiniteAndNonNegative) {
+  struct Case {
+    const char* model;
+    const char* data;
+  };
+  for (const Case& c : {Case{"convs.pt", "convs_calib.pt"}, Case{"transformer.pt", "transformer_calib.pt"},
+                        Case{"separable.pt", "separable_calib.pt"}}) {
+    LoadedModel model = load_model(fixture(c.model));
+    const BlockIndex index = discover_blocks(model.module);
+    CurvatureParams params;
+    params.probes = 4;
+    params.batch_size = 16;
+    const CurvatureSet set = estimate_curvature(model.module, index, DataFile::load(fixture(c.data)), params, c.model);
+    ASSERT_EQ(set.blocks.size(), index.blocks.size());
+    for (const auto& b : set.blocks) {
+      EXPECT_TRUE(b.available) << c.model << " " << b.name;
+      EXPECT_EQ(b.non_finite, 0) << b.name;
+      double sum = 0.0;
+      for (float v : b.diagonal) {
+        EXPECT_TRUE(std::isfinite(v));
+        EXPECT_GE(v, 0.0f);
+        sum += v;
+      }
+      EXPECT_GT(sum, 0.0) << c.model << " " << b.name;
+      const BlockPosterior p = fit_posterior(b, set.examples, PosteriorParams{});
+      EXPECT_FALSE(p.fallback) << b.name;
+    }
+  }
+}
+
+TEST(Curvature, ABlockWithAlwaysZeroInputGetsTheFlaggedFallback) {
+  LoadedModel model = load_model(fixture("dead_branch.pt"));
+  const BlockIndex index = discover_blocks(model.module);
+  const CurvatureSet set =
+      estimate_curvature(model.module, index, DataFile::load(fixture("dead_branch_calib.pt")), CurvatureParams{}, "m");
+  const BlockPosterior dead = fit_posterior(set.blocks.at(static_cast<std::size_t>(set.find("dead.weight"))),
+                                            set.examples, PosteriorParams{});
+  const BlockPosterior live = fit_posterior(set.blocks.at(static_cast<std::size_t>(set.find("live.weight"))),
+                                            set.examples, PosteriorParams{});
+  EXPECT_TRUE(dead.fallback);
+  EXPECT_EQ(dead.fallback_reason, "all-zero curvature");
+  EXPECT_FALSE(live.fallback);
+}
+
+TEST(Curvature, FusedOperatorBlocksAreReportedUnavailable) {
+  LoadedModel model = load_model(fixture("transformer_fused.pt"));
+  const BlockIndex index = discover_blocks(model.module);
+  const CurvatureSet set = estimate_curvature(model.module, index, DataFile::load(fixture("transformer_calib.pt")),
+                                              CurvatureParams{}, "transformer_fused.pt");
+  for (const auto& b : set.blocks) EXPECT_EQ(b.available, b.name == "head.weight") << b.name;
+}
+
+TEST(Curvature, SameSeedIsBitIdenticalAndAnotherSeedIsNot) {
+  LoadedModel model = load_model(fixture("separable.pt"));
+  const BlockIndex index = discover_blocks(model.module);
+  const DataFile data = DataFile::load(fixture("separable_calib.pt"));
+  CurvatureParams params;
+  params.probes = 2;
+  params.seed = 11;
+  const CurvatureSet a = estimate_curvature(model.module, index, data, params, "m");
+  const CurvatureSet b = estimate_curvature(model.module, index, data, params, "m");
+  params.seed = 12;
+  const CurvatureSet c = estimate_curvature(model.module, index, data, params, "m");
+  bool any_difference = false;
+  for (std::size_t i = 0; i < a.blocks.size(); ++i) {
+    EXPECT_EQ(a.blocks[i].diagonal, b.blocks[i].diagonal) << a.blocks[i].name;
+    any_difference = any_difference || a.blocks[i].diagonal != c.blocks[i].diagonal;
+  }
+  EXPECT_TRUE(any_difference);
+}
+
+TEST(Curvature, CrossEntropyNeedsLabels) {
+  LogReg f;
+  CurvatureParams params;
+  params.loss = "ce";
+  EXPECT_THROW(estimate_curvature(f.model.module, f.index, f.data, params, "logreg.pt"), UserError);
+}
+
+TEST(PosteriorArtifact, ReusedForItsModelAndRefusedForAnother) {
+  CalibrateOptions c;
+  c.model = fixture("separable.pt");
+  c.calib = fixture("separable_calib.pt");
+  c.output = scratch("separable.bqp");
+  c.probes = 2;
+  run_calibrate(c);
+  QuantizeOptions q;
+  q.model = fixture("separable.pt");
+  q.posterior = c.output;
+  q.bits = {5.0};
+  q.output = scratch("separable_from_posterior.pt");
+  EXPECT_EQ(run_quantize(q).outputs.size(), 1u);
+  q.model = fixture("convs.pt");
+  try {
+    run_quantize(q);
+    FAIL() << "a posterior from another model must be refused";
+  } catch (const UserError& e) {
+    EXPECT_EQ(e.code(), ExitCode::input);
+    EXPECT_NE(std::string(e.what()).find("another model"), std::string::npos) << e.what();
+  }
+}
