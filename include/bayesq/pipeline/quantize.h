@@ -29,7 +29,7 @@ struct QuantizeOptions {
   int64_t max_examples = 0;
   double damp = 0.01;
   // Tables
-  std::vector<int> candidates{2, 3, 4, 5, 6, 8};
+  std::vector<int> candidates{1, 2, 3, 4, 5, 6, 8};  // 1 bit included so budgets near 2.0 stay feasible with metadata
   std::string codebook = "auto";          // lloyd | uniform | uniform-symmetric | auto (lloyd and uniform)
   double tau = 0.0;
   // Allocation

@@ -1,0 +1,31 @@
+"""Prints a markdown table from `bayesq eval --json` results.
+
+    python3 bench/table.py LABEL=EVAL_JSON[:MODEL_FILE] ...
+
+Columns: model, file size, top-1, NLL, ECE, agreement with the reference and mean KL(reference || model).
+"""
+import json
+import os
+import sys
+
+
+def main():
+    rows = []
+    for arg in sys.argv[1:]:
+        label, rest = arg.split("=", 1)
+        path, _, model = rest.partition(":")
+        with open(path) as f:
+            r = json.load(f)
+        size = os.path.getsize(model) if model else None
+        rows.append((label, size, r))
+    print("| model | file (KiB) | top-1 (%) | NLL | ECE (%) | agreement (%) | KL(float‖model) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, size, r in rows:
+        agreement = f"{100 * r['agreement']:.2f}" if "agreement" in r else "-"
+        kl = f"{r['mean_kl']:.5f}" if "mean_kl" in r else "-"
+        kib = f"{size / 1024:.1f}" if size is not None else "-"
+        print(f"| {label} | {kib} | {100 * r['top1']:.2f} | {r['nll']:.4f} | {100 * r['ece']:.2f} | {agreement} | {kl} |")
+
+
+if __name__ == "__main__":
+    main()
