@@ -1,7 +1,6 @@
 # The libtorch-facing library and the bayesq tool.
 find_package(Torch REQUIRED)
 find_package(CLI11 REQUIRED)
-find_package(spdlog REQUIRED)
 
 # libtorch 2.10+ headers need C++20; 1.13 builds as C++17. The code is valid in both.
 set(BAYESQ_TORCH_CXX_STANDARD 17)
@@ -22,9 +21,8 @@ add_library(bayesq_torch STATIC
   src/pipeline/memory.cpp
   src/pipeline/quantize.cpp
   src/pipeline/commands.cpp
-  src/common/progress.cpp
 )
-target_link_libraries(bayesq_torch PUBLIC bayesq_core ${TORCH_LIBRARIES} spdlog::spdlog)
+target_link_libraries(bayesq_torch PUBLIC bayesq_core ${TORCH_LIBRARIES})
 target_include_directories(bayesq_torch PUBLIC ${TORCH_INCLUDE_DIRS})
 set_target_properties(bayesq_torch PROPERTIES CXX_STANDARD ${BAYESQ_TORCH_CXX_STANDARD} CXX_STANDARD_REQUIRED ON)
 target_compile_options(bayesq_torch PRIVATE -Wall -Wno-unused-parameter)
@@ -35,5 +33,5 @@ if(TORCH_CUDA_LIBRARIES OR TARGET c10_cuda OR TARGET torch_cuda)
 endif()
 
 add_executable(bayesq tools/bayesq.cpp)
-target_link_libraries(bayesq PRIVATE bayesq_torch CLI11::CLI11 spdlog::spdlog)
+target_link_libraries(bayesq PRIVATE bayesq_torch CLI11::CLI11)
 set_target_properties(bayesq PROPERTIES CXX_STANDARD ${BAYESQ_TORCH_CXX_STANDARD} CXX_STANDARD_REQUIRED ON)

@@ -6,10 +6,9 @@
 #include <string>
 
 #include <CLI/CLI.hpp>
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
 
 #include "bayesq/common/errors.h"
+#include "bayesq/common/log.h"
 #include "bayesq/common/progress.h"
 #include "bayesq/pipeline/commands.h"
 #include "bayesq/pipeline/quantize.h"
@@ -213,10 +212,8 @@ int main(int argc, char** argv) {
     return static_cast<int>(ExitCode::usage);
   }
 
-  auto logger = spdlog::stderr_color_mt("bayesq");
-  logger->set_pattern("%^%l%$: %v");
-  spdlog::set_default_logger(logger);
-  spdlog::set_level(quiet ? spdlog::level::warn : verbose ? spdlog::level::debug : spdlog::level::info);
+  bayesq::log::set_level(quiet ? bayesq::log::Level::warn
+                                : verbose ? bayesq::log::Level::debug : bayesq::log::Level::info);
   bayesq::Progress::set_enabled(!quiet && ::isatty(STDERR_FILENO));
 
   try {

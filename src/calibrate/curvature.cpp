@@ -3,10 +3,10 @@
 #include <chrono>
 #include <cmath>
 
-#include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
 #include "bayesq/common/errors.h"
+#include "bayesq/common/log.h"
 #include "bayesq/common/progress.h"
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/forward.h"
@@ -184,8 +184,8 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
       // rest; the dropped blocks get the flagged fallback. Only the first batch can get here.
       BQ_CHECK(begin == 0 && !active.empty(), ExitCode::numerical,
                "autograd cannot differentiate the model on calibration data: ", model_path);
-      spdlog::warn("block {}: no gradient path (behind an operator without autograd support)",
-                   index.blocks[active.front()].name);
+      log::warn("block ", index.blocks[active.front()].name,
+                ": no gradient path (behind an operator without autograd support)");
       weights.front().set_requires_grad(false);
       for (auto& a : acc) a = Accumulator{torch::zeros_like(a.diagonal)};
       active.erase(active.begin());
@@ -237,7 +237,8 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
     set.blocks.push_back(std::move(c));
   }
   set.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info("calibration: {} examples, {} estimator, {} loss, {:.2f} s", n, set.estimator, set.loss, set.seconds);
+  log::info("calibration: ", n, " examples, ", set.estimator, " estimator, ", set.loss, " loss, ",
+            std::round(set.seconds * 100) / 100, " s");
   return set;
 }
 

@@ -5,7 +5,6 @@
 #include <iomanip>
 #include <sstream>
 
-#include <spdlog/spdlog.h>
 #include <torch/script.h>
 #include <torch/version.h>
 
@@ -13,6 +12,7 @@
 #include "bayesq/codebook/block_quantizer.h"
 #include "bayesq/common/atomic_file.h"
 #include "bayesq/common/errors.h"
+#include "bayesq/common/log.h"
 #include "bayesq/common/parallel.h"
 #include "bayesq/export/model_writer.h"
 #include "bayesq/model/block_discovery.h"
@@ -154,9 +154,9 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
   const BlockIndex index = discover_blocks(model.module, &discovery);
   BQ_CHECK(!index.blocks.empty(), ExitCode::input, "model has no quantizable block (no convolution, linear or "
            "parameter matmul in its forward graph): ", options.model);
-  for (const auto& s : discovery.skipped) spdlog::info("left in floating point: {}", s);
-  spdlog::info("{}: {} blocks, {} quantizable weights", options.model, index.blocks.size(),
-               index.quantizable_weight_count());
+  for (const auto& s : discovery.skipped) log::info("left in floating point: ", s);
+  log::info(options.model, ": ", index.blocks.size(), " blocks, ", index.quantizable_weight_count(),
+            " quantizable weights");
   timings["load"] = seconds_since(t);
 
   // Posterior (bayesq only).
@@ -191,7 +191,7 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
                info.name, "' has ", c.diagonal.size(), " entries, the model's ", info.numel());
       posteriors.push_back(fit_posterior(c, curvature.examples, PosteriorParams{options.damp}));
       if (posteriors.back().fallback)
-        spdlog::warn("block {}: posterior fallback ({})", info.name, posteriors.back().fallback_reason);
+        log::warn("block ", info.name, ": posterior fallback (", posteriors.back().fallback_reason, ")");
     }
     model.module.to(torch::kCPU);
     timings["calibrate"] = seconds_since(t);
@@ -215,7 +215,7 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
     for (std::size_t b = 0; b < index.blocks.size(); ++b) inputs.push_back({index.blocks[b].name, block_weights(b, true)});
     table = build_loss_table(inputs, table_params);
     for (const auto& bl : table.blocks)
-      if (!bl.monotone) spdlog::info("block {}: expected loss is not monotone in bits", bl.name);
+      if (!bl.monotone) log::info("block ", bl.name, ": expected loss is not monotone in bits");
     timings["table"] = seconds_since(t);
   }
 
@@ -317,8 +317,8 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
                              {"seconds", curvature.seconds},     {"data_hash", curvature.data_hash}};
     }
     if (!discovery.skipped.empty()) report["left_in_floating_point"] = discovery.skipped;
-    spdlog::info("wrote {} ({} bytes, {:.3f} bits per weight with metadata)", path, written.file_bytes,
-                 report["totals"]["average_bits"].get<double>());
+    log::info("wrote ", path, " (", written.file_bytes, " bytes, ", report["totals"]["average_bits"].get<double>(),
+              " bits per weight with metadata)");
     if (!options.report.empty()) {
       const std::string report_path = output_name(options.report, budget, several);
       write_text_file(report_path, report.dump(2) + "\n");
