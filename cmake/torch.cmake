@@ -10,15 +10,20 @@ endif()
 
 add_library(bayesq_torch STATIC
   src/model/model_file.cpp
+  src/model/graph_walk.cpp
   src/model/block_discovery.cpp
   src/model/block_tensor.cpp
   src/model/forward.cpp
   src/data/data_file.cpp
   src/calibrate/curvature.cpp
+  src/capture/layer_capture.cpp
+  src/gptq/gptq.cpp
   src/export/model_writer.cpp
   src/eval/evaluate.cpp
   src/pipeline/device.cpp
   src/pipeline/memory.cpp
+  src/pipeline/feedback.cpp
+  src/pipeline/session.cpp
   src/pipeline/quantize.cpp
   src/pipeline/commands.cpp
 )

@@ -121,8 +121,9 @@ int main(int argc, char** argv) {
   quantize->add_option("--bits", q.bits, "Average bits per weight, metadata included (a list writes one model each)")
       ->delimiter(',')
       ->required();
-  quantize->add_option("--method", q.method, "bayesq (needs --calib or --posterior) or rtn")
-      ->check(CLI::IsMember({"bayesq", "rtn"}))
+  quantize->add_option("--method", q.method,
+                       "bayesq (needs --calib or --posterior), rtn, gptq (needs --calib) or hawq (needs --calib)")
+      ->check(CLI::IsMember({"bayesq", "rtn", "gptq", "hawq"}))
       ->capture_default_str();
   quantize->add_option("--calib", q.calib, "Calibration data file (torch.save format, see README)");
   quantize->add_option("--posterior", q.posterior, "Posterior from `bayesq calibrate` (skips calibration)");
@@ -136,8 +137,9 @@ int main(int argc, char** argv) {
   quantize->add_option("--output-index", q.output_index, "Which model output is the logits (index or dict key)");
   quantize->add_option("--group-size", q.group_size, "Codebook per group of this many inputs (0: per output row)")
       ->capture_default_str();
-  quantize->add_option("--curvature", q.curvature, "hutchinson or fisher")
-      ->check(CLI::IsMember({"hutchinson", "fisher"}))
+  quantize->add_option("--curvature", q.curvature,
+                       "hutchinson, fisher, or kfac (K-FAC metric with GPTQ-style error feedback)")
+      ->check(CLI::IsMember({"hutchinson", "fisher", "kfac"}))
       ->capture_default_str();
   quantize->add_option("--curvature-loss", q.curvature_loss, "auto (=kl), kl, ce (needs labels) or mse")
       ->check(CLI::IsMember({"auto", "kl", "ce", "mse"}))
@@ -157,6 +159,14 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"greedy", "dp"}))
       ->capture_default_str();
   quantize->add_flag("--certify", q.certify, "With greedy: also solve the exact DP and report the gap");
+  quantize->add_option("--percdamp", q.percdamp, "GPTQ / K-FAC feedback: damping as a fraction of mean(diag H)")
+      ->capture_default_str();
+  quantize->add_flag("--act-order", q.act_order, "GPTQ / K-FAC feedback: quantize columns by decreasing H_jj");
+  quantize->add_option("--gptq-block-size", q.gptq_block_size, "GPTQ lazy-update block (columns)")
+      ->capture_default_str();
+  quantize->add_flag("--one-shot", q.one_shot,
+                     "gptq: take every layer's inputs from the float model (default: sequentially, after the "
+                     "layers before it are quantized)");
   quantize->add_option("--keep-fp", q.keep_fp,
                        "Regex of blocks left in floating point (their bytes count in the file, not in the budget)");
   quantize->add_option("--min-bits", min_rules, "REGEX=N: matching blocks get at least N bits");

@@ -65,7 +65,8 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
   BQ_CHECK(params.batch_size >= 1, ExitCode::usage, "--batch-size must be >= 1");
   const LossKind kind = loss_kind(params.loss, data.has_labels());
   const torch::Device device = parse_device(params.device);
-  const bool fisher = params.estimator == "fisher";
+  bool fisher = params.estimator == "fisher";
+  std::string notes;
   const int64_t n = params.max_examples > 0 ? std::min(params.max_examples, data.size()) : data.size();
 
   module.eval();
@@ -176,10 +177,32 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
     return true;
   };
 
+  auto first_order_works = [&](int64_t begin, int64_t end) {
+    try {
+      const torch::Tensor output =
+          select_output(forward_batch(module, data, begin, std::min(end, begin + 2), device, model_path), params.output);
+      const torch::Tensor z = output.to(torch::kFloat32);
+      torch::autograd::grad({z.sum()}, weights, {}, false, false, /*allow_unused=*/true);
+      return true;
+    } catch (const c10::Error&) {
+      return false;
+    }
+  };
+
   Progress progress("calibration", n);
   for (int64_t begin = 0; begin < n; begin += params.batch_size) {
     const int64_t end = std::min(n, begin + params.batch_size);
     while (!process(begin, end)) {
+      // Double backward is not implemented for some operators (e.g. fused attention kernels in libtorch 2.x).
+      // If first-order gradients work, the Monte-Carlo Fisher needs nothing more: switch to it for the run.
+      if (!fisher && begin == 0 && first_order_works(begin, end)) {
+        log::warn("hutchinson needs double backward, which an operator of ", model_path,
+                  " does not implement; using the fisher estimator instead");
+        notes = "hutchinson unsupported by the model (no double backward); fisher used";
+        fisher = true;
+        for (auto& a : acc) a = Accumulator{torch::zeros_like(a.diagonal)};
+        continue;
+      }
       // Drop the earliest active block (discovery order follows the forward graph) until autograd can reach the
       // rest; the dropped blocks get the flagged fallback. Only the first batch can get here.
       BQ_CHECK(begin == 0 && !active.empty(), ExitCode::numerical,
@@ -199,7 +222,8 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
 
   CurvatureSet set;
   set.examples = n;
-  set.estimator = params.estimator;
+  set.estimator = fisher ? "fisher" : "hutchinson";
+  set.notes = notes;
   set.loss = loss_name(kind);
   set.probes = fisher ? 0 : params.probes;
   set.seed = params.seed;

@@ -16,6 +16,7 @@
 #include "bayesq/common/errors.h"
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/block_tensor.h"
+#include "bayesq/model/graph_walk.h"
 
 namespace bayesq {
 
@@ -109,13 +110,6 @@ PackedBlock pack_block(const QuantizedBlock& q) {
   return p;
 }
 
-void visit_nodes(torch::jit::Block* block, const std::function<void(Node*)>& fn) {
-  for (Node* n : block->nodes()) {
-    fn(n);
-    for (torch::jit::Block* sub : n->blocks()) visit_nodes(sub, fn);
-  }
-}
-
 // Inserts the rebuild subgraph of one block at the graph's insertion point, reading the packed tensors from the
 // module attributes `prefix`planes / table / offset; returns the weight in the block's stored shape and dtype.
 // Every op depends on those attributes, so freezing (which keeps them as attributes) cannot fold the rebuild
@@ -142,20 +136,6 @@ Value* insert_rebuild(torch::jit::Graph& graph, Value* self, const std::string& 
   if (dtype != c10::ScalarType::Float)
     weight = graph.insert(torch::jit::aten::to, {weight, graph.insertConstant(static_cast<int64_t>(dtype))});
   return weight;
-}
-
-// The module attribute path a GetAttr chain from `self` reads ("" when `v` is not such a chain).
-std::string attribute_path(Value* v, Value* self) {
-  std::vector<std::string> parts;
-  while (v != self) {
-    Node* n = v->node();
-    if (n->kind() != torch::jit::prim::GetAttr) return "";
-    parts.push_back(n->s(torch::jit::attr::name));
-    v = n->input(0);
-  }
-  std::string path;
-  for (auto it = parts.rbegin(); it != parts.rend(); ++it) path += (path.empty() ? "" : ".") + *it;
-  return path;
 }
 
 void check_blocks(const BlockIndex& index, const std::vector<const QuantizedBlock*>& quantized) {

@@ -29,6 +29,7 @@ int64_t peak_device_bytes(const std::string& name) {
 #ifdef BAYESQ_WITH_CUDA
   const torch::Device device = parse_device(name);
   if (device.is_cuda()) {
+    at::zeros({1}, at::TensorOptions().device(device));
     // allocated_bytes[0] is the aggregate over pool types in every libtorch version.
     return c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).allocated_bytes[0].peak;
   }
@@ -41,7 +42,10 @@ int64_t peak_device_bytes(const std::string& name) {
 void reset_peak_device_bytes(const std::string& name) {
 #ifdef BAYESQ_WITH_CUDA
   const torch::Device device = parse_device(name);
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+  if (device.is_cuda()) {
+    at::zeros({1}, at::TensorOptions().device(device));  // the allocator initialises lazily
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+  }
 #else
   (void)name;
 #endif

@@ -20,6 +20,7 @@
 #include "bayesq/model/model_file.h"
 #include "bayesq/pipeline/device.h"
 #include "bayesq/pipeline/memory.h"
+#include "bayesq/pipeline/session.h"
 #include "bayesq/posterior/posterior.h"
 #include "bayesq/table/loss_table.h"
 
@@ -40,35 +41,37 @@ void validate(const QuantizeOptions& o) {
   BQ_CHECK(!o.model.empty(), ExitCode::usage, "--model is required");
   BQ_CHECK(!o.output.empty(), ExitCode::usage, "-o/--output is required");
   BQ_CHECK(!o.bits.empty(), ExitCode::usage, "--bits is required");
-  BQ_CHECK(o.method == "rtn" || o.method == "bayesq", ExitCode::usage, "unknown method '", o.method,
-           "' (expected bayesq or rtn)");
+  BQ_CHECK(o.method == "rtn" || o.method == "bayesq" || o.method == "gptq" || o.method == "hawq", ExitCode::usage,
+           "unknown method '", o.method, "' (expected bayesq, rtn, gptq or hawq)");
+  BQ_CHECK(o.curvature == "hutchinson" || o.curvature == "fisher" || o.curvature == "kfac", ExitCode::usage,
+           "unknown curvature '", o.curvature, "' (expected hutchinson, fisher or kfac)");
   for (double b : o.bits) {
     BQ_CHECK(std::isfinite(b) && b >= kMinBudget && b <= kMaxBudget, ExitCode::usage, "--bits ", b,
              " is outside the allowed range ", kMinBudget, "..", kMaxBudget);
-    if (o.method == "rtn")
-      BQ_CHECK(b == std::floor(b) && b >= 2 && b <= 8, ExitCode::usage, "--bits ", b,
-               ": rtn uses one bit-width for every block, a whole number from 2 to 8");
+    if (o.method == "rtn" || o.method == "gptq")
+      BQ_CHECK(b == std::floor(b) && b >= 2 && b <= 8, ExitCode::usage, "--bits ", b, ": ", o.method,
+               " uses one bit-width for every block, a whole number from 2 to 8");
   }
   output_format_from_name(o.format);
   parse_device(o.device);
   BQ_CHECK(o.batch_size > 0, ExitCode::usage, "--batch-size must be positive");
   BQ_CHECK(o.group_size >= 0, ExitCode::usage, "--group-size must be >= 0 (0: one codebook per row)");
   BQ_CHECK(o.damp >= 0.0, ExitCode::usage, "--damp must be >= 0");
+  BQ_CHECK(o.percdamp >= 0.0, ExitCode::usage, "--percdamp must be >= 0");
+  BQ_CHECK(o.gptq_block_size >= 1, ExitCode::usage, "--gptq-block-size must be >= 1");
   BQ_CHECK(o.tau >= 0.0 && o.tau <= 1.0, ExitCode::usage, "--posterior-temp must be in [0, 1]");
   BQ_CHECK(o.probes >= 1, ExitCode::usage, "--probes must be >= 1");
-  if (o.method == "bayesq")
+  if (o.method == "bayesq" && o.curvature != "kfac")
     BQ_CHECK(!o.calib.empty() || !o.posterior.empty(), ExitCode::usage,
              "--method bayesq needs calibration data (--calib) or a saved posterior (--posterior); "
              "--method rtn needs neither");
+  if (o.method == "gptq" || o.method == "hawq" || o.curvature == "kfac")
+    BQ_CHECK(!o.calib.empty(), ExitCode::usage, "--method ", o.method,
+             o.curvature == "kfac" ? " with --curvature kfac" : "", " needs calibration data (--calib)");
   for (std::size_t i = 0; i < o.bits.size(); ++i) {
     check_output_path(output_name(o.output, o.bits[i], o.bits.size() > 1));
     if (!o.report.empty()) check_output_path(output_name(o.report, o.bits[i], o.bits.size() > 1));
   }
-}
-
-std::vector<CodebookKind> codebook_kinds(const std::string& name) {
-  if (name == "auto") return {CodebookKind::lloyd, CodebookKind::uniform_asymmetric};
-  return {codebook_kind_from_name(name)};
 }
 
 nlohmann::json options_json(const QuantizeOptions& o) {
@@ -94,32 +97,15 @@ nlohmann::json options_json(const QuantizeOptions& o) {
                         {"candidates", o.candidates},
                         {"codebook", o.codebook},
                         {"posterior_temp", o.tau},
+                        {"percdamp", o.percdamp},
+                        {"act_order", o.act_order},
+                        {"gptq_block_size", o.gptq_block_size},
+                        {"one_shot", o.one_shot},
                         {"allocator", o.allocator},
                         {"certify", o.certify},
                         {"keep_fp", o.keep_fp},
                         {"rules", rules},
                         {"config_file", o.config_file}};
-}
-
-// Weights and precisions of every block as row-major [rows, cols] arrays.
-struct BlockArrays {
-  std::vector<std::vector<float>> weights, precision;
-};
-
-BlockArrays block_arrays(const torch::jit::Module& module, const BlockIndex& index,
-                         const std::vector<BlockPosterior>* posteriors) {
-  BlockArrays a;
-  for (std::size_t b = 0; b < index.blocks.size(); ++b) {
-    const BlockInfo& info = index.blocks[b];
-    const torch::Tensor w = find_tensor(module, info.name);
-    a.weights.push_back(block_rows_vector(w, info));
-    if (posteriors) {
-      const auto& p = (*posteriors)[b].precision;
-      const torch::Tensor t = torch::from_blob(const_cast<float*>(p.data()), info.shape, torch::kFloat32);
-      a.precision.push_back(block_rows_vector(t, info));
-    }
-  }
-  return a;
 }
 
 }  // namespace
@@ -135,6 +121,55 @@ std::string output_name(const std::string& pattern, double bits, bool several) {
   return has_ext ? pattern.substr(0, dot) + "-" + tag + "b" + pattern.substr(dot) : pattern + "-" + tag + "b";
 }
 
+static nlohmann::json quantized_model_report(Session& session, const MethodConfig& config, const QuantizedModel& q,
+                                      const WriteStats& written, double bits) {
+  const BlockIndex& index = session.index();
+  std::vector<BlockPosterior> const* posteriors = nullptr;
+  if (config.method == "bayesq" && config.curvature != "kfac") posteriors = &session.posteriors(config.damp);
+  nlohmann::json blocks = nlohmann::json::array();
+  int64_t weights = 0, code_bits = 0, metadata_bits = 0;
+  for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+    const BlockInfo& info = index.blocks[b];
+    nlohmann::json entry{{"name", info.name}, {"shape", info.shape}, {"op", op_kind_name(info.op)}};
+    if (!q.present[b]) {
+      entry["keep_fp"] = true;
+    } else {
+      const QuantizedBlock& block = q.blocks[b];
+      const BlockCost cost = block.cost();
+      weights += info.numel();
+      code_bits += cost.code_bits;
+      metadata_bits += cost.metadata_bits;
+      entry["bits"] = block.bits;
+      entry["kind"] = codebook_kind_name(block.kind);
+      entry["code_bytes"] = cost.code_bits / 8;
+      entry["metadata_bytes"] = cost.metadata_bits / 8;
+      entry["expected_loss"] = q.allocation ? q.allocation->blocks[b].expected_loss : block.expected_loss;
+      entry["realised_loss"] = block.plugin_loss;
+    }
+    if (posteriors) entry["posterior"] = (*posteriors)[b];
+    blocks.push_back(entry);
+  }
+  nlohmann::json report{
+      {"method", config.to_json()},
+      {"bits", bits},
+      {"blocks", blocks},
+      {"totals",
+       {{"quantized_weights", weights},
+        {"average_bits", weights ? double(code_bits + metadata_bits) / double(weights) : 0.0},
+        {"average_bits_without_metadata", weights ? double(code_bits) / double(weights) : 0.0},
+        {"code_bytes", code_bits / 8},
+        {"metadata_bytes", metadata_bits / 8},
+        {"file_bytes", written.file_bytes},
+        {"float_model_bytes", session.model().file_bytes},
+        {"compression", session.model().file_bytes ? double(written.file_bytes) / double(session.model().file_bytes)
+                                                   : 0.0}}},
+      {"file", written},
+      {"details", q.details}};
+  if (q.allocation) report["allocation"] = *q.allocation;
+  if (config.method == "bayesq" || config.method == "hawq") report["posterior_temp"] = config.tau;
+  return report;
+}
+
 QuantizeOutcome run_quantize(const QuantizeOptions& options) {
   const auto start = Clock::now();
   validate(options);
@@ -144,179 +179,41 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
   }
   const torch::Device device = parse_device(options.device);
   reset_peak_device_bytes(options.device);
-  nlohmann::json timings;
-
-  auto t = Clock::now();
-  LoadedModel model = load_model(options.model);
-  model.module.eval();
-  check_finite_weights(model.module, options.model);
-  DiscoveryStats discovery;
-  const BlockIndex index = discover_blocks(model.module, &discovery);
-  BQ_CHECK(!index.blocks.empty(), ExitCode::input, "model has no quantizable block (no convolution, linear or "
-           "parameter matmul in its forward graph): ", options.model);
-  for (const auto& s : discovery.skipped) log::info("left in floating point: ", s);
-  log::info(options.model, ": ", index.blocks.size(), " blocks, ", index.quantizable_weight_count(),
-            " quantizable weights");
-  timings["load"] = seconds_since(t);
-
-  // Posterior (bayesq only).
-  std::vector<BlockPosterior> posteriors;
-  CurvatureSet curvature;
-  if (options.method == "bayesq") {
-    t = Clock::now();
-    if (!options.posterior.empty()) {
-      curvature = load_curvature(options.posterior);
-      BQ_CHECK(curvature.model_hash == model.hash, ExitCode::input, "posterior ", options.posterior,
-               " was computed for another model (model hash ", curvature.model_hash, ", this model ", model.hash,
-               "): ", options.model);
-    } else {
-      const DataFile calib = DataFile::load(options.calib);
-      CurvatureParams cp;
-      cp.estimator = options.curvature;
-      cp.loss = options.curvature_loss;
-      cp.probes = options.probes;
-      cp.batch_size = options.batch_size;
-      cp.max_examples = options.max_examples;
-      cp.output = options.output_index;
-      cp.device = options.device;
-      cp.seed = options.seed;
-      curvature = estimate_curvature(model.module, index, calib, cp, options.model);
-      curvature.model_hash = model.hash;
-    }
-    for (const BlockInfo& info : index.blocks) {
-      const int at = curvature.find(info.name);
-      BQ_CHECK(at >= 0, ExitCode::input, "posterior ", options.posterior, " has no block '", info.name, "'");
-      const CurvatureStats& c = curvature.blocks[static_cast<std::size_t>(at)];
-      BQ_CHECK(static_cast<int64_t>(c.diagonal.size()) == info.numel(), ExitCode::input, "posterior block '",
-               info.name, "' has ", c.diagonal.size(), " entries, the model's ", info.numel());
-      posteriors.push_back(fit_posterior(c, curvature.examples, PosteriorParams{options.damp}));
-      if (posteriors.back().fallback)
-        log::warn("block ", info.name, ": posterior fallback (", posteriors.back().fallback_reason, ")");
-    }
-    model.module.to(torch::kCPU);
-    timings["calibrate"] = seconds_since(t);
-  }
-
-  t = Clock::now();
-  const BlockArrays arrays = block_arrays(model.module, index, options.method == "bayesq" ? &posteriors : nullptr);
-  auto block_weights = [&](std::size_t b, bool weighted) {
-    const BlockInfo& info = index.blocks[b];
-    return BlockWeights{arrays.weights[b].data(), weighted ? arrays.precision[b].data() : nullptr, info.rows(),
-                        info.cols()};
-  };
-  LossTable table;
-  LossTableParams table_params;
-  if (options.method == "bayesq") {
-    table_params.candidates = options.candidates;
-    table_params.kinds = codebook_kinds(options.codebook);
-    table_params.quantizer.group_size = options.group_size;
-    table_params.quantizer.tau = options.tau;
-    std::vector<BlockTableInput> inputs;
-    for (std::size_t b = 0; b < index.blocks.size(); ++b) inputs.push_back({index.blocks[b].name, block_weights(b, true)});
-    table = build_loss_table(inputs, table_params);
-    for (const auto& bl : table.blocks)
-      if (!bl.monotone) log::info("block ", bl.name, ": expected loss is not monotone in bits");
-    timings["table"] = seconds_since(t);
-  }
+  Session session(options);
+  const MethodConfig config = method_config(options);
 
   QuantizeOutcome outcome;
   const bool several = options.bits.size() > 1;
   for (double budget : options.bits) {
-    nlohmann::json budget_timings = timings;
-    std::vector<QuantizedBlock> quantized(index.blocks.size());
-    std::vector<const QuantizedBlock*> slots(index.blocks.size(), nullptr);
-    Allocation allocation;
-    t = Clock::now();
-    if (options.method == "rtn") {
-      for (std::size_t b = 0; b < index.blocks.size(); ++b) {
-        quantized[b] = quantize_block_rtn(block_weights(b, false), static_cast<int>(budget), options.group_size);
-        slots[b] = &quantized[b];
-      }
-    } else {
-      AllocationParams ap;
-      ap.bits_per_weight = budget;
-      ap.allocator = allocator_kind_from_name(options.allocator);
-      ap.keep_fp = options.keep_fp;
-      ap.rules = options.rules;
-      ap.certify = options.certify;
-      allocation = allocate(table, ap);
-      budget_timings["allocate"] = seconds_since(t);
-      t = Clock::now();
-      for (std::size_t b = 0; b < index.blocks.size(); ++b) {
-        const BlockChoice& choice = allocation.blocks[b];
-        if (choice.keep_fp) continue;
-        QuantizerParams qp = table_params.quantizer;
-        qp.kind = choice.kind;
-        quantized[b] = quantize_block(block_weights(b, true), choice.bits, qp);
-        slots[b] = &quantized[b];
-      }
-    }
-    budget_timings["quantize"] = seconds_since(t);
-
-    t = Clock::now();
+    const QuantizedModel q = session.quantize(config, budget);
+    auto t = Clock::now();
     const std::string path = output_name(options.output, budget, several);
-    const WriteStats written =
-        write_quantized_model(model.module, index, slots, output_format_from_name(options.format), path);
-    budget_timings["write"] = seconds_since(t);
-    budget_timings["total"] = seconds_since(start);
+    const WriteStats written = write_quantized_model(session.model().module, session.index(), q.slots(),
+                                                     output_format_from_name(options.format), path);
+    nlohmann::json timings = session.timings();
+    for (const auto& item : q.timings.items()) timings[item.key()] = item.value();
+    timings["write"] = seconds_since(t);
+    timings["total"] = seconds_since(start);
     outcome.outputs.push_back(path);
 
-    // Report.
-    nlohmann::json blocks = nlohmann::json::array();
-    int64_t weights = 0, code_bits = 0, metadata_bits = 0;
-    for (std::size_t b = 0; b < index.blocks.size(); ++b) {
-      const BlockInfo& info = index.blocks[b];
-      nlohmann::json entry{{"name", info.name}, {"shape", info.shape}, {"op", op_kind_name(info.op)}};
-      if (!slots[b]) {
-        entry["keep_fp"] = true;
-      } else {
-        const QuantizedBlock& q = quantized[b];
-        const BlockCost cost = q.cost();
-        weights += info.numel();
-        code_bits += cost.code_bits;
-        metadata_bits += cost.metadata_bits;
-        entry["bits"] = q.bits;
-        entry["kind"] = codebook_kind_name(q.kind);
-        entry["code_bytes"] = cost.code_bits / 8;
-        entry["metadata_bytes"] = cost.metadata_bits / 8;
-        entry["expected_loss"] = q.expected_loss;
-        entry["realised_loss"] = q.plugin_loss;
-      }
-      if (!posteriors.empty()) entry["posterior"] = posteriors[b];
-      blocks.push_back(entry);
+    nlohmann::json report = quantized_model_report(session, config, q, written, budget);
+    report["bayesq_version"] = "0.1.0";
+    report["command_line"] = options.command_line;
+    report["config"] = options_json(options);
+    report["seed"] = options.seed;
+    report["libtorch_version"] = TORCH_VERSION;
+    report["device"] = device_description(device);
+    report["model"] = {{"path", options.model}, {"hash", session.model().hash}, {"bytes", session.model().file_bytes}};
+    report["output"] = path;
+    report["timings"] = timings;
+    report["peak_memory"] = {{"host_bytes", peak_host_bytes()}, {"device_bytes", peak_device_bytes(options.device)}};
+    if (config.method == "bayesq" && config.curvature != "kfac") {
+      const CurvatureSet& c = session.curvature();
+      report["curvature"] = {{"estimator", c.estimator}, {"loss", c.loss},         {"examples", c.examples},
+                             {"probes", c.probes},       {"seconds", c.seconds},   {"data_hash", c.data_hash},
+                             {"notes", c.notes}};
     }
-    nlohmann::json report{
-        {"bayesq_version", "0.1.0"},
-        {"command_line", options.command_line},
-        {"config", options_json(options)},
-        {"seed", options.seed},
-        {"libtorch_version", TORCH_VERSION},
-        {"device", device_description(device)},
-        {"method", options.method},
-        {"bits", budget},
-        {"model", {{"path", options.model}, {"hash", model.hash}, {"bytes", model.file_bytes}}},
-        {"output", path},
-        {"blocks", blocks},
-        {"totals",
-         {{"quantized_weights", weights},
-          {"average_bits", weights ? double(code_bits + metadata_bits) / double(weights) : 0.0},
-          {"average_bits_without_metadata", weights ? double(code_bits) / double(weights) : 0.0},
-          {"code_bytes", code_bits / 8},
-          {"metadata_bytes", metadata_bits / 8},
-          {"file_bytes", written.file_bytes},
-          {"float_model_bytes", model.file_bytes},
-          {"compression", model.file_bytes ? double(written.file_bytes) / double(model.file_bytes) : 0.0}}},
-        {"file", written},
-        {"timings", budget_timings},
-        {"peak_memory", {{"host_bytes", peak_host_bytes()}, {"device_bytes", peak_device_bytes(options.device)}}}};
-    if (options.method == "bayesq") {
-      report["allocation"] = allocation;
-      report["posterior_temp"] = options.tau;
-      report["curvature"] = {{"estimator", curvature.estimator}, {"loss", curvature.loss},
-                             {"examples", curvature.examples},   {"probes", curvature.probes},
-                             {"seconds", curvature.seconds},     {"data_hash", curvature.data_hash}};
-    }
-    if (!discovery.skipped.empty()) report["left_in_floating_point"] = discovery.skipped;
+    if (!session.skipped().empty()) report["left_in_floating_point"] = session.skipped();
     log::info("wrote ", path, " (", written.file_bytes, " bytes, ", report["totals"]["average_bits"].get<double>(),
               " bits per weight with metadata)");
     if (!options.report.empty()) {

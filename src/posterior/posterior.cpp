@@ -107,7 +107,7 @@ void save_curvature(const CurvatureSet& set, const std::string& path) {
                         {"loss", set.loss},              {"probes", set.probes},
                         {"seed", set.seed},              {"model_hash", set.model_hash},
                         {"data_hash", set.data_hash},    {"device", set.device},
-                        {"seconds", set.seconds}};
+                        {"seconds", set.seconds},        {"notes", set.notes}};
   nlohmann::json blocks = nlohmann::json::array();
   uint64_t offset = 0;
   for (const auto& b : set.blocks) {
@@ -152,6 +152,7 @@ CurvatureSet load_curvature(const std::string& path) {
     set.data_hash = header.at("data_hash").get<std::string>();
     set.device = header.value("device", "");
     set.seconds = header.value("seconds", 0.0);
+    set.notes = header.value("notes", "");
     const std::streamoff data_start = static_cast<std::streamoff>(sizeof kMagic + sizeof length + length);
     for (const auto& entry : header.at("blocks")) {
       CurvatureStats c;

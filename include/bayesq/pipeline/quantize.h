@@ -14,7 +14,7 @@ namespace bayesq {
 
 struct QuantizeOptions {
   std::string model, output, calib, report, posterior;
-  std::string method = "bayesq";          // bayesq | rtn
+  std::string method = "bayesq";          // bayesq | rtn | gptq | hawq
   std::vector<double> bits{3.0};          // one output per budget
   std::string format = "packed";          // packed | fake
   std::string device = "cpu";
@@ -23,7 +23,7 @@ struct QuantizeOptions {
   std::string output_index;
   int64_t group_size = 0;
   // Calibration
-  std::string curvature = "hutchinson";
+  std::string curvature = "hutchinson";   // hutchinson | fisher | kfac (bayesq); hawq always uses hutchinson
   std::string curvature_loss = "auto";
   int64_t probes = 8;
   int64_t max_examples = 0;
@@ -32,6 +32,11 @@ struct QuantizeOptions {
   std::vector<int> candidates{1, 2, 3, 4, 5, 6, 8};  // 1 bit included so budgets near 2.0 stay feasible with metadata
   std::string codebook = "auto";          // lloyd | uniform | uniform-symmetric | auto (lloyd and uniform)
   double tau = 0.0;
+  // GPTQ (gptq, and the error feedback of bayesq with kfac)
+  double percdamp = 0.01;
+  bool act_order = false;
+  int64_t gptq_block_size = 128;
+  bool one_shot = false;                  // gptq: all layer inputs from the float model instead of sequentially
   // Allocation
   std::string allocator = "greedy";
   bool certify = false;

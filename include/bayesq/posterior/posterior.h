@@ -40,6 +40,7 @@ struct CurvatureSet {
   std::string data_hash;             // of the calibration file
   std::string device;
   double seconds = 0.0;
+  std::string notes;                 // e.g. an automatic switch of estimator
 
   int find(const std::string& name) const;
 };

@@ -1,0 +1,59 @@
+// Layer capture: per-block second moments streamed over calibration batches, without storing activations
+// (METHOD.md §1 kfac, §6 gptq).
+//
+// The inlined forward graph is instrumented: each captured block's input activation (and, for K-FAC, its output)
+// becomes an extra output of a copy of the graph, run by the interpreter on the live module (so weights changed
+// between passes, as in sequential GPTQ, are seen). Per batch and block:
+//   A_g += X_g^T X_g,  X the activation rows: linear/matmul inputs flattened to [samples, in]; convolution inputs
+//        unfolded with the layer's stride, padding and dilation into [samples x positions, C k...] columns in the
+//        weight's own (c, k...) order, one A_g per group of a grouped or depthwise convolution;
+//   G   += sum over positions of g g^T, g the gradient of log p(y | x) at the block's output with y drawn from the
+//        model's own predictive (the Fisher's sampled labels).
+// Finally A_g is divided by the number of rows and G by the number of examples, so the Fisher of the mean loss is
+// approximately N^-1 (G (x) A) per example (K-FAC with spatially uncorrelated derivatives).
+// Memory: one [cols_g, cols_g] float32 matrix per captured block and group (85 MB for 4608 inputs), plus
+// [rows, rows] for G. Sequential GPTQ captures one block at a time.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "bayesq/data/data_file.h"
+#include "bayesq/index/block_index.h"
+
+namespace bayesq {
+
+struct CaptureParams {
+  int64_t batch_size = 32;
+  int64_t max_examples = 0;  // 0: all
+  std::string output;        // --output-index
+  std::string device = "cpu";
+  bool output_gradients = false;
+  uint64_t seed = 0;
+};
+
+struct LayerStats {
+  std::string name;
+  bool captured = false;
+  std::string reason;                        // why not, when not captured
+  std::vector<torch::Tensor> input_moment;   // A per group, [cols_g, cols_g], float32 on the capture device
+  torch::Tensor output_gradient_moment;      // G [rows, rows] (when asked for)
+  int64_t rows_seen = 0;                     // activation rows behind A (examples x positions)
+  int64_t examples = 0;
+  int64_t groups() const { return static_cast<int64_t>(input_moment.size()); }
+};
+
+// Stats for index.blocks[b] for every b in `blocks` (others are left empty). Blocks consumed by fused operators
+// or transposed convolutions are returned with captured = false and the reason.
+std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const BlockIndex& index,
+                                            const std::vector<std::size_t>& blocks, const DataFile& data,
+                                            const CaptureParams& params, const std::string& model_path);
+
+// The activation rows one convolution or matmul multiplies its weight with, [samples, cols] per group; exposed
+// for tests (layer output errors).
+std::vector<torch::Tensor> activation_rows(const torch::Tensor& activation, const BlockInfo& info,
+                                           bool activation_on_right);
+
+}  // namespace bayesq

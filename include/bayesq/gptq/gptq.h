@@ -1,0 +1,60 @@
+// GPTQ (Frantar et al., 2022) with a pluggable grid: columns are quantized one at a time in the order given by
+// the inverse Hessian's Cholesky factor, and each column's rounding error is fed back into the columns not yet
+// quantized, in lazy blocks of `block_size` columns (METHOD.md §6). With H = 2/n X X^T from the layer's inputs
+// and a per-channel min-max grid this is the published algorithm; BayesQ-KFAC (METHOD.md §2) runs the same loop
+// with its own metric and codebooks.
+//
+// Details as in the reference implementation: dead inputs (H_jj = 0) are zeroed and get H_jj = 1; damping adds
+// percdamp * mean(diag H) to the diagonal; act-order visits columns by decreasing H_jj. When the Cholesky
+// factorisation fails, or succeeds only with pivots so uneven that H is singular to float32 precision, the
+// damping grows tenfold (up to max_damp_steps times) and the stats say so.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include <torch/script.h>
+
+namespace bayesq {
+
+struct GptqParams {
+  double percdamp = 0.01;
+  bool act_order = false;
+  int64_t block_size = 128;
+  int max_damp_steps = 8;
+};
+
+struct GptqStats {
+  double percdamp_used = 0.0;
+  int damp_increases = 0;
+  int64_t dead_columns = 0;
+};
+
+// The grid of one column group: given that group's current weights [rows, group columns], the ascending levels
+// [rows, K] its columns round to (nearest level, ties to the lower). Called when the loop reaches the group's
+// first column (dynamic grid, as the reference does with groups), or once per group before the loop when
+// `static_groups` (then with the original weights). A per-row grid (one group) is computed once, from the
+// weights before dead columns are zeroed, as in the reference.
+using GptqGrid = std::function<torch::Tensor(const torch::Tensor& group_weights, int64_t group)>;
+
+struct GptqResult {
+  torch::Tensor quantized;  // [rows, cols], original column order
+  torch::Tensor codes;      // [rows, cols] int64, index into the column's group levels
+  GptqStats stats;
+};
+
+// W [rows, cols] and H [cols, cols] on one device; groups are `group_size` consecutive original columns
+// (0: the whole row). Throws UserError(numerical) when damping cannot make H positive definite.
+GptqResult gptq_quantize(const torch::Tensor& weights, const torch::Tensor& hessian, int64_t group_size,
+                         bool static_groups, const GptqGrid& grid, const GptqParams& params);
+
+// The reference grid: per-row asymmetric min-max over the group with zero included, zero point rounded to an
+// integer; levels scale * (k - zero). Degenerate rows (min = max = 0) get the range [-1, 1]. fp16_metadata rounds
+// scale and offset = -scale * zero to fp16 as the packed file stores them.
+torch::Tensor minmax_levels(const torch::Tensor& group_weights, int bits, bool fp16_metadata);
+// The same grid as per-row (scale, offset), levels = k * scale + offset in float32.
+std::pair<torch::Tensor, torch::Tensor> minmax_scale_offset(const torch::Tensor& group_weights, int bits,
+                                                           bool fp16_metadata);
+torch::Tensor uniform_levels(const torch::Tensor& scale, const torch::Tensor& offset, int bits);
+
+}  // namespace bayesq

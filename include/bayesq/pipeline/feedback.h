@@ -1,0 +1,32 @@
+// Block quantization with GPTQ-style error feedback (METHOD.md §2 K-FAC, §6 GPTQ): the bridge between layer
+// statistics, the GPTQ loop and the core's QuantizedBlock. A grouped convolution runs one GPTQ per group of
+// output channels, each with its own input moment (the reference implementation shares one H across groups).
+#pragma once
+
+#include <vector>
+
+#include <torch/script.h>
+
+#include "bayesq/capture/layer_capture.h"
+#include "bayesq/codebook/block_quantizer.h"
+#include "bayesq/gptq/gptq.h"
+#include "bayesq/index/block_index.h"
+
+namespace bayesq {
+
+// rows: the block's weights as [rows, cols] (block_rows), on the stats' device. With `codebooks` (rows x
+// groups_per_row, row-major) their levels are the fixed grid; without, each row/group gets the reference min-max
+// grid with fp16 metadata (GPTQ), static when act-order meets groups so groups stay consecutive columns.
+QuantizedBlock quantize_with_feedback(const torch::Tensor& rows, const BlockInfo& info, const LayerStats& stats,
+                                      int bits, CodebookKind kind, int64_t group_size,
+                                      const std::vector<Codebook>* codebooks, const GptqParams& params,
+                                      GptqStats* gptq_stats = nullptr);
+
+// The [rows, cols] de-quantized weights of a QuantizedBlock as a float32 tensor on `device`.
+torch::Tensor dequantized_rows(const QuantizedBlock& q, const torch::Device& device);
+
+// K-FAC block metric with G replaced by its diagonal and the damping written relative to A (so that G = I gives
+// GPTQ's H up to scale): L(D) = 1/2 N sum_r G_rr D_r (A_g(r) + damp * mean(diag A_g(r)) I) D_r^T.
+double kfac_loss(const torch::Tensor& delta_rows, const BlockInfo& info, const LayerStats& stats, double damp);
+
+}  // namespace bayesq

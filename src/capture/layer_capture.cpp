@@ -1,0 +1,235 @@
+#include "bayesq/capture/layer_capture.h"
+
+#include <map>
+
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
+#include <torch/torch.h>
+
+#include "bayesq/common/errors.h"
+#include "bayesq/common/log.h"
+#include "bayesq/common/progress.h"
+#include "bayesq/model/block_discovery.h"
+#include "bayesq/model/forward.h"
+#include "bayesq/model/graph_walk.h"
+#include "bayesq/pipeline/device.h"
+
+namespace bayesq {
+
+namespace {
+
+std::vector<int64_t> per_dim(const std::vector<int64_t>& values, std::size_t dims, int64_t fallback) {
+  if (values.empty()) return std::vector<int64_t>(dims, fallback);
+  if (values.size() == 1) return std::vector<int64_t>(dims, values[0]);
+  return values;
+}
+
+// im2col for any number of spatial dims: [B, C, *spatial] -> [B * positions, C * prod(kernel)].
+torch::Tensor unfold_input(torch::Tensor x, const BlockInfo& info) {
+  const std::size_t dims = info.shape.size() - 2;
+  const std::vector<int64_t> kernel(info.shape.begin() + 2, info.shape.end());
+  const std::vector<int64_t> stride = per_dim(info.conv.stride, dims, 1);
+  const std::vector<int64_t> dilation = per_dim(info.conv.dilation, dims, 1);
+  std::vector<int64_t> pads;  // constant_pad_nd order: last dim first, (left, right) pairs
+  for (std::size_t d = dims; d-- > 0;) {
+    int64_t left, right;
+    if (info.conv.padding_same) {
+      const int64_t total = dilation[d] * (kernel[d] - 1);
+      left = total / 2;
+      right = total - left;
+    } else {
+      left = right = per_dim(info.conv.padding, dims, 0)[d];
+    }
+    pads.push_back(left);
+    pads.push_back(right);
+  }
+  x = torch::constant_pad_nd(x, pads, 0);
+  for (std::size_t d = 0; d < dims; ++d) {
+    const int64_t span = (kernel[d] - 1) * dilation[d] + 1;
+    x = x.unfold(static_cast<int64_t>(2 + d), span, stride[d]);
+  }
+  // x: [B, C, o_1..o_n, span_1..span_n]; keep every dilation-th tap.
+  for (std::size_t d = 0; d < dims; ++d)
+    if (dilation[d] > 1)
+      x = x.slice(static_cast<int64_t>(2 + dims + d), 0, c10::nullopt, dilation[d]);
+  std::vector<int64_t> order = {0};
+  for (std::size_t d = 0; d < dims; ++d) order.push_back(static_cast<int64_t>(2 + d));
+  order.push_back(1);
+  for (std::size_t d = 0; d < dims; ++d) order.push_back(static_cast<int64_t>(2 + dims + d));
+  x = x.permute(order);
+  int64_t taps = 1;
+  for (int64_t k : kernel) taps *= k;
+  return x.reshape({-1, x.size(static_cast<int64_t>(dims + 1)) * taps});
+}
+
+bool capturable(const BlockInfo& info, std::string* reason) {
+  if (info.op == OpKind::fused) {
+    *reason = "consumed by a fused inference operator: activations cannot be read";
+    return false;
+  }
+  if (info.op == OpKind::conv_transpose) {
+    *reason = "transposed convolution: not supported by layer capture";
+    return false;
+  }
+  if ((info.op == OpKind::conv1d || info.op == OpKind::conv2d || info.op == OpKind::conv3d) &&
+      info.conv.stride.empty()) {
+    *reason = "convolution geometry is not constant in the graph";
+    return false;
+  }
+  return true;
+}
+
+// Rows of the gradient at a block's output, [samples, rows]: channels last.
+torch::Tensor output_rows(const torch::Tensor& g, const BlockInfo& info, bool activation_on_right) {
+  if (info.op == OpKind::conv1d || info.op == OpKind::conv2d || info.op == OpKind::conv3d)
+    return g.movedim(1, -1).reshape({-1, g.size(1)});
+  if (activation_on_right) return g.dim() == 1 ? g.reshape({1, -1}) : g.movedim(-2, -1).reshape({-1, g.size(-2)});
+  return g.reshape({-1, g.size(-1)});
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> activation_rows(const torch::Tensor& activation, const BlockInfo& info,
+                                           bool activation_on_right) {
+  const torch::Tensor x = activation.to(torch::kFloat32);
+  torch::Tensor rows;
+  int64_t groups = 1;
+  if (info.op == OpKind::conv1d || info.op == OpKind::conv2d || info.op == OpKind::conv3d) {
+    rows = unfold_input(x, info);
+    groups = info.conv.groups;
+  } else if (activation_on_right) {
+    rows = x.dim() == 1 ? x.reshape({1, -1}) : x.movedim(-2, -1).reshape({-1, x.size(-2)});
+  } else {
+    rows = x.reshape({-1, x.size(-1)});
+  }
+  const int64_t cols = rows.size(1) / groups;
+  std::vector<torch::Tensor> out;
+  for (int64_t g = 0; g < groups; ++g) out.push_back(rows.slice(1, g * cols, (g + 1) * cols));
+  return out;
+}
+
+std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const BlockIndex& index,
+                                            const std::vector<std::size_t>& blocks, const DataFile& data,
+                                            const CaptureParams& params, const std::string& model_path) {
+  const torch::Device device = parse_device(params.device);
+  module.eval();
+  module.to(device);
+  check_input_count(module, data, model_path);
+  const int64_t n = params.max_examples > 0 ? std::min(params.max_examples, data.size()) : data.size();
+
+  std::vector<LayerStats> stats(index.blocks.size());
+  std::map<std::string, std::size_t> wanted;
+  for (std::size_t b : blocks) {
+    stats[b].name = index.blocks[b].name;
+    if (capturable(index.blocks[b], &stats[b].reason)) wanted[index.blocks[b].name] = b;
+  }
+
+  // Instrument a copy of the inlined forward graph: activations (and outputs) of every use of a wanted block.
+  std::shared_ptr<torch::jit::Graph> graph = inlined_forward(module);
+  struct Tap {
+    std::size_t block;
+    bool on_right;
+    std::size_t activation_output, result_output;
+  };
+  // A method returns one value: the original output and the taps go out as one tuple.
+  std::vector<torch::jit::Value*> returned = {graph->outputs().at(0)};
+  std::vector<Tap> taps;
+  for (const WeightUse& use : find_weight_uses(*graph)) {
+    const auto it = wanted.find(use.path);
+    if (it == wanted.end() || !use.activation) continue;
+    Tap tap{it->second, use.activation_on_right, returned.size(), 0};
+    returned.push_back(use.activation);
+    if (params.output_gradients) {
+      tap.result_output = returned.size();
+      returned.push_back(use.node->output());
+    }
+    taps.push_back(tap);
+  }
+  {
+    torch::jit::WithInsertPoint at_end(graph->return_node());
+    torch::jit::Value* tuple = graph->insertNode(graph->createTuple(returned))->output();
+    graph->eraseOutput(0);
+    graph->registerOutput(tuple);
+  }
+  for (const auto& w : wanted)
+    if (std::none_of(taps.begin(), taps.end(), [&](const Tap& t) { return t.block == w.second; }))
+      stats[w.second].reason = "no readable activation in the forward graph";
+  if (taps.empty()) return stats;
+  torch::jit::GraphFunction function("bayesq_capture", graph, nullptr);
+
+  // Gradients at block outputs need a graph: the wanted blocks' weights require grad for the pass.
+  std::vector<std::pair<torch::Tensor, bool>> saved;
+  if (params.output_gradients) {
+    for (const auto& p : module.named_parameters(true)) {
+      saved.emplace_back(p.value, p.value.requires_grad());
+      p.value.set_requires_grad(false);
+    }
+    for (const auto& w : wanted) find_tensor(module, w.first).set_requires_grad(true);
+    torch::manual_seed(params.seed);
+  }
+  struct Restore {
+    std::vector<std::pair<torch::Tensor, bool>>& saved;
+    ~Restore() {
+      for (auto& s : saved) s.first.set_requires_grad(s.second);
+    }
+  } restore{saved};
+
+  torch::jit::GraphOptimizerEnabledGuard plain_interpreter(false);
+  c10::optional<torch::NoGradGuard> no_grad;
+  if (!params.output_gradients) no_grad.emplace();
+  Progress progress("layer capture", n);
+  for (int64_t begin = 0; begin < n; begin += params.batch_size) {
+    const int64_t end = std::min(n, begin + params.batch_size);
+    torch::jit::Stack stack;
+    stack.emplace_back(module._ivalue());
+    for (auto& v : data.batch(begin, end, device)) stack.push_back(std::move(v));
+    try {
+      function.run(stack);
+    } catch (const std::exception&) {
+      forward_batch(module, data, begin, end, device, model_path);  // reports the error with shapes
+      throw;
+    }
+    const std::vector<torch::jit::IValue> outputs = stack.at(0).toTupleRef().elements().vec();
+    std::vector<torch::Tensor> results(taps.size());
+    if (params.output_gradients) {
+      const torch::Tensor logits = select_output(outputs.at(0), params.output).to(torch::kFloat32);
+      const torch::Tensor log_p = torch::log_softmax(logits.reshape({-1, logits.size(-1)}), 1);
+      const torch::Tensor sampled = torch::multinomial(log_p.detach().exp(), 1);
+      const torch::Tensor objective = log_p.gather(1, sampled).sum();
+      std::vector<torch::Tensor> outputs_of_blocks;
+      for (const Tap& t : taps) outputs_of_blocks.push_back(outputs.at(t.result_output).toTensor());
+      results = torch::autograd::grad({objective}, outputs_of_blocks, {}, false, false, /*allow_unused=*/true);
+    }
+    torch::NoGradGuard accumulate;
+    for (std::size_t k = 0; k < taps.size(); ++k) {
+      const Tap& t = taps[k];
+      const BlockInfo& info = index.blocks[t.block];
+      LayerStats& s = stats[t.block];
+      const std::vector<torch::Tensor> rows =
+          activation_rows(outputs.at(t.activation_output).toTensor().detach(), info, t.on_right);
+      if (s.input_moment.empty())
+        for (const auto& r : rows) s.input_moment.push_back(torch::zeros({r.size(1), r.size(1)}, r.options()));
+      for (std::size_t g = 0; g < rows.size(); ++g) s.input_moment[g].addmm_(rows[g].t(), rows[g]);
+      s.rows_seen += rows[0].size(0);
+      if (params.output_gradients && results[k].defined()) {
+        const torch::Tensor gr = output_rows(results[k].to(torch::kFloat32), info, t.on_right);
+        if (!s.output_gradient_moment.defined())
+          s.output_gradient_moment = torch::zeros({gr.size(1), gr.size(1)}, gr.options());
+        s.output_gradient_moment.addmm_(gr.t(), gr);
+      }
+    }
+    for (auto& w : wanted) stats[w.second].examples += end - begin;
+    progress.advance(end - begin);
+  }
+  progress.finish();
+  for (auto& w : wanted) {
+    LayerStats& s = stats[w.second];
+    if (s.input_moment.empty()) continue;
+    for (auto& a : s.input_moment) a.div_(static_cast<double>(s.rows_seen));
+    if (s.output_gradient_moment.defined()) s.output_gradient_moment.div_(static_cast<double>(s.examples));
+    s.captured = true;
+  }
+  return stats;
+}
+
+}  // namespace bayesq

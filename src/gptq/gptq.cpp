@@ -1,0 +1,164 @@
+#include "bayesq/gptq/gptq.h"
+
+#include <torch/torch.h>
+
+#include "bayesq/common/errors.h"
+
+namespace bayesq {
+
+namespace {
+
+// sqrt of float32's epsilon: below this ratio of Cholesky pivots, cond(H) exceeds 1 / epsilon.
+constexpr double kMinPivotRatio = 3.5e-4;
+
+// Nearest of each row's ascending levels: codes and values for one column w [rows].
+std::pair<torch::Tensor, torch::Tensor> round_column(const torch::Tensor& w, const torch::Tensor& levels) {
+  const torch::Tensor boundaries = 0.5 * (levels.slice(1, 1) + levels.slice(1, 0, -1));
+  // searchsorted (left): number of boundaries < w, so an exact tie goes to the lower level.
+  const torch::Tensor codes = torch::searchsorted(boundaries.contiguous(), w.unsqueeze(1).contiguous()).squeeze(1);
+  const torch::Tensor q = levels.gather(1, codes.unsqueeze(1)).squeeze(1);
+  return {codes, q};
+}
+
+}  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> minmax_scale_offset(const torch::Tensor& group_weights, int bits,
+                                                           bool fp16_metadata) {
+  const torch::Tensor w = group_weights.to(torch::kFloat32);
+  const double maxq = double((1 << bits) - 1);
+  torch::Tensor lo = torch::clamp_max(std::get<0>(w.min(1)), 0.0);
+  torch::Tensor hi = torch::clamp_min(std::get<0>(w.max(1)), 0.0);
+  const torch::Tensor degenerate = (lo == 0) & (hi == 0);
+  lo = torch::where(degenerate, torch::full_like(lo, -1.0), lo);
+  hi = torch::where(degenerate, torch::full_like(hi, 1.0), hi);
+  torch::Tensor scale = (hi - lo) / maxq;
+  const torch::Tensor zero = torch::round(-lo / scale);
+  torch::Tensor offset = -scale * zero;
+  if (fp16_metadata) {
+    scale = scale.to(torch::kHalf).to(torch::kFloat32);
+    offset = offset.to(torch::kHalf).to(torch::kFloat32);
+  }
+  return {scale, offset};
+}
+
+torch::Tensor uniform_levels(const torch::Tensor& scale, const torch::Tensor& offset, int bits) {
+  const torch::Tensor k = torch::arange(1 << bits, scale.options());
+  // float32 multiply then add: the order Codebook and the exported graph use.
+  return k.unsqueeze(0) * scale.unsqueeze(1) + offset.unsqueeze(1);
+}
+
+torch::Tensor minmax_levels(const torch::Tensor& group_weights, int bits, bool fp16_metadata) {
+  const auto so = minmax_scale_offset(group_weights, bits, fp16_metadata);
+  return uniform_levels(so.first, so.second, bits);
+}
+
+GptqResult gptq_quantize(const torch::Tensor& weights, const torch::Tensor& hessian, int64_t group_size,
+                         bool static_groups, const GptqGrid& grid, const GptqParams& params) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor W = weights.to(torch::kFloat32).clone();
+  torch::Tensor H = hessian.to(torch::kFloat32).clone();
+  const int64_t rows = W.size(0), cols = W.size(1);
+  BQ_ASSERT(H.size(0) == cols && H.size(1) == cols, "H is ", H.sizes(), " for ", cols, " columns");
+  const int64_t group = group_size <= 0 || group_size >= cols ? cols : group_size;
+  GptqResult result;
+
+  // Per-row grids (one group) come from the weights before dead columns are zeroed, as in the reference.
+  torch::Tensor row_levels;
+  if (group == cols) row_levels = grid(W, 0);
+
+  const torch::Tensor dead = H.diagonal() == 0;
+  result.stats.dead_columns = dead.sum().item<int64_t>();
+  if (result.stats.dead_columns > 0) {
+    H.diagonal().masked_fill_(dead, 1.0);
+    W.index_put_({torch::indexing::Slice(), dead}, 0.0);
+  }
+
+  // Static grids come from the original (dead-zeroed) weights, one per group of original columns.
+  std::vector<torch::Tensor> levels(static_cast<std::size_t>((cols + group - 1) / group));
+  if (static_groups && group < cols)
+    for (int64_t g = 0; g * group < cols; ++g)
+      levels[static_cast<std::size_t>(g)] = grid(W.slice(1, g * group, std::min(cols, (g + 1) * group)), g);
+
+  torch::Tensor perm;
+  if (params.act_order) {
+    perm = torch::argsort(H.diagonal(), /*dim=*/0, /*descending=*/true);
+    W = W.index_select(1, perm);
+    H = H.index_select(0, perm).index_select(1, perm);
+  } else {
+    perm = torch::arange(cols, torch::TensorOptions().dtype(torch::kLong).device(W.device()));
+  }
+  const std::vector<int64_t> order(perm.cpu().data_ptr<int64_t>(), perm.cpu().data_ptr<int64_t>() + cols);
+
+  // Hinv = upper Cholesky factor of H^-1, damping grown tenfold whenever a factorisation fails.
+  const double mean_diag = H.diagonal().mean().item<double>();
+  double percdamp = params.percdamp;
+  torch::Tensor Hinv;
+  for (int attempt = 0;; ++attempt) {
+    torch::Tensor damped = H.clone();
+    damped.diagonal().add_(percdamp * mean_diag);
+    auto [L, info] = torch::linalg_cholesky_ex(damped);
+    // A factorisation that "succeeds" on a numerically singular H (pivot ratio near float32 precision) gives
+    // useless updates: treat it as a failure too.
+    const torch::Tensor pivots = L.diagonal();
+    const bool well_conditioned = info.item<int64_t>() == 0 &&
+                                  (pivots.min() / pivots.max()).item<double>() > kMinPivotRatio;
+    if (well_conditioned) {
+      auto [U, info_inverse] = torch::linalg_cholesky_ex(torch::cholesky_inverse(L), /*upper=*/true);
+      if (info_inverse.item<int64_t>() == 0 && torch::isfinite(U).all().item<bool>()) {
+        Hinv = U;
+        break;
+      }
+    }
+    BQ_CHECK(attempt < params.max_damp_steps, ExitCode::numerical, "GPTQ: the layer Hessian is not positive "
+             "definite even with damping ", percdamp, " x mean(diag H)");
+    percdamp = percdamp > 0.0 ? percdamp * 10.0 : 1e-6;
+    ++result.stats.damp_increases;
+  }
+  result.stats.percdamp_used = percdamp;
+
+  torch::Tensor Q = torch::zeros_like(W);
+  torch::Tensor codes = torch::zeros({rows, cols}, W.options().dtype(torch::kLong));
+  torch::Tensor current_levels;
+  int64_t current_group = -1;
+  for (int64_t i1 = 0; i1 < cols; i1 += params.block_size) {
+    const int64_t i2 = std::min(i1 + params.block_size, cols);
+    const int64_t count = i2 - i1;
+    torch::Tensor W1 = W.slice(1, i1, i2).clone();
+    torch::Tensor Q1 = torch::zeros_like(W1);
+    torch::Tensor Err1 = torch::zeros_like(W1);
+    const torch::Tensor Hinv1 = Hinv.slice(0, i1, i2).slice(1, i1, i2);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t column = i1 + i;
+      const int64_t g = order[static_cast<std::size_t>(column)] / group;
+      if (group == cols) {
+        current_levels = row_levels;
+      } else if (static_groups) {
+        current_levels = levels[static_cast<std::size_t>(g)];
+      } else if (column % group == 0 || current_group < 0) {
+        // Dynamic grid from the outer W, which holds the updates of earlier lazy blocks (reference behaviour).
+        current_levels = grid(W.slice(1, column, std::min(cols, column + group)), column / group);
+        current_group = column / group;
+      }
+      const torch::Tensor w = W1.select(1, i);
+      const double d = Hinv1[i][i].item<double>();
+      auto [code, q] = round_column(w, current_levels);
+      Q1.select(1, i).copy_(q);
+      codes.select(1, column).copy_(code);
+      const torch::Tensor err = (w - q) / d;
+      W1.slice(1, i).sub_(err.unsqueeze(1).matmul(Hinv1.select(0, i).slice(0, i).unsqueeze(0)));
+      Err1.select(1, i).copy_(err);
+    }
+    Q.slice(1, i1, i2).copy_(Q1);
+    if (i2 < cols) W.slice(1, i2).sub_(Err1.matmul(Hinv.slice(0, i1, i2).slice(1, i2)));
+  }
+  if (params.act_order) {
+    const torch::Tensor inverse = torch::argsort(perm);
+    Q = Q.index_select(1, inverse);
+    codes = codes.index_select(1, inverse);
+  }
+  result.quantized = Q;
+  result.codes = codes;
+  return result;
+}
+
+}  // namespace bayesq

@@ -1,0 +1,179 @@
+#include "bayesq/model/graph_walk.h"
+
+#include <torch/csrc/jit/passes/inliner.h>
+
+namespace bayesq {
+
+using torch::jit::Node;
+using torch::jit::Value;
+
+namespace {
+
+bool is_int_constant(Value* v, int64_t* out) {
+  const auto iv = torch::jit::toIValue(v);
+  if (!iv || !iv->isInt()) return false;
+  *out = iv->toInt();
+  return true;
+}
+
+bool is_none(Value* v) { return v->type()->kind() == c10::TypeKind::NoneType; }
+
+// Follows ops that leave a weight's values alone (casts, copies) or only swap the two axes of a 2-D weight.
+Value* strip_views(Value* v, bool* transposed) {
+  for (;;) {
+    Node* n = v->node();
+    const std::string kind = n->kind().toQualString();
+    if (kind == "aten::t") {
+      *transposed = !*transposed;
+      v = n->input(0);
+    } else if (kind == "aten::transpose") {
+      int64_t a = 0, b = 0;
+      if (!is_int_constant(n->input(1), &a) || !is_int_constant(n->input(2), &b)) return v;
+      if (!((a == 0 && b == 1) || (a == 1 && b == 0) || (a == -1 && b == -2) || (a == -2 && b == -1))) return v;
+      *transposed = !*transposed;
+      v = n->input(0);
+    } else if (kind == "aten::to" || kind == "aten::contiguous" || kind == "aten::detach" ||
+               kind == "aten::clone" || kind == "aten::type_as" || kind == "aten::float" ||
+               kind == "aten::half" || kind == "aten::bfloat16") {
+      v = n->input(0);
+    } else {
+      return v;
+    }
+  }
+}
+
+// A constant int list, or a prim::ListConstruct of constant ints (how scripted graphs pass stride and padding).
+std::vector<int64_t> int_list(Value* v) {
+  const auto iv = torch::jit::toIValue(v);
+  if (iv && iv->isIntList()) return iv->toIntVector();
+  if (iv && iv->isInt()) return {iv->toInt()};
+  if (v->node()->kind() == torch::jit::prim::ListConstruct) {
+    std::vector<int64_t> out;
+    for (Value* item : v->node()->inputs()) {
+      int64_t x = 0;
+      if (!is_int_constant(item, &x)) return {};
+      out.push_back(x);
+    }
+    return out;
+  }
+  return {};
+}
+
+}  // namespace
+
+void visit_nodes(torch::jit::Block* block, const std::function<void(Node*)>& fn) {
+  for (Node* n : block->nodes()) {
+    fn(n);
+    for (torch::jit::Block* sub : n->blocks()) visit_nodes(sub, fn);
+  }
+}
+
+std::string attribute_path(Value* v, Value* self) {
+  std::vector<std::string> parts;
+  while (v != self) {
+    Node* n = v->node();
+    if (n->kind() != torch::jit::prim::GetAttr) return "";
+    parts.push_back(n->s(torch::jit::attr::name));
+    v = n->input(0);
+  }
+  std::string path;
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) path += (path.empty() ? "" : ".") + *it;
+  return path;
+}
+
+std::shared_ptr<torch::jit::Graph> inlined_forward(const torch::jit::Module& module) {
+  std::shared_ptr<torch::jit::Graph> graph = module.get_method("forward").graph()->copy();
+  torch::jit::Inline(*graph);
+  return graph;
+}
+
+std::vector<WeightUse> find_weight_uses(torch::jit::Graph& graph, std::set<std::string>* embedded) {
+  Value* self = graph.inputs().at(0);
+  std::vector<WeightUse> uses;
+  auto add = [&](Node* n, Value* operand, OpKind op, bool visible, int row_axis_if_plain, Value* activation,
+                 bool activation_on_right, Value* bias, const ConvGeometry* conv) {
+    WeightUse u;
+    const std::string path = attribute_path(strip_views(operand, &u.transposed), self);
+    if (path.empty()) return;
+    u.node = n;
+    u.path = path;
+    u.op = op;
+    u.row_axis_if_plain = row_axis_if_plain;
+    u.autograd_visible = visible;
+    u.activation = activation;
+    u.activation_on_right = activation_on_right;
+    u.bias = bias && !is_none(bias) ? bias : nullptr;
+    if (conv) u.conv = *conv;
+    uses.push_back(u);
+  };
+
+  visit_nodes(graph.block(), [&](Node* n) {
+    const std::string kind = n->kind().toQualString();
+    if (kind == "aten::linear") {
+      add(n, n->input(1), OpKind::linear, true, 0, n->input(0), false, n->inputs().size() > 2 ? n->input(2) : nullptr,
+          nullptr);
+    } else if (kind == "aten::conv1d" || kind == "aten::conv2d" || kind == "aten::conv3d") {
+      ConvGeometry g;
+      g.stride = int_list(n->input(3));
+      const auto padding = torch::jit::toIValue(n->input(4));
+      if (padding && padding->isString()) {
+        g.padding_same = padding->toStringRef() == "same";
+      } else {
+        g.padding = int_list(n->input(4));
+      }
+      g.dilation = int_list(n->input(5));
+      int64_t groups = 1;
+      if (is_int_constant(n->input(6), &groups)) g.groups = groups;
+      const OpKind op =
+          kind == "aten::conv1d" ? OpKind::conv1d : kind == "aten::conv2d" ? OpKind::conv2d : OpKind::conv3d;
+      add(n, n->input(1), op, true, 0, n->input(0), false, n->input(2), &g);
+    } else if (kind == "aten::_convolution" || kind == "aten::convolution") {
+      ConvGeometry g;
+      g.stride = int_list(n->input(3));
+      g.padding = int_list(n->input(4));
+      g.dilation = int_list(n->input(5));
+      const auto transposed = torch::jit::toIValue(n->input(6));
+      int64_t groups = 1;
+      if (is_int_constant(n->input(8), &groups)) g.groups = groups;
+      OpKind op = OpKind::conv2d;
+      if (transposed && transposed->isBool() && transposed->toBool()) {
+        op = OpKind::conv_transpose;
+      } else if (g.stride.size() == 1) {
+        op = OpKind::conv1d;
+      } else if (g.stride.size() == 3) {
+        op = OpKind::conv3d;
+      }
+      add(n, n->input(1), op, true, 0, n->input(0), false, n->input(2), &g);
+    } else if (kind == "aten::conv_transpose1d" || kind == "aten::conv_transpose2d" ||
+               kind == "aten::conv_transpose3d") {
+      ConvGeometry g;
+      g.stride = int_list(n->input(3));
+      g.padding = int_list(n->input(4));
+      int64_t groups = 1;
+      if (is_int_constant(n->input(6), &groups)) g.groups = groups;
+      g.dilation = int_list(n->input(7));
+      add(n, n->input(1), OpKind::conv_transpose, true, 0, n->input(0), false, n->input(2), &g);
+    } else if (kind == "aten::matmul" || kind == "aten::mm") {
+      // x @ W with W [in, out]: rows (outputs) are W's last axis; W @ x: rows are W's first axis.
+      add(n, n->input(1), OpKind::matmul, true, 1, n->input(0), false, nullptr, nullptr);
+      add(n, n->input(0), OpKind::matmul, true, 0, n->input(1), true, nullptr, nullptr);
+    } else if (kind == "aten::addmm") {
+      add(n, n->input(2), OpKind::matmul, true, 1, n->input(1), false, n->input(0), nullptr);
+      add(n, n->input(1), OpKind::matmul, true, 0, n->input(2), true, n->input(0), nullptr);
+    } else if (kind == "aten::embedding" || kind == "aten::embedding_bag") {
+      bool ignored = false;
+      const std::string path = attribute_path(strip_views(n->input(0), &ignored), self);
+      if (embedded && !path.empty()) embedded->insert(path);
+    } else if (n->maybeSchema() != nullptr && kind.rfind("aten::", 0) == 0 && kind.find("norm") == std::string::npos) {
+      // Fused inference operators (e.g. aten::_transformer_encoder_layer_fwd): their "weight" operands are linear
+      // weights [out, in] that autograd cannot see through and whose activations cannot be read.
+      const auto& args = n->schema().arguments();
+      for (std::size_t i = 0; i < args.size() && i < n->inputs().size(); ++i)
+        if (args[i].name().find("weight") != std::string::npos)
+          add(n, n->input(i), OpKind::fused, false, 0, nullptr, false, nullptr, nullptr);
+    }
+  });
+  return uses;
+}
+
+}  // namespace bayesq

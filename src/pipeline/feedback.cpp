@@ -1,0 +1,100 @@
+#include "bayesq/pipeline/feedback.h"
+
+#include <torch/torch.h>
+
+#include "bayesq/common/errors.h"
+
+namespace bayesq {
+
+namespace {
+
+torch::Tensor levels_of(const std::vector<Codebook>& codebooks, int64_t first_row, int64_t rows, int64_t groups,
+                        int64_t group, const torch::Device& device) {
+  const std::size_t k = codebooks[0].levels.size();
+  std::vector<float> values;
+  values.reserve(static_cast<std::size_t>(rows) * k);
+  for (int64_t r = 0; r < rows; ++r) {
+    const Codebook& cb = codebooks[static_cast<std::size_t>((first_row + r) * groups + group)];
+    values.insert(values.end(), cb.levels.begin(), cb.levels.end());
+  }
+  return torch::from_blob(values.data(), {rows, static_cast<int64_t>(k)}, torch::kFloat32).clone().to(device);
+}
+
+}  // namespace
+
+torch::Tensor dequantized_rows(const QuantizedBlock& q, const torch::Device& device) {
+  std::vector<float> values = q.dequantize();
+  return torch::from_blob(values.data(), {q.rows, q.cols}, torch::kFloat32).clone().to(device);
+}
+
+QuantizedBlock quantize_with_feedback(const torch::Tensor& rows, const BlockInfo& info, const LayerStats& stats,
+                                      int bits, CodebookKind kind, int64_t group_size,
+                                      const std::vector<Codebook>* codebooks, const GptqParams& params,
+                                      GptqStats* gptq_stats) {
+  BQ_ASSERT(stats.captured, "no layer statistics for ", info.name);
+  const int64_t total_rows = rows.size(0), cols = rows.size(1);
+  const int64_t conv_groups = stats.groups();
+  BQ_ASSERT(total_rows % conv_groups == 0 && stats.input_moment[0].size(0) == cols, "layer stats of ", info.name,
+            " do not fit its weights");
+  QuantizedBlock q;
+  q.bits = bits;
+  q.kind = codebooks ? kind : CodebookKind::uniform_asymmetric;
+  q.rows = total_rows;
+  q.cols = cols;
+  q.group_size = effective_group_size(cols, group_size);
+  const int64_t groups = groups_per_row(cols, group_size);
+  q.codebooks.resize(static_cast<std::size_t>(total_rows * groups));
+  q.codes.resize(static_cast<std::size_t>(total_rows * cols));
+  if (codebooks) q.codebooks = *codebooks;
+  const int64_t rows_per_group = total_rows / conv_groups;
+  const bool static_groups = codebooks != nullptr || (params.act_order && q.group_size < cols);
+
+  for (int64_t cg = 0; cg < conv_groups; ++cg) {
+    const int64_t first = cg * rows_per_group;
+    GptqGrid grid = [&](const torch::Tensor& group_weights, int64_t group) {
+      if (codebooks) return levels_of(*codebooks, first, rows_per_group, groups, group, rows.device());
+      const auto scale_offset = minmax_scale_offset(group_weights, bits, /*fp16_metadata=*/true);
+      const torch::Tensor scale = scale_offset.first.cpu(), offset = scale_offset.second.cpu();
+      for (int64_t r = 0; r < rows_per_group; ++r)
+        q.codebooks[static_cast<std::size_t>((first + r) * groups + group)] =
+            Codebook::uniform_asymmetric(bits, scale[r].item<float>(), offset[r].item<float>());
+      return uniform_levels(scale_offset.first, scale_offset.second, bits);
+    };
+    GptqResult result = gptq_quantize(rows.slice(0, first, first + rows_per_group),
+                                      stats.input_moment[static_cast<std::size_t>(cg)], q.group_size, static_groups,
+                                      grid, params);
+    if (gptq_stats) {
+      gptq_stats->percdamp_used = std::max(gptq_stats->percdamp_used, result.stats.percdamp_used);
+      gptq_stats->damp_increases += result.stats.damp_increases;
+      gptq_stats->dead_columns += result.stats.dead_columns;
+    }
+    const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
+    const int64_t* c = codes.data_ptr<int64_t>();
+    for (int64_t i = 0; i < rows_per_group * cols; ++i)
+      q.codes[static_cast<std::size_t>(first * cols + i)] = static_cast<uint8_t>(c[i]);
+  }
+  return q;
+}
+
+double kfac_loss(const torch::Tensor& delta_rows, const BlockInfo& info, const LayerStats& stats, double damp) {
+  (void)info;
+  torch::NoGradGuard no_grad;
+  const int64_t conv_groups = stats.groups();
+  const int64_t rows_per_group = delta_rows.size(0) / conv_groups;
+  const torch::Tensor g_diag = stats.output_gradient_moment.defined()
+                                   ? stats.output_gradient_moment.diagonal().to(torch::kFloat64)
+                                   : torch::ones({delta_rows.size(0)}, torch::kFloat64);
+  double total = 0.0;
+  for (int64_t cg = 0; cg < conv_groups; ++cg) {
+    const torch::Tensor a = stats.input_moment[static_cast<std::size_t>(cg)].to(torch::kFloat64);
+    const torch::Tensor h = a + damp * a.diagonal().mean() * torch::eye(a.size(0), a.options());
+    const torch::Tensor d = delta_rows.slice(0, cg * rows_per_group, (cg + 1) * rows_per_group).to(torch::kFloat64);
+    const torch::Tensor per_row = (d.matmul(h) * d).sum(1);
+    total += (g_diag.slice(0, cg * rows_per_group, (cg + 1) * rows_per_group).to(per_row.device()) * per_row)
+                 .sum()
+                 .item<double>();
+  }
+  return 0.5 * static_cast<double>(stats.examples) * total;
+}
+
+}  // namespace bayesq

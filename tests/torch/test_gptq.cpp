@@ -1,0 +1,253 @@
+// Layer capture, GPTQ against a reference implementation, and the K-FAC error-feedback path.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include <torch/script.h>
+#include <torch/serialize.h>
+#include <torch/torch.h>
+
+#include "bayesq/capture/layer_capture.h"
+#include "bayesq/codebook/block_quantizer.h"
+#include "bayesq/common/errors.h"
+#include "bayesq/data/data_file.h"
+#include "bayesq/gptq/gptq.h"
+#include "bayesq/model/block_discovery.h"
+#include "bayesq/model/block_tensor.h"
+#include "bayesq/model/model_file.h"
+#include "bayesq/pipeline/feedback.h"
+#include "bayesq/pipeline/quantize.h"
+#include "bayesq/pipeline/session.h"
+#include "fixtures.h"
+
+using namespace bayesq;
+using bayesq_test::fixture;
+using bayesq_test::scratch;
+
+namespace {
+
+struct Fixture {
+  LoadedModel model;
+  BlockIndex index;
+  std::vector<LayerStats> calib, held_out;
+  Fixture(const std::string& name, const std::string& calib_file, const std::string& eval_file,
+          bool gradients = false) {
+    model = load_model(fixture(name));
+    index = discover_blocks(model.module);
+    std::vector<std::size_t> all;
+    for (std::size_t b = 0; b < index.blocks.size(); ++b) all.push_back(b);
+    CaptureParams p;
+    p.output_gradients = gradients;
+    calib = capture_layer_stats(model.module, index, all, DataFile::load(fixture(calib_file)), p, name);
+    if (!eval_file.empty())
+      held_out = capture_layer_stats(model.module, index, all, DataFile::load(fixture(eval_file)), CaptureParams{},
+                                     name);
+  }
+  std::size_t block(const std::string& name) const { return static_cast<std::size_t>(index.find(name)); }
+  torch::Tensor rows(std::size_t b) const { return block_rows(find_tensor(model.module, index.blocks[b].name), index.blocks[b]); }
+  // Sum over held-out activation rows of ||(Q - W) x||^2, group by group.
+  double output_error(std::size_t b, const torch::Tensor& quantized_rows) const {
+    const LayerStats& s = held_out[b];
+    const torch::Tensor delta = (quantized_rows - rows(b)).to(torch::kFloat64);
+    const int64_t per = delta.size(0) / s.groups();
+    double total = 0.0;
+    for (int64_t g = 0; g < s.groups(); ++g) {
+      const torch::Tensor d = delta.slice(0, g * per, (g + 1) * per);
+      total += (d.matmul(s.input_moment[static_cast<std::size_t>(g)].to(torch::kFloat64)) * d).sum().item<double>();
+    }
+    return total * static_cast<double>(s.rows_seen);
+  }
+};
+
+}  // namespace
+
+TEST(Capture, InputMomentsMatchTheActivationsComputedDirectly) {
+  // The classifier of the separable net sees mean-pooled pw2 features; recompute them in Python-free libtorch.
+  Fixture f("separable.pt", "separable_calib.pt", "");
+  const std::size_t fc = f.block("fc.weight");
+  ASSERT_TRUE(f.calib[fc].captured);
+  EXPECT_EQ(f.calib[fc].rows_seen, 96);
+  const std::size_t dw = f.block("dw1.weight");
+  EXPECT_EQ(f.calib[dw].groups(), 16);                  // depthwise: one A per channel
+  EXPECT_EQ(f.calib[dw].input_moment[0].size(0), 9);    // 1 channel x 3 x 3 taps
+  EXPECT_EQ(f.calib[dw].rows_seen, 96 * 16 * 16);       // positions of a stride-1, padding-1 conv
+  const std::size_t stem = f.block("stem.weight");
+  // Unfold check: A of the stem equals unfold(x)^T unfold(x) / rows computed with torch's own im2col.
+  const torch::Tensor x = DataFile::load(fixture("separable_calib.pt")).input(0);
+  const torch::Tensor cols = torch::im2col(x, {3, 3}, {1, 1}, {1, 1}, {1, 1}).transpose(1, 2).reshape({-1, 9});
+  const torch::Tensor expected = cols.t().matmul(cols) / double(cols.size(0));
+  EXPECT_TRUE(torch::allclose(f.calib[stem].input_moment[0], expected, 1e-4, 1e-5));
+}
+
+TEST(Capture, FusedOperatorsAreReportedNotCaptured) {
+  Fixture f("transformer_fused.pt", "transformer_calib.pt", "");
+  EXPECT_FALSE(f.calib[f.block("encoder.layers.0.linear1.weight")].captured);
+  EXPECT_NE(f.calib[f.block("encoder.layers.0.linear1.weight")].reason.find("fused"), std::string::npos);
+  EXPECT_TRUE(f.calib[f.block("head.weight")].captured);
+}
+
+TEST(Gptq, MatchesAReferenceImplementationOnLinearAndConvLayers) {
+  Fixture f("separable.pt", "separable_calib.pt", "");
+  c10::impl::GenericDict cases(c10::StringType::get(), c10::AnyType::get());
+  struct Case {
+    const char* block;
+    bool act_order;
+    int64_t group;
+    int bits;
+  };
+  const Case all[] = {{"fc.weight", false, 0, 3},   {"fc.weight", true, 0, 2},    {"fc.weight", true, 16, 3},
+                      {"pw2.weight", false, 0, 4},  {"pw2.weight", true, 8, 3},   {"stem.weight", false, 0, 3},
+                      {"pw1.weight", false, 4, 2}};
+  int n = 0;
+  for (const Case& c : all) {
+    const std::size_t b = f.block(c.block);
+    const torch::Tensor W = f.rows(b);
+    const torch::Tensor H = f.calib[b].input_moment[0];
+    GptqParams params;
+    params.act_order = c.act_order;
+    params.block_size = 16;  // several lazy blocks even for narrow layers
+    const GptqResult r = gptq_quantize(
+        W, H, c.group, /*static_groups=*/c.group > 0,
+        [&](const torch::Tensor& w, int64_t) { return minmax_levels(w, c.bits, /*fp16_metadata=*/false); }, params);
+    const std::string name = "case" + std::to_string(n++);
+    cases.insert(name + "/W", W);
+    cases.insert(name + "/H", H);
+    cases.insert(name + "/Q", r.quantized);
+    cases.insert(name + "/bits", int64_t{c.bits});
+    cases.insert(name + "/act_order", int64_t{c.act_order});
+    cases.insert(name + "/group", c.group);
+    cases.insert(name + "/percdamp", params.percdamp);
+    cases.insert(name + "/block", params.block_size);
+  }
+  const std::string path = scratch("gptq_cases.pt");
+  {
+    const std::vector<char> bytes = torch::pickle_save(cases);
+    std::ofstream out(path, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  const std::string command =
+      std::string(BAYESQ_PYTHON) + " " + BAYESQ_SOURCE_DIR + "/tests/python/gptq_reference.py " + path;
+  EXPECT_EQ(std::system(command.c_str()), 0) << command;
+}
+
+TEST(Gptq, DepthwiseConvolutionBeatsRoundToNearest) {
+  // Each depthwise channel has its own 9 x 9 H. Against rounding to nearest on the same grid (GPTQ without error
+  // feedback), on held-out inputs.
+  Fixture f("separable.pt", "separable_calib.pt", "separable_eval.pt");
+  for (const char* name : {"dw1.weight", "dw2.weight"}) {
+    const std::size_t b = f.block(name);
+    const BlockInfo& info = f.index.blocks[b];
+    for (int bits : {2, 3, 4}) {
+      const QuantizedBlock gptq = quantize_with_feedback(f.rows(b), info, f.calib[b], bits,
+                                                         CodebookKind::uniform_asymmetric, 0, nullptr, GptqParams{});
+      const torch::Tensor rows = f.rows(b);
+      const torch::Tensor nearest = minmax_levels(rows, bits, true)
+                                        .gather(1, torch::searchsorted(
+                                                       (0.5 * (minmax_levels(rows, bits, true).slice(1, 1) +
+                                                               minmax_levels(rows, bits, true).slice(1, 0, -1)))
+                                                           .contiguous(),
+                                                       rows.contiguous()));
+      const double e_gptq = f.output_error(b, dequantized_rows(gptq, torch::kCPU));
+      const double e_rtn = f.output_error(b, nearest);
+      EXPECT_LT(e_gptq, e_rtn) << name << " at " << bits << " bits";
+    }
+  }
+}
+
+TEST(Gptq, KfacFeedbackWithIdentityGAndTheGptqGridIsGptq) {
+  // G = I, uniform bits and GPTQ's own (fp16) min-max grid given as fixed codebooks: the K-FAC path must reproduce
+  // GPTQ exactly, code for code.
+  Fixture f("separable.pt", "separable_calib.pt", "");
+  for (const char* name : {"pw2.weight", "fc.weight", "dw1.weight"}) {
+    const std::size_t b = f.block(name);
+    const BlockInfo& info = f.index.blocks[b];
+    LayerStats stats = f.calib[b];
+    stats.output_gradient_moment = torch::eye(info.rows());
+    const QuantizedBlock gptq =
+        quantize_with_feedback(f.rows(b), info, stats, 3, CodebookKind::uniform_asymmetric, 0, nullptr, GptqParams{});
+    const QuantizedBlock kfac = quantize_with_feedback(f.rows(b), info, stats, 3, CodebookKind::uniform_asymmetric, 0,
+                                                       &gptq.codebooks, GptqParams{});
+    EXPECT_EQ(kfac.codes, gptq.codes) << name;
+    EXPECT_EQ(kfac.dequantize(), gptq.dequantize()) << name;
+    // And the K-FAC loss is then GPTQ's quadratic objective 1/2 N sum_r D_r (A + damp mean(diag A) I) D_r^T.
+    const torch::Tensor delta = dequantized_rows(gptq, torch::kCPU) - f.rows(b);
+    double expected = 0.0;
+    const int64_t per = info.rows() / stats.groups();
+    for (int64_t g = 0; g < stats.groups(); ++g) {
+      const torch::Tensor a = stats.input_moment[static_cast<std::size_t>(g)].to(torch::kFloat64);
+      const torch::Tensor h = a + 0.01 * a.diagonal().mean() * torch::eye(a.size(0), torch::kFloat64);
+      const torch::Tensor d = delta.slice(0, g * per, (g + 1) * per).to(torch::kFloat64);
+      expected += (d.matmul(h) * d).sum().item<double>();
+    }
+    expected *= 0.5 * double(stats.examples);
+    EXPECT_NEAR(kfac_loss(delta, info, stats, 0.01), expected, 1e-9 * expected) << name;
+  }
+}
+
+TEST(Gptq, CholeskyFailureHealsByDampingAndIsReported) {
+  // A rank-deficient Hessian (duplicated inputs) without damping cannot be factorised.
+  const torch::Tensor x = torch::randn({64, 3});
+  const torch::Tensor X = torch::cat({x, x}, 1);
+  const torch::Tensor H = X.t().matmul(X) / 64.0;
+  const torch::Tensor W = torch::randn({4, 6});
+  GptqParams params;
+  params.percdamp = 0.0;
+  const GptqResult r =
+      gptq_quantize(W, H, 0, false, [](const torch::Tensor& w, int64_t) { return minmax_levels(w, 3, true); }, params);
+  EXPECT_GT(r.stats.damp_increases, 0);
+  EXPECT_GT(r.stats.percdamp_used, 0.0);
+  EXPECT_TRUE(torch::isfinite(r.quantized).all().item<bool>());
+
+  // Through the whole pipeline the report says so.
+  QuantizeOptions o;
+  o.model = fixture("logreg.pt");
+  o.calib = fixture("logreg_rank_deficient.pt");
+  o.method = "gptq";
+  o.bits = {4.0};
+  o.percdamp = 0.0;
+  o.output = scratch("rank_deficient.pt");
+  const nlohmann::json report = run_quantize(o).report_json.at(0);
+  const nlohmann::json& block = report["details"]["gptq_blocks"][0];
+  EXPECT_GT(block["damp_increases"].get<int>(), 0) << report["details"].dump();
+}
+
+TEST(Gptq, KfacBayesqLayerErrorIsNoWorseThanGptqAtEqualAverageBits) {
+  struct Case {
+    const char* model;
+    const char* calib;
+    const char* eval;
+  };
+  for (const Case& c : {Case{"separable.pt", "separable_calib.pt", "separable_eval.pt"},
+                        Case{"transformer.pt", "transformer_calib.pt", "transformer_eval.pt"}}) {
+    Fixture f(c.model, c.calib, c.eval);
+    QuantizeOptions o;
+    o.model = fixture(c.model);
+    o.calib = fixture(c.calib);
+    o.output = scratch("unused.pt");
+    Session session(o);
+    MethodConfig gptq;
+    gptq.method = "gptq";
+    const QuantizedModel g = session.quantize(gptq, 3.0);
+    int64_t bits = 0, weights = 0;
+    for (std::size_t b = 0; b < g.blocks.size(); ++b) {
+      bits += g.blocks[b].cost().total();
+      weights += f.index.blocks[b].numel();
+    }
+    MethodConfig kfac;
+    kfac.method = "bayesq";
+    kfac.curvature = "kfac";
+    const QuantizedModel k = session.quantize(kfac, double(bits) / double(weights));
+    double e_gptq = 0.0, e_kfac = 0.0;
+    int64_t kfac_bits = 0;
+    for (std::size_t b = 0; b < g.blocks.size(); ++b) {
+      e_gptq += f.output_error(b, dequantized_rows(g.blocks[b], torch::kCPU));
+      e_kfac += f.output_error(b, dequantized_rows(k.blocks[b], torch::kCPU));
+      kfac_bits += k.blocks[b].cost().total();
+    }
+    EXPECT_LE(kfac_bits, bits) << c.model;
+    EXPECT_LE(e_kfac, e_gptq) << c.model;
+    RecordProperty(std::string("layer_error_gptq_") + c.model, std::to_string(e_gptq));
+    RecordProperty(std::string("layer_error_kfac_") + c.model, std::to_string(e_kfac));
+  }
+}
