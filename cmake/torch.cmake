@@ -18,6 +18,7 @@ add_library(bayesq_torch STATIC
   src/calibrate/curvature.cpp
   src/capture/layer_capture.cpp
   src/gptq/gptq.cpp
+  src/distill/distill.cpp
   src/export/model_writer.cpp
   src/eval/evaluate.cpp
   src/pipeline/device.cpp

@@ -171,6 +171,20 @@ int main(int argc, char** argv) {
                        "Regex of blocks left in floating point (their bytes count in the file, not in the budget)");
   quantize->add_option("--min-bits", min_rules, "REGEX=N: matching blocks get at least N bits");
   quantize->add_option("--max-bits", max_rules, "REGEX=N: matching blocks get at most N bits");
+  bool distill_default = false;
+  quantize->add_option("--distill-steps", q.distill_steps,
+                       "Distillation steps after quantizing (0: off); codes and file size stay the same")
+      ->capture_default_str();
+  quantize->add_flag("--distill", distill_default, "Distil for 500 steps (the paper's setting)");
+  quantize->add_option("--distill-lr", q.distill_lr, "Adam learning rate of distillation")->capture_default_str();
+  quantize->add_option("--teacher-samples", q.teacher_samples,
+                       "1: the float model teaches; S > 1: the mean softmax over S posterior weight samples")
+      ->capture_default_str();
+  quantize->add_option("--distill-holdout", q.distill_holdout,
+                       "Fraction of the calibration data held out to keep the best distillation state")
+      ->capture_default_str();
+  quantize->add_option("--distill-eval-every", q.distill_eval_every, "Held-out evaluation interval (steps)")
+      ->capture_default_str();
   quantize->add_option("--threads", q.threads, "CPU threads (0: all cores)")->capture_default_str();
 
   // calibrate
@@ -228,6 +242,7 @@ int main(int argc, char** argv) {
 
   try {
     if (*quantize) {
+      if (distill_default && q.distill_steps == 0) q.distill_steps = 500;
       for (const auto& r : min_rules) q.rules.push_back(parse_rule(r, true));
       for (const auto& r : max_rules) q.rules.push_back(parse_rule(r, false));
       q.command_line.assign(argv, argv + argc);

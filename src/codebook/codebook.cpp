@@ -60,6 +60,18 @@ Codebook Codebook::lloyd(int bits, const std::vector<double>& levels) {
   return cb;
 }
 
+Codebook Codebook::from_table(int bits, const std::vector<double>& table) {
+  check_bits(bits);
+  BQ_ASSERT(table.size() == (std::size_t{1} << bits), "table: ", table.size());
+  Codebook cb;
+  cb.kind = CodebookKind::lloyd;
+  cb.bits = bits;
+  cb.levels.resize(table.size());
+  for (std::size_t k = 0; k < table.size(); ++k) cb.levels[k] = clamp_to_half(table[k]);
+  if (std::is_sorted(cb.levels.begin(), cb.levels.end())) fill_boundaries(cb);
+  return cb;
+}
+
 Codebook Codebook::uniform_asymmetric(int bits, double scale, double offset) {
   check_bits(bits);
   Codebook cb;
@@ -91,6 +103,7 @@ Codebook Codebook::uniform_symmetric(int bits, double scale) {
 }
 
 int Codebook::encode(double value) const {
+  BQ_ASSERT(can_encode(), "encode on a table whose levels are out of order");
   // Number of boundaries strictly below the value: ties go to the lower level.
   return static_cast<int>(std::lower_bound(boundaries.begin(), boundaries.end(), value) - boundaries.begin());
 }

@@ -14,6 +14,7 @@
 #include "bayesq/common/errors.h"
 #include "bayesq/common/log.h"
 #include "bayesq/common/parallel.h"
+#include "bayesq/distill/distill.h"
 #include "bayesq/export/model_writer.h"
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/block_tensor.h"
@@ -61,6 +62,17 @@ void validate(const QuantizeOptions& o) {
   BQ_CHECK(o.gptq_block_size >= 1, ExitCode::usage, "--gptq-block-size must be >= 1");
   BQ_CHECK(o.tau >= 0.0 && o.tau <= 1.0, ExitCode::usage, "--posterior-temp must be in [0, 1]");
   BQ_CHECK(o.probes >= 1, ExitCode::usage, "--probes must be >= 1");
+  BQ_CHECK(o.distill_steps >= 0, ExitCode::usage, "--distill-steps must be >= 0");
+  if (o.distill_steps > 0) {
+    BQ_CHECK(!o.calib.empty(), ExitCode::usage, "distillation needs calibration data (--calib)");
+    BQ_CHECK(o.distill_lr > 0.0, ExitCode::usage, "--distill-lr must be positive");
+    BQ_CHECK(o.teacher_samples >= 1, ExitCode::usage, "--teacher-samples must be >= 1");
+    BQ_CHECK(o.teacher_samples == 1 || (o.method == "bayesq" && o.curvature != "kfac"), ExitCode::usage,
+             "--teacher-samples > 1 samples the diagonal posterior: use --method bayesq with hutchinson or fisher");
+    BQ_CHECK(o.distill_holdout >= 0.0 && o.distill_holdout < 1.0, ExitCode::usage,
+             "--distill-holdout must be in [0, 1)");
+    BQ_CHECK(o.distill_eval_every >= 1, ExitCode::usage, "--distill-eval-every must be >= 1");
+  }
   if (o.method == "bayesq" && o.curvature != "kfac")
     BQ_CHECK(!o.calib.empty() || !o.posterior.empty(), ExitCode::usage,
              "--method bayesq needs calibration data (--calib) or a saved posterior (--posterior); "
@@ -101,6 +113,10 @@ nlohmann::json options_json(const QuantizeOptions& o) {
                         {"act_order", o.act_order},
                         {"gptq_block_size", o.gptq_block_size},
                         {"one_shot", o.one_shot},
+                        {"distill_steps", o.distill_steps},
+                        {"distill_lr", o.distill_lr},
+                        {"teacher_samples", o.teacher_samples},
+                        {"distill_holdout", o.distill_holdout},
                         {"allocator", o.allocator},
                         {"certify", o.certify},
                         {"keep_fp", o.keep_fp},
@@ -185,10 +201,33 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
   QuantizeOutcome outcome;
   const bool several = options.bits.size() > 1;
   for (double budget : options.bits) {
-    const QuantizedModel q = session.quantize(config, budget);
+    QuantizedModel q = session.quantize(config, budget);
     auto t = Clock::now();
+    torch::jit::Module to_write = session.model().module;
+    nlohmann::json distillation;
+    if (options.distill_steps > 0) {
+      DistillParams dp;
+      dp.steps = options.distill_steps;
+      dp.lr = options.distill_lr;
+      dp.teacher_samples = options.teacher_samples;
+      dp.holdout = options.distill_holdout;
+      dp.eval_every = options.distill_eval_every;
+      dp.batch_size = options.batch_size;
+      dp.output = options.output_index;
+      dp.device = options.device;
+      dp.seed = options.seed;
+      static const std::vector<BlockPosterior> none;
+      const std::vector<BlockPosterior>& posteriors =
+          options.teacher_samples > 1 ? session.posteriors(config.damp) : none;
+      DistillResult d = distill(session.model().module, session.index(), q.blocks, q.present, posteriors,
+                                session.calibration(), dp, options.model);
+      to_write = d.module;
+      distillation = d.report;
+      q.timings["distill"] = seconds_since(t);
+      t = Clock::now();
+    }
     const std::string path = output_name(options.output, budget, several);
-    const WriteStats written = write_quantized_model(session.model().module, session.index(), q.slots(),
+    const WriteStats written = write_quantized_model(to_write, session.index(), q.slots(),
                                                      output_format_from_name(options.format), path);
     nlohmann::json timings = session.timings();
     for (const auto& item : q.timings.items()) timings[item.key()] = item.value();
@@ -213,6 +252,7 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
                              {"probes", c.probes},       {"seconds", c.seconds},   {"data_hash", c.data_hash},
                              {"notes", c.notes}};
     }
+    if (!distillation.is_null()) report["distillation"] = distillation;
     if (!session.skipped().empty()) report["left_in_floating_point"] = session.skipped();
     log::info("wrote ", path, " (", written.file_bytes, " bytes, ", report["totals"]["average_bits"].get<double>(),
               " bits per weight with metadata)");

@@ -31,16 +31,20 @@ struct Codebook {
   int bits = 0;
   float scale = 0.0f;           // uniform kinds only (fp16-representable)
   float offset = 0.0f;          // uniform_asymmetric only (fp16-representable)
-  std::vector<float> levels;    // 2^bits decoded values, ascending
-  std::vector<double> boundaries;  // 2^bits - 1 midpoints between consecutive levels
+  std::vector<float> levels;    // 2^bits decoded values, ascending (except for from_table)
+  std::vector<double> boundaries;  // 2^bits - 1 midpoints between consecutive levels; empty for from_table
 
   static Codebook lloyd(int bits, const std::vector<double>& levels);
+  // A lloyd table whose order is fixed by codes already assigned (after distillation moved its values): levels
+  // are rounded to fp16 and kept in place; it decodes but cannot encode.
+  static Codebook from_table(int bits, const std::vector<double>& table);
   static Codebook uniform_asymmetric(int bits, double scale, double offset);
   static Codebook uniform_symmetric(int bits, double scale);
 
   int size() const { return static_cast<int>(levels.size()); }
   // Index of the nearest level; a value exactly between two levels goes to the lower one.
   int encode(double value) const;
+  bool can_encode() const { return boundaries.size() + 1 == levels.size(); }
   float decode(int code) const { return levels[static_cast<std::size_t>(code)]; }
   int64_t metadata_bits() const { return codebook_metadata_bits(kind, bits); }
 };

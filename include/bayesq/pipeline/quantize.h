@@ -37,6 +37,12 @@ struct QuantizeOptions {
   bool act_order = false;
   int64_t gptq_block_size = 128;
   bool one_shot = false;                  // gptq: all layer inputs from the float model instead of sequentially
+  // Distillation (0 steps: off)
+  int64_t distill_steps = 0;
+  double distill_lr = 1e-4;
+  int64_t teacher_samples = 1;
+  double distill_holdout = 0.1;
+  int64_t distill_eval_every = 25;
   // Allocation
   std::string allocator = "greedy";
   bool certify = false;

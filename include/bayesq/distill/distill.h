@@ -1,0 +1,46 @@
+// Optional distillation (METHOD.md §5): a few hundred Adam steps of KL(teacher || student) on the calibration
+// inputs, where the student is the quantized model with its codes fixed and trainable code-table values (or
+// uniform scales and offsets), biases and normalisation affine parameters (every parameter of one dimension).
+// Bit-widths, codes and therefore the file size never change. The teacher is the float model (S = 1) or the mean
+// softmax over S weight samples from the Laplace posterior. A held-out part of the calibration data is scored
+// every `eval_every` steps with the tables rounded to fp16 exactly as the file stores them, and the best state
+// (step 0 included) is kept, so distillation never makes that held-out loss worse.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/script.h>
+
+#include "bayesq/codebook/block_quantizer.h"
+#include "bayesq/data/data_file.h"
+#include "bayesq/index/block_index.h"
+#include "bayesq/posterior/posterior.h"
+
+namespace bayesq {
+
+struct DistillParams {
+  int64_t steps = 500;
+  double lr = 1e-4;              // Adam learning rate (tables, scales, biases are in weight units)
+  int64_t teacher_samples = 1;
+  double holdout = 0.1;          // fraction of the calibration examples held out for keep-best
+  int64_t eval_every = 25;
+  int64_t batch_size = 32;
+  std::string output;            // --output-index
+  std::string device = "cpu";
+  uint64_t seed = 0;
+};
+
+struct DistillResult {
+  torch::jit::Module module;     // the input module with its distilled biases and norm parameters
+  nlohmann::json report;         // loss curve, best step, timing
+};
+
+// Updates `blocks` (codebooks only) in place. `posteriors` (one per block, may be empty when teacher_samples is
+// 1) give the weight-sampling variances 1 / pi.
+DistillResult distill(const torch::jit::Module& module, const BlockIndex& index, std::vector<QuantizedBlock>& blocks,
+                      const std::vector<bool>& present, const std::vector<BlockPosterior>& posteriors,
+                      const DataFile& calibration, const DistillParams& params, const std::string& model_path);
+
+}  // namespace bayesq
