@@ -155,7 +155,14 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   quantize->add_option("--posterior-temp", q.tau, "tau in [0, 1]: 0 plug-in loss, 1 the whole posterior")
       ->capture_default_str();
-  quantize->add_option("--allocator", q.allocator, "greedy (max-heap on convex hulls) or dp (exact knapsack)")
+  quantize->add_option("--table-loss", q.table_loss,
+                       "expected (posterior loss model) or measured (calibration KL with one block quantized)")
+      ->check(CLI::IsMember({"expected", "measured"}))
+      ->capture_default_str();
+  quantize->add_option("--measure-examples", q.measure_examples, "Calibration examples a measured table scores")
+      ->capture_default_str();
+  quantize->add_option("--allocator", q.allocator,
+                       "dp (exact knapsack; finely coarsened for very large models) or greedy (the paper's max-heap)")
       ->check(CLI::IsMember({"greedy", "dp"}))
       ->capture_default_str();
   quantize->add_flag("--certify", q.certify, "With greedy: also solve the exact DP and report the gap");

@@ -33,6 +33,35 @@ void finish(const KnapsackProblem& problem, KnapsackSolution& s) {
   s.feasible = s.cost <= problem.budget;
 }
 
+// Spends what is left of the budget: repeatedly the option (hull or not) with the largest loss reduction that
+// fits. Returns the number of changes.
+int64_t fill_pass(const KnapsackProblem& problem, std::vector<int>& choice, int64_t used) {
+  const std::size_t n = problem.blocks.size();
+  int64_t changes = 0;
+  for (;;) {
+    double best_gain = 0.0;
+    std::size_t best_block = n;
+    int best_option = -1;
+    for (std::size_t b = 0; b < n; ++b) {
+      const auto& cur = problem.blocks[b][static_cast<std::size_t>(choice[b])];
+      for (std::size_t o = 0; o < problem.blocks[b].size(); ++o) {
+        const auto& opt = problem.blocks[b][o];
+        const double gain = cur.loss - opt.loss;
+        if (gain > best_gain && used + (opt.cost - cur.cost) <= problem.budget) {
+          best_gain = gain;
+          best_block = b;
+          best_option = static_cast<int>(o);
+        }
+      }
+    }
+    if (best_block == n) return changes;
+    const auto& cur = problem.blocks[best_block][static_cast<std::size_t>(choice[best_block])];
+    used += problem.blocks[best_block][static_cast<std::size_t>(best_option)].cost - cur.cost;
+    choice[best_block] = best_option;
+    ++changes;
+  }
+}
+
 }  // namespace
 
 int64_t minimum_cost(const KnapsackProblem& problem) {
@@ -122,29 +151,7 @@ KnapsackSolution solve_greedy(const KnapsackProblem& problem) {
     ++s.upgrades;
     push_next(b);
   }
-  // Fill pass: any option that lowers a block's loss and fits what is left, largest reduction first.
-  for (;;) {
-    double best_gain = 0.0;
-    std::size_t best_block = n;
-    int best_option = -1;
-    for (std::size_t b = 0; b < n; ++b) {
-      const auto& cur = problem.blocks[b][static_cast<std::size_t>(s.choice[b])];
-      for (std::size_t o = 0; o < problem.blocks[b].size(); ++o) {
-        const auto& opt = problem.blocks[b][o];
-        const double gain = cur.loss - opt.loss;
-        if (gain > best_gain && used + (opt.cost - cur.cost) <= problem.budget) {
-          best_gain = gain;
-          best_block = b;
-          best_option = static_cast<int>(o);
-        }
-      }
-    }
-    if (best_block == n) break;
-    const auto& cur = problem.blocks[best_block][static_cast<std::size_t>(s.choice[best_block])];
-    used += problem.blocks[best_block][static_cast<std::size_t>(best_option)].cost - cur.cost;
-    s.choice[best_block] = best_option;
-    ++s.fill_upgrades;
-  }
+  s.fill_upgrades = fill_pass(problem, s.choice, used);
   finish(problem, s);
   return s;
 }
@@ -205,6 +212,12 @@ KnapsackSolution solve_dp(const KnapsackProblem& problem, int64_t max_states) {
     s.choice[b] = o;
     const int64_t extra = problem.blocks[b][static_cast<std::size_t>(o)].cost - base[b];
     c -= static_cast<std::size_t>((extra + unit - 1) / unit);
+  }
+  if (!s.exact) {
+    // Costs were rounded up: spend the slack that left.
+    int64_t used = 0;
+    for (std::size_t b = 0; b < n; ++b) used += problem.blocks[b][static_cast<std::size_t>(s.choice[b])].cost;
+    s.fill_upgrades = fill_pass(problem, s.choice, used);
   }
   finish(problem, s);
   return s;

@@ -62,6 +62,10 @@ void validate(const QuantizeOptions& o) {
   BQ_CHECK(o.gptq_block_size >= 1, ExitCode::usage, "--gptq-block-size must be >= 1");
   BQ_CHECK(o.tau >= 0.0 && o.tau <= 1.0, ExitCode::usage, "--posterior-temp must be in [0, 1]");
   BQ_CHECK(o.probes >= 1, ExitCode::usage, "--probes must be >= 1");
+  BQ_CHECK(o.table_loss == "expected" || o.table_loss == "measured", ExitCode::usage, "--table-loss must be "
+           "expected or measured");
+  if (o.table_loss == "measured")
+    BQ_CHECK(!o.calib.empty(), ExitCode::usage, "--table-loss measured needs calibration data (--calib)");
   BQ_CHECK(o.distill_steps >= 0, ExitCode::usage, "--distill-steps must be >= 0");
   if (o.distill_steps > 0) {
     BQ_CHECK(!o.calib.empty(), ExitCode::usage, "distillation needs calibration data (--calib)");
@@ -109,6 +113,8 @@ nlohmann::json options_json(const QuantizeOptions& o) {
                         {"candidates", o.candidates},
                         {"codebook", o.codebook},
                         {"posterior_temp", o.tau},
+                        {"table_loss", o.table_loss},
+                        {"measure_examples", o.measure_examples},
                         {"percdamp", o.percdamp},
                         {"act_order", o.act_order},
                         {"gptq_block_size", o.gptq_block_size},

@@ -12,6 +12,7 @@
 #include "bayesq/export/model_writer.h"
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/block_tensor.h"
+#include "bayesq/model/forward.h"
 #include "bayesq/pipeline/device.h"
 #include "bayesq/pipeline/feedback.h"
 
@@ -37,13 +38,14 @@ std::string table_key(const MethodConfig& c) {
 }  // namespace
 
 std::string MethodConfig::label() const {
+  const std::string measured = table_loss == "measured" ? ", measured" : "";
   if (method == "gptq") return gptq.act_order ? "gptq (act-order)" : "gptq";
   if (method == "bayesq") {
     std::string label = "bayesq (" + (curvature == "kfac" ? std::string("kfac") : curvature == "fisher" ? "fisher" : "diag");
     if (kinds.size() == 1) label += std::string(", ") + codebook_kind_name(kinds[0]);
     if (tau > 0) label += ", tau " + std::to_string(tau).substr(0, 4);
-    if (allocator == AllocatorKind::dp) label += ", dp";
-    return label + ")";
+    if (allocator == AllocatorKind::greedy) label += ", greedy";
+    return label + measured + ")";
   }
   return method;
 }
@@ -57,7 +59,7 @@ nlohmann::json MethodConfig::to_json() const {
                    {"codebooks", kind_names},   {"candidates", candidates}, {"posterior_temp", tau},
                    {"group_size", group_size},  {"allocator", allocator_kind_name(allocator)},
                    {"certify", certify},        {"keep_fp", keep_fp},     {"rules", rules_json},
-                   {"damp", damp}};
+                   {"damp", damp},             {"table_loss", table_loss}};
   if (method == "gptq" || curvature == "kfac")
     j["gptq"] = {{"percdamp", gptq.percdamp}, {"act_order", gptq.act_order}, {"block_size", gptq.block_size},
                  {"sequential", sequential}};
@@ -81,6 +83,7 @@ MethodConfig method_config(const QuantizeOptions& o) {
   c.gptq.act_order = o.act_order;
   c.gptq.block_size = o.gptq_block_size;
   c.sequential = !o.one_shot;
+  c.table_loss = o.table_loss;
   if (c.method == "hawq") c.kinds = {CodebookKind::uniform_asymmetric};
   return c;
 }
@@ -341,6 +344,7 @@ const LossTable& Session::table(const MethodConfig& config) {
     for (std::size_t b = 0; b < index_.blocks.size(); ++b) inputs.push_back({index_.blocks[b].name, weights(b, &precision[b])});
     table = build_loss_table(inputs, params);
   }
+  if (config.table_loss == "measured") measure_table(config, table);
   for (const auto& bl : table.blocks)
     if (!bl.monotone) log::info("block ", bl.name, ": expected loss is not monotone in bits");
   return tables_[key] = std::move(table);
@@ -398,6 +402,74 @@ QuantizedModel Session::quantize_gptq(const MethodConfig& config, int bits) {
   return out;
 }
 
+QuantizedBlock Session::quantize_one(const MethodConfig& config, std::size_t b, int bits, CodebookKind kind) {
+  if (config.method == "hawq") return quantize_block_rtn(weights(b, nullptr), bits, config.group_size);
+  QuantizerParams qp;
+  qp.kind = kind;
+  qp.group_size = config.group_size;
+  qp.tau = config.tau;
+  if (config.curvature == "kfac") {
+    const LayerStats& s = kfac_stats()[b];
+    const QuantizedBlock plain = quantize_block(weights(b, &kfac_precision(b, config)), bits, qp);
+    if (!s.captured) return plain;
+    const BlockInfo& info = index_.blocks[b];
+    const torch::Tensor w = torch::from_blob(rows_[b].data(), {info.rows(), info.cols()}, torch::kFloat32)
+                                .clone()
+                                .to(parse_device(options_.device));
+    return quantize_with_feedback(w, info, s, bits, kind, config.group_size, &plain.codebooks, config.gptq);
+  }
+  posteriors(config.damp);
+  return quantize_block(weights(b, &posterior_rows_.at(config.damp)[b]), bits, qp);
+}
+
+// Note [Measured tables]: the expected loss is a local quadratic model of the calibration KL. It is accurate for
+// small weight errors and off for large ones (at 1-2 bits it can miss by several times either way), which is where
+// the allocator's decisions matter most. A measured table replaces each entry by N times the calibration KL of the
+// model with that one block quantized exactly as the final pass would quantize it, every other block in floating
+// point: still additive across blocks, but exact within each block.
+void Session::measure_table(const MethodConfig& config, LossTable& table) {
+  const auto t = Clock::now();
+  const torch::Device device = parse_device(options_.device);
+  const DataFile& data = calibration();
+  const int64_t n = std::min<int64_t>(data.size(), options_.measure_examples > 0 ? options_.measure_examples : data.size());
+  torch::NoGradGuard no_grad;
+  torch::jit::Module work = model_.module.clone();
+  work.eval();
+  work.to(device);
+  auto log_probabilities = [&]() {
+    std::vector<torch::Tensor> out;
+    for (int64_t begin = 0; begin < n; begin += options_.batch_size) {
+      const int64_t end = std::min(n, begin + options_.batch_size);
+      const torch::Tensor z =
+          select_output(forward_batch(work, data, begin, end, device, options_.model), options_.output_index);
+      out.push_back(torch::log_softmax(z.to(torch::kFloat32).reshape({-1, z.size(-1)}), 1));
+    }
+    return out;
+  };
+  const std::vector<torch::Tensor> reference = log_probabilities();
+  for (std::size_t b = 0; b < index_.blocks.size(); ++b) {
+    const BlockInfo& info = index_.blocks[b];
+    const torch::Tensor original = find_tensor(work, info.name);
+    for (LossEntry& e : table.blocks[b].entries) {
+      const QuantizedBlock q = quantize_one(config, b, e.bits, e.kind);
+      assign_tensor(work, info.name, dequantized_tensor(q, info, original));
+      const std::vector<torch::Tensor> quantized = log_probabilities();
+      double kl = 0.0;
+      for (std::size_t k = 0; k < reference.size(); ++k)
+        kl += (reference[k].exp() * (reference[k] - quantized[k])).sum().item<double>();
+      e.expected_loss = kl * double(data.size()) / double(n);  // N x mean KL: the scale of the expected loss
+    }
+    assign_tensor(work, info.name, original);
+    auto& entries = table.blocks[b].entries;
+    table.blocks[b].monotone = true;
+    for (std::size_t i = 1; i < entries.size(); ++i)
+      if (entries[i].kind == entries[i - 1].kind && entries[i].bits > entries[i - 1].bits &&
+          entries[i].expected_loss > entries[i - 1].expected_loss)
+        table.blocks[b].monotone = false;
+  }
+  timings_["measure_table"] = seconds_since(t);
+}
+
 QuantizedModel Session::quantize(const MethodConfig& config, double bits) {
   const auto start = Clock::now();
   QuantizedModel out;
@@ -440,30 +512,7 @@ QuantizedModel Session::quantize(const MethodConfig& config, double bits) {
   for (std::size_t b = 0; b < index_.blocks.size(); ++b) {
     const BlockChoice& choice = out.allocation->blocks[b];
     if (choice.keep_fp) continue;
-    if (config.method == "hawq") {
-      out.blocks[b] = quantize_block_rtn(weights(b, nullptr), choice.bits, config.group_size);
-    } else if (config.curvature == "kfac") {
-      const std::vector<Codebook> codebooks = kfac_codebooks(b, choice.bits, choice.kind, config);
-      const LayerStats& s = kfac_stats()[b];
-      if (s.captured) {
-        const BlockInfo& info = index_.blocks[b];
-        const torch::Tensor w =
-            torch::from_blob(rows_[b].data(), {info.rows(), info.cols()}, torch::kFloat32).clone().to(device);
-        out.blocks[b] = quantize_with_feedback(w, info, s, choice.bits, choice.kind, config.group_size, &codebooks,
-                                               config.gptq);
-      } else {
-        QuantizerParams qp;
-        qp.kind = choice.kind;
-        qp.group_size = config.group_size;
-        out.blocks[b] = quantize_block(weights(b, &kfac_precision(b, config)), choice.bits, qp);
-      }
-    } else {
-      QuantizerParams qp;
-      qp.kind = choice.kind;
-      qp.group_size = config.group_size;
-      qp.tau = config.tau;
-      out.blocks[b] = quantize_block(weights(b, &posterior_rows_.at(config.damp)[b]), choice.bits, qp);
-    }
+    out.blocks[b] = quantize_one(config, b, choice.bits, choice.kind);
     out.present[b] = true;
   }
   out.timings["quantize"] = seconds_since(t);

@@ -53,7 +53,7 @@ TEST(Curvature, HutchinsonMatchesTheLogisticRegressionClosedForm) {
   params.batch_size = 512;
   const CurvatureSet set = estimate_curvature(f.model.module, f.index, f.data, params, "logreg.pt");
   EXPECT_EQ(set.loss, "kl");
-  EXPECT_EQ(set.examples, 8192);
+  EXPECT_EQ(set.examples, 32768);
   const torch::Tensor estimate = diagonal_of(set, "weight", {4, 6});
   EXPECT_LT(relative_error(estimate, f.exact()), 0.05);
 }

@@ -29,11 +29,11 @@ struct BitsRule {
 
 struct AllocationParams {
   double bits_per_weight = 3.0;
-  AllocatorKind allocator = AllocatorKind::greedy;
+  AllocatorKind allocator = AllocatorKind::dp;  // Note [Greedy and big blocks] in knapsack.h
   std::vector<std::string> keep_fp;  // regexes of blocks left in floating point
   std::vector<BitsRule> rules;
   bool certify = false;              // greedy: also solve the DP and report the gap
-  int64_t dp_max_states = 4'000'000;
+  int64_t dp_max_states = 2'000'000;
 };
 
 struct BlockChoice {

@@ -10,7 +10,11 @@
 //    fits, which can only lower the loss.
 //  - solve_dp: exact dynamic programming over cost, in units of the gcd of the options' extra costs; if the
 //    capacity exceeds max_states units, costs are rounded *up* to a coarser unit (still feasible, no longer
-//    exact) and the result says so.
+//    exact; the fill pass then spends the rounding slack) and the result says so.
+// Note [Greedy and big blocks]: greedy can be far from the optimum when one block holds much of the model: after
+// the small high-gamma upgrades, that block's next upgrade no longer fits. On a Fashion-MNIST CNN whose first
+// linear layer holds 75% of the weights, greedy at 2.05 bits left it at 1 bit for 3x the KL of the DP's choice.
+// That is why bayesq defaults to the DP.
 #pragma once
 
 #include <cstdint>
@@ -47,6 +51,6 @@ int64_t minimum_cost(const KnapsackProblem& problem);
 std::vector<int> lower_convex_hull(const std::vector<KnapsackOption>& options);
 
 KnapsackSolution solve_greedy(const KnapsackProblem& problem);
-KnapsackSolution solve_dp(const KnapsackProblem& problem, int64_t max_states = 4'000'000);
+KnapsackSolution solve_dp(const KnapsackProblem& problem, int64_t max_states = 2'000'000);
 
 }  // namespace bayesq

@@ -32,6 +32,8 @@ struct QuantizeOptions {
   std::vector<int> candidates{1, 2, 3, 4, 5, 6, 8};  // 1 bit included so budgets near 2.0 stay feasible with metadata
   std::string codebook = "auto";          // lloyd | uniform | uniform-symmetric | auto (lloyd and uniform)
   double tau = 0.0;
+  std::string table_loss = "expected";    // expected | measured (see Note [Measured tables] in session.cpp)
+  int64_t measure_examples = 128;         // calibration examples a measured table scores
   // GPTQ (gptq, and the error feedback of bayesq with kfac)
   double percdamp = 0.01;
   bool act_order = false;
@@ -44,7 +46,7 @@ struct QuantizeOptions {
   double distill_holdout = 0.1;
   int64_t distill_eval_every = 25;
   // Allocation
-  std::string allocator = "greedy";
+  std::string allocator = "dp";           // dp (exact or finely coarsened knapsack) | greedy (the paper's)
   bool certify = false;
   std::vector<std::string> keep_fp;
   std::vector<BitsRule> rules;

@@ -33,13 +33,14 @@ struct MethodConfig {
   std::vector<int> candidates{1, 2, 3, 4, 5, 6, 8};
   double tau = 0.0;
   int64_t group_size = 0;
-  AllocatorKind allocator = AllocatorKind::greedy;
+  AllocatorKind allocator = AllocatorKind::dp;
   bool certify = false;
   std::vector<std::string> keep_fp;
   std::vector<BitsRule> rules;
   double damp = 0.01;                  // posterior prior precision / K-FAC damping
   GptqParams gptq;                     // gptq and kfac: percdamp, act-order, lazy block size
   bool sequential = true;              // gptq: capture each block's inputs after the blocks before it are quantized
+  std::string table_loss = "expected"; // bayesq, hawq: expected (the posterior loss model) or measured (calibration KL)
 
   std::string label() const;           // e.g. "bayesq (kfac)", "gptq (act-order)"
   nlohmann::json to_json() const;
@@ -81,6 +82,9 @@ class Session {
   LossTable build_kfac_table(const MethodConfig& config);
   LossTable build_hawq_table(const MethodConfig& config);
   QuantizedModel quantize_gptq(const MethodConfig& config, int bits);
+  // One block at one option, exactly as the final pass quantizes it.
+  QuantizedBlock quantize_one(const MethodConfig& config, std::size_t block, int bits, CodebookKind kind);
+  void measure_table(const MethodConfig& config, LossTable& table);
   std::vector<bool> kept_fp(const MethodConfig& config) const;
   BlockWeights weights(std::size_t block, const std::vector<float>* precision) const;
   std::vector<Codebook> kfac_codebooks(std::size_t block, int bits, CodebookKind kind, const MethodConfig& config);
