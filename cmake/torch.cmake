@@ -26,6 +26,7 @@ add_library(bayesq_torch STATIC
   src/pipeline/feedback.cpp
   src/pipeline/session.cpp
   src/pipeline/quantize.cpp
+  src/pipeline/compare.cpp
   src/pipeline/commands.cpp
 )
 target_link_libraries(bayesq_torch PUBLIC bayesq_core ${TORCH_LIBRARIES})

@@ -12,6 +12,8 @@ args=(-S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release)
 command -v ninja >/dev/null && args+=(-G Ninja)
 [ -n "$prefix" ] && args+=("-DCMAKE_PREFIX_PATH=$prefix")
 [ -n "${BAYESQ_PYTHON:-}" ] && args+=("-DBAYESQ_PYTHON=$BAYESQ_PYTHON")
+[ -n "${BAYESQ_BUILD_BENCH:-}" ] && args+=("-DBAYESQ_BUILD_BENCH=$BAYESQ_BUILD_BENCH")
+[ -n "${BAYESQ_BUILD_TESTS:-}" ] && args+=("-DBAYESQ_BUILD_TESTS=$BAYESQ_BUILD_TESTS")
 
 cmake "${args[@]}" >/dev/null
 cmake --build "$build_dir" -j "$(nproc)"

@@ -10,7 +10,9 @@
 #include "bayesq/common/errors.h"
 #include "bayesq/common/log.h"
 #include "bayesq/common/progress.h"
+#include "bayesq/common/parallel.h"
 #include "bayesq/pipeline/commands.h"
+#include "bayesq/pipeline/compare.h"
 #include "bayesq/pipeline/quantize.h"
 #include "json_config.h"
 
@@ -98,6 +100,82 @@ void print_quantize(const bayesq::QuantizeOutcome& outcome) {
   }
 }
 
+// Options `compare` shares with `quantize`, and the values that need converting after parsing.
+struct QuantizeExtras {
+  std::vector<std::string> min_rules, max_rules;
+  bool distill_default = false;
+
+  void apply(bayesq::QuantizeOptions& o) const {
+    if (distill_default && o.distill_steps == 0) o.distill_steps = 500;
+    for (const auto& r : min_rules) o.rules.push_back(parse_rule(r, true));
+    for (const auto& r : max_rules) o.rules.push_back(parse_rule(r, false));
+  }
+};
+
+void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtras& x) {
+  app->add_option("--calib", q.calib, "Calibration data file (torch.save format, see README)");
+  app->add_option("--device", q.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  app->add_option("--seed", q.seed, "Seed for probes and sampling")->capture_default_str();
+  app->add_option("--batch-size", q.batch_size, "Calibration batch size")->capture_default_str();
+  app->add_option("--output-index", q.output_index, "Which model output is the logits (index or dict key)");
+  app->add_option("--group-size", q.group_size, "Codebook per group of this many inputs (0: per output row)")
+      ->capture_default_str();
+  app->add_option("--curvature", q.curvature,
+                  "hutchinson, fisher, or kfac (K-FAC metric with GPTQ-style error feedback)")
+      ->check(CLI::IsMember({"hutchinson", "fisher", "kfac"}))
+      ->capture_default_str();
+  app->add_option("--curvature-loss", q.curvature_loss, "auto (=kl), kl, ce (needs labels) or mse")
+      ->check(CLI::IsMember({"auto", "kl", "ce", "mse"}))
+      ->capture_default_str();
+  app->add_option("--probes", q.probes, "Hutchinson probes per batch")->capture_default_str();
+  app->add_option("--max-examples", q.max_examples, "Use at most this many calibration examples (0: all)")
+      ->capture_default_str();
+  app->add_option("--damp", q.damp, "Prior precision as a fraction of the mean data precision")
+      ->capture_default_str();
+  app->add_option("--candidates", q.candidates, "Candidate bit-widths")->delimiter(',')->capture_default_str();
+  app->add_option("--codebook", q.codebook, "lloyd, uniform, uniform-symmetric, or auto (lloyd and uniform)")
+      ->check(CLI::IsMember({"lloyd", "uniform", "uniform-symmetric", "auto"}))
+      ->capture_default_str();
+  app->add_option("--posterior-temp", q.tau, "tau in [0, 1]: 0 plug-in loss, 1 the whole posterior")
+      ->capture_default_str();
+  app->add_option("--table-loss", q.table_loss,
+                  "expected (posterior loss model) or measured (calibration KL with one block quantized)")
+      ->check(CLI::IsMember({"expected", "measured"}))
+      ->capture_default_str();
+  app->add_option("--measure-examples", q.measure_examples, "Calibration examples a measured table scores")
+      ->capture_default_str();
+  app->add_option("--allocator", q.allocator,
+                  "dp (exact knapsack; finely coarsened for very large models) or greedy (the paper's max-heap)")
+      ->check(CLI::IsMember({"greedy", "dp"}))
+      ->capture_default_str();
+  app->add_flag("--certify", q.certify, "With greedy: also solve the exact DP and report the gap");
+  app->add_option("--percdamp", q.percdamp, "GPTQ / K-FAC feedback: damping as a fraction of mean(diag H)")
+      ->capture_default_str();
+  app->add_flag("--act-order", q.act_order, "GPTQ / K-FAC feedback: quantize columns by decreasing H_jj");
+  app->add_option("--gptq-block-size", q.gptq_block_size, "GPTQ lazy-update block (columns)")->capture_default_str();
+  app->add_flag("--one-shot", q.one_shot,
+                "gptq: take every layer's inputs from the float model (default: sequentially, after the layers "
+                "before it are quantized)");
+  app->add_option("--keep-fp", q.keep_fp,
+                  "Regex of blocks left in floating point (their bytes count in the file, not in the budget)");
+  app->add_option("--min-bits", x.min_rules, "REGEX=N: matching blocks get at least N bits");
+  app->add_option("--max-bits", x.max_rules, "REGEX=N: matching blocks get at most N bits");
+  app->add_option("--distill-steps", q.distill_steps,
+                  "Distillation steps after quantizing (0: off); codes and file size stay the same")
+      ->capture_default_str();
+  app->add_flag("--distill", x.distill_default, "Distil for 500 steps (the paper's setting)");
+  app->add_option("--distill-lr", q.distill_lr, "Adam learning rate of distillation")->capture_default_str();
+  app->add_option("--teacher-samples", q.teacher_samples,
+                  "1: the float model teaches; S > 1: the mean softmax over S posterior weight samples")
+      ->capture_default_str();
+  app->add_option("--distill-holdout", q.distill_holdout,
+                  "Fraction of the calibration data held out to keep the best distillation state")
+      ->capture_default_str();
+  app->add_option("--distill-eval-every", q.distill_eval_every, "Held-out evaluation interval (steps)")
+      ->capture_default_str();
+  app->add_option("--threads", q.threads, "CPU threads (0: all cores)")->capture_default_str();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -112,7 +190,7 @@ int main(int argc, char** argv) {
 
   // quantize
   bayesq::QuantizeOptions q;
-  std::vector<std::string> min_rules, max_rules;
+  QuantizeExtras qx;
   auto* quantize = app.add_subcommand("quantize", "Quantize a model to an average bit budget");
   quantize->add_option("--model", q.model, "TorchScript model (scripted or traced)")->required();
   quantize->add_option("-o,--output", q.output,
@@ -125,74 +203,38 @@ int main(int argc, char** argv) {
                        "bayesq (needs --calib or --posterior), rtn, gptq (needs --calib) or hawq (needs --calib)")
       ->check(CLI::IsMember({"bayesq", "rtn", "gptq", "hawq"}))
       ->capture_default_str();
-  quantize->add_option("--calib", q.calib, "Calibration data file (torch.save format, see README)");
   quantize->add_option("--posterior", q.posterior, "Posterior from `bayesq calibrate` (skips calibration)");
-  quantize->add_option("--device", q.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  quantize->add_option("--seed", q.seed, "Seed for probes and sampling")->capture_default_str();
   quantize->add_option("--report", q.report, "JSON report path ('{bits}' as for -o)");
   quantize->add_option("--format", q.format, "packed (codes + tables) or fake (de-quantized floats)")
       ->check(CLI::IsMember({"packed", "fake"}))
       ->capture_default_str();
-  quantize->add_option("--batch-size", q.batch_size, "Calibration batch size")->capture_default_str();
-  quantize->add_option("--output-index", q.output_index, "Which model output is the logits (index or dict key)");
-  quantize->add_option("--group-size", q.group_size, "Codebook per group of this many inputs (0: per output row)")
+  add_shared_options(quantize, q, qx);
+
+  // compare
+  bayesq::CompareOptions cmp;
+  QuantizeExtras cx;
+  bool compare_json = false;
+  auto* compare = app.add_subcommand("compare", "Quantize with several methods and budgets from one calibration "
+                                                "and tabulate accuracy, KL, size and time");
+  compare->add_option("--model", cmp.base.model, "TorchScript model")->required();
+  compare->add_option("--data", cmp.data, "Evaluation data file")->required();
+  compare->add_option("--bits", cmp.base.bits, "Budgets (rtn and gptq run the whole-bit ones)")
+      ->delimiter(',')
+      ->required();
+  compare->add_option("--methods", cmp.methods,
+                      "Methods, e.g. rtn,gptq,gptq/act,hawq,bayesq,bayesq/kfac,bayesq+distill (modifiers: act, "
+                      "kfac, fisher, lloyd, uniform, tau1, greedy, measured)")
+      ->delimiter(',')
       ->capture_default_str();
-  quantize->add_option("--curvature", q.curvature,
-                       "hutchinson, fisher, or kfac (K-FAC metric with GPTQ-style error feedback)")
-      ->check(CLI::IsMember({"hutchinson", "fisher", "kfac"}))
-      ->capture_default_str();
-  quantize->add_option("--curvature-loss", q.curvature_loss, "auto (=kl), kl, ce (needs labels) or mse")
-      ->check(CLI::IsMember({"auto", "kl", "ce", "mse"}))
-      ->capture_default_str();
-  quantize->add_option("--probes", q.probes, "Hutchinson probes per batch")->capture_default_str();
-  quantize->add_option("--max-examples", q.max_examples, "Use at most this many calibration examples (0: all)")
-      ->capture_default_str();
-  quantize->add_option("--damp", q.damp, "Prior precision as a fraction of the mean data precision")
-      ->capture_default_str();
-  quantize->add_option("--candidates", q.candidates, "Candidate bit-widths")->delimiter(',')->capture_default_str();
-  quantize->add_option("--codebook", q.codebook, "lloyd, uniform, uniform-symmetric, or auto (lloyd and uniform)")
-      ->check(CLI::IsMember({"lloyd", "uniform", "uniform-symmetric", "auto"}))
-      ->capture_default_str();
-  quantize->add_option("--posterior-temp", q.tau, "tau in [0, 1]: 0 plug-in loss, 1 the whole posterior")
-      ->capture_default_str();
-  quantize->add_option("--table-loss", q.table_loss,
-                       "expected (posterior loss model) or measured (calibration KL with one block quantized)")
-      ->check(CLI::IsMember({"expected", "measured"}))
-      ->capture_default_str();
-  quantize->add_option("--measure-examples", q.measure_examples, "Calibration examples a measured table scores")
-      ->capture_default_str();
-  quantize->add_option("--allocator", q.allocator,
-                       "dp (exact knapsack; finely coarsened for very large models) or greedy (the paper's max-heap)")
-      ->check(CLI::IsMember({"greedy", "dp"}))
-      ->capture_default_str();
-  quantize->add_flag("--certify", q.certify, "With greedy: also solve the exact DP and report the gap");
-  quantize->add_option("--percdamp", q.percdamp, "GPTQ / K-FAC feedback: damping as a fraction of mean(diag H)")
-      ->capture_default_str();
-  quantize->add_flag("--act-order", q.act_order, "GPTQ / K-FAC feedback: quantize columns by decreasing H_jj");
-  quantize->add_option("--gptq-block-size", q.gptq_block_size, "GPTQ lazy-update block (columns)")
-      ->capture_default_str();
-  quantize->add_flag("--one-shot", q.one_shot,
-                     "gptq: take every layer's inputs from the float model (default: sequentially, after the "
-                     "layers before it are quantized)");
-  quantize->add_option("--keep-fp", q.keep_fp,
-                       "Regex of blocks left in floating point (their bytes count in the file, not in the budget)");
-  quantize->add_option("--min-bits", min_rules, "REGEX=N: matching blocks get at least N bits");
-  quantize->add_option("--max-bits", max_rules, "REGEX=N: matching blocks get at most N bits");
-  bool distill_default = false;
-  quantize->add_option("--distill-steps", q.distill_steps,
-                       "Distillation steps after quantizing (0: off); codes and file size stay the same")
-      ->capture_default_str();
-  quantize->add_flag("--distill", distill_default, "Distil for 500 steps (the paper's setting)");
-  quantize->add_option("--distill-lr", q.distill_lr, "Adam learning rate of distillation")->capture_default_str();
-  quantize->add_option("--teacher-samples", q.teacher_samples,
-                       "1: the float model teaches; S > 1: the mean softmax over S posterior weight samples")
-      ->capture_default_str();
-  quantize->add_option("--distill-holdout", q.distill_holdout,
-                       "Fraction of the calibration data held out to keep the best distillation state")
-      ->capture_default_str();
-  quantize->add_option("--distill-eval-every", q.distill_eval_every, "Held-out evaluation interval (steps)")
-      ->capture_default_str();
-  quantize->add_option("--threads", q.threads, "CPU threads (0: all cores)")->capture_default_str();
+  compare->add_option("--keep-models", cmp.keep_models, "Folder to keep the quantized files in");
+  compare->add_option("--json-output", cmp.json_output, "Write the full results as JSON");
+  compare->add_option("--markdown-output", cmp.markdown_output, "Write the table as markdown");
+  compare->add_option("--eval-batch-size", cmp.eval_batch_size, "Evaluation batch size")->capture_default_str();
+  compare->add_flag("--json", compare_json, "Print JSON instead of the table");
+  compare->add_flag("--match-uniform", cmp.match_uniform,
+                    "Also run allocating methods at the average bits (metadata included) that rtn/gptq use at each "
+                    "whole budget");
+  add_shared_options(compare, cmp.base, cx);
 
   // calibrate
   bayesq::CalibrateOptions c;
@@ -249,12 +291,17 @@ int main(int argc, char** argv) {
 
   try {
     if (*quantize) {
-      if (distill_default && q.distill_steps == 0) q.distill_steps = 500;
-      for (const auto& r : min_rules) q.rules.push_back(parse_rule(r, true));
-      for (const auto& r : max_rules) q.rules.push_back(parse_rule(r, false));
+      qx.apply(q);
       q.command_line.assign(argv, argv + argc);
       if (app.get_config_ptr() && *app.get_config_ptr()) q.config_file = app.get_config_ptr()->as<std::string>();
       print_quantize(bayesq::run_quantize(q));
+    } else if (*compare) {
+      cx.apply(cmp.base);
+      cmp.base.command_line.assign(argv, argv + argc);
+      if (cmp.base.threads > 0) bayesq::set_num_threads(cmp.base.threads);
+      const bayesq::CompareOutcome r = bayesq::run_compare(cmp);
+      if (compare_json) std::cout << r.results.dump(2) << "\n";
+      else std::cout << r.markdown;
     } else if (*calibrate) {
       const nlohmann::json r = bayesq::run_calibrate(c);
       std::printf("wrote %s: %lld examples, %s, %.2f s\n", c.output.c_str(),

@@ -1,0 +1,62 @@
+// Benchmark (issue: codebooks): time to fill the loss table of every block of a model, 6 candidate bit-widths
+// (2, 3, 4, 5, 6, 8), for Lloyd and uniform codebooks together (the default) and each alone.
+//
+//   bayesq_bench_table MODEL [--threads T]
+//
+// Precisions are drawn log-normal (what a posterior looks like; the table's cost does not depend on their
+// values). Prints one JSON object.
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <random>
+#include <string>
+
+#include <torch/script.h>
+
+#include "bayesq/common/parallel.h"
+#include "bayesq/model/block_discovery.h"
+#include "bayesq/model/block_tensor.h"
+#include "bayesq/model/model_file.h"
+#include "bayesq/table/loss_table.h"
+
+using namespace bayesq;
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << "usage: bayesq_bench_table MODEL [--threads T]\n";
+    return 2;
+  }
+  for (int i = 2; i + 1 < argc; i += 2)
+    if (std::string(argv[i]) == "--threads") set_num_threads(std::atoi(argv[i + 1]));
+  LoadedModel model = load_model(argv[1]);
+  const BlockIndex index = discover_blocks(model.module);
+  std::vector<std::vector<float>> weights, precision;
+  std::mt19937 rng(1);
+  std::lognormal_distribution<float> lognormal(0.0f, 2.0f);
+  std::vector<BlockTableInput> inputs;
+  for (const auto& b : index.blocks) {
+    weights.push_back(block_rows_vector(find_tensor(model.module, b.name), b));
+    precision.emplace_back(weights.back().size());
+    for (auto& p : precision.back()) p = lognormal(rng);
+  }
+  for (std::size_t b = 0; b < index.blocks.size(); ++b)
+    inputs.push_back({index.blocks[b].name, {weights[b].data(), precision[b].data(), index.blocks[b].rows(),
+                                             index.blocks[b].cols()}});
+  std::cout << "{\"model\": \"" << argv[1] << "\", \"weights\": " << index.quantizable_weight_count()
+            << ", \"blocks\": " << index.blocks.size() << ", \"threads\": " << num_threads();
+  const std::pair<const char*, std::vector<CodebookKind>> variants[] = {
+      {"lloyd_and_uniform", {CodebookKind::lloyd, CodebookKind::uniform_asymmetric}},
+      {"lloyd", {CodebookKind::lloyd}},
+      {"uniform", {CodebookKind::uniform_asymmetric}}};
+  for (const auto& v : variants) {
+    LossTableParams params;
+    params.candidates = {2, 3, 4, 5, 6, 8};
+    params.kinds = v.second;
+    const auto t0 = std::chrono::steady_clock::now();
+    build_loss_table(inputs, params);
+    std::cout << ", \"" << v.first << "_s\": "
+              << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  std::cout << "}" << std::endl;
+  return 0;
+}

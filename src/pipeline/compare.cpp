@@ -1,0 +1,244 @@
+#include "bayesq/pipeline/compare.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include <torch/script.h>
+#include <torch/version.h>
+
+#include "bayesq/common/atomic_file.h"
+#include "bayesq/common/errors.h"
+#include "bayesq/common/log.h"
+#include "bayesq/data/data_file.h"
+#include "bayesq/distill/distill.h"
+#include "bayesq/eval/evaluate.h"
+#include "bayesq/export/model_writer.h"
+#include "bayesq/model/model_file.h"
+#include "bayesq/pipeline/device.h"
+#include "bayesq/pipeline/memory.h"
+#include "bayesq/pipeline/session.h"
+
+namespace bayesq {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+std::vector<std::string> split(const std::string& text, char separator) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string part; std::getline(in, part, separator);) out.push_back(part);
+  return out;
+}
+
+std::string fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+std::string file_tag(std::string method, double bits) {
+  for (char& c : method)
+    if (c == '/' || c == '+') c = '_';
+  std::ostringstream out;
+  out << method << "-" << bits << "b.pt";
+  return out.str();
+}
+
+}  // namespace
+
+QuantizeOptions method_options(const QuantizeOptions& base, const std::string& method) {
+  QuantizeOptions o = base;
+  const std::vector<std::string> distill_parts = split(method, '+');
+  BQ_CHECK(!distill_parts.empty() && distill_parts.size() <= 2, ExitCode::usage, "bad method '", method, "'");
+  if (distill_parts.size() == 2) {
+    BQ_CHECK(distill_parts[1] == "distill", ExitCode::usage, "bad method '", method, "' (only +distill follows)");
+    if (o.distill_steps == 0) o.distill_steps = 500;
+  } else {
+    o.distill_steps = 0;
+  }
+  const std::vector<std::string> parts = split(distill_parts[0], '/');
+  o.method = parts.at(0);
+  BQ_CHECK(o.method == "rtn" || o.method == "gptq" || o.method == "hawq" || o.method == "bayesq", ExitCode::usage,
+           "unknown method '", o.method, "' in '", method, "'");
+  for (std::size_t i = 1; i < parts.size(); ++i) {
+    const std::string& m = parts[i];
+    if (m == "act") o.act_order = true;
+    else if (m == "kfac" || m == "fisher" || m == "hutchinson") o.curvature = m;
+    else if (m == "lloyd" || m == "uniform") o.codebook = m;
+    else if (m == "tau1") o.tau = 1.0;
+    else if (m == "greedy" || m == "dp") o.allocator = m;
+    else if (m == "measured" || m == "expected") o.table_loss = m;
+    else BQ_FAIL(ExitCode::usage, "unknown modifier '", m, "' in method '", method, "'");
+  }
+  return o;
+}
+
+CompareOutcome run_compare(const CompareOptions& options) {
+  const auto start = Clock::now();
+  BQ_CHECK(!options.base.model.empty() && !options.base.calib.empty() && !options.data.empty(), ExitCode::usage,
+           "compare needs --model, --calib and --data");
+  BQ_CHECK(!options.methods.empty() && !options.base.bits.empty(), ExitCode::usage, "compare needs --methods and --bits");
+  std::vector<QuantizeOptions> per_method;
+  for (const auto& m : options.methods) per_method.push_back(method_options(options.base, m));
+  if (!options.json_output.empty()) check_output_path(options.json_output);
+  if (!options.markdown_output.empty()) check_output_path(options.markdown_output);
+
+  std::string folder = options.keep_models;
+  const bool temporary = folder.empty();
+  if (temporary) folder = (fs::temp_directory_path() / ("bayesq-compare-" + std::to_string(::getpid()))).string();
+  std::error_code ec;
+  fs::create_directories(folder, ec);
+  BQ_CHECK(!ec, ExitCode::io, "cannot create folder for the quantized models (", ec.message(), "): ", folder);
+
+  const torch::Device device = parse_device(options.base.device);
+  Session session(options.base);
+  const DataFile eval_data = DataFile::load(options.data);
+  EvalParams eval_params;
+  eval_params.batch_size = options.eval_batch_size;
+  eval_params.output = options.base.output_index;
+  eval_params.device = options.base.device;
+  torch::jit::Module reference = session.model().module.clone();
+
+  nlohmann::json rows = nlohmann::json::array();
+  {
+    torch::jit::Module float_model = session.model().module.clone();
+    const EvalResult r = evaluate(float_model, nullptr, eval_data, eval_params, options.base.model);
+    nlohmann::json row = r;
+    row["method"] = "float";
+    row["file_bytes"] = session.model().file_bytes;
+    row["agreement"] = 1.0;
+    row["mean_kl"] = 0.0;
+    rows.push_back(row);
+  }
+
+  // With match_uniform, allocating methods also run at the average bits (metadata included) that the whole-bit
+  // uniform methods actually use at each whole budget, so rows compare at equal file sizes.
+  std::vector<double> matched;
+  if (options.match_uniform)
+    for (double bits : options.base.bits) {
+      if (bits != std::floor(bits)) continue;
+      int64_t cost = 0, weights = 0;
+      for (const BlockInfo& info : session.index().blocks) {
+        cost += block_cost(info.rows(), info.cols(), static_cast<int>(bits), CodebookKind::uniform_asymmetric,
+                           options.base.group_size).total();
+        weights += info.numel();
+      }
+      matched.push_back(std::floor(double(cost) / double(weights) * 1e4) / 1e4);
+    }
+
+  for (std::size_t m = 0; m < options.methods.size(); ++m) {
+    const QuantizeOptions& o = per_method[m];
+    const MethodConfig config = method_config(o);
+    std::vector<double> budgets = options.base.bits;
+    if (o.method == "bayesq" || o.method == "hawq") budgets.insert(budgets.end(), matched.begin(), matched.end());
+    for (double bits : budgets) {
+      if ((o.method == "rtn" || o.method == "gptq") && bits != std::floor(bits)) continue;  // whole bits only
+      log::info("compare: ", options.methods[m], " at ", bits, " bits");
+      reset_peak_device_bytes(o.device);
+      nlohmann::json timings = nlohmann::json::object();
+      auto t = Clock::now();
+      QuantizedModel q = session.quantize(config, bits);
+      timings = q.timings;
+      timings["quantize_total"] = seconds_since(t);
+      torch::jit::Module to_write = session.model().module;
+      if (o.distill_steps > 0) {
+        t = Clock::now();
+        DistillParams dp;
+        dp.steps = o.distill_steps;
+        dp.lr = o.distill_lr;
+        dp.teacher_samples = o.teacher_samples;
+        dp.holdout = o.distill_holdout;
+        dp.eval_every = o.distill_eval_every;
+        dp.batch_size = o.batch_size;
+        dp.output = o.output_index;
+        dp.device = o.device;
+        dp.seed = o.seed;
+        static const std::vector<BlockPosterior> none;
+        const auto& posteriors = o.teacher_samples > 1 ? session.posteriors(config.damp) : none;
+        to_write = distill(session.model().module, session.index(), q.blocks, q.present, posteriors,
+                           session.calibration(), dp, o.model).module;
+        timings["distill"] = seconds_since(t);
+      }
+      const int64_t peak = peak_device_bytes(o.device);
+      const std::string path = (fs::path(folder) / file_tag(options.methods[m], bits)).string();
+      const WriteStats written = write_quantized_model(to_write, session.index(), q.slots(), OutputFormat::packed, path);
+      t = Clock::now();
+      torch::jit::Module quantized = dequantized_module(to_write, session.index(), q.slots());
+      const EvalResult r = evaluate(quantized, &reference, eval_data, eval_params, o.model);
+      timings["eval"] = seconds_since(t);
+      int64_t weights = 0, code = 0, meta = 0;
+      for (std::size_t b = 0; b < q.blocks.size(); ++b) {
+        if (!q.present[b]) continue;
+        const BlockCost c = q.blocks[b].cost();
+        weights += session.index().blocks[b].numel();
+        code += c.code_bits;
+        meta += c.metadata_bits;
+      }
+      nlohmann::json row = r;
+      row["method"] = options.methods[m];
+      row["label"] = config.label();
+      row["bits"] = bits;
+      row["average_bits"] = double(code + meta) / double(weights);
+      row["average_bits_without_metadata"] = double(code) / double(weights);
+      row["file_bytes"] = written.file_bytes;
+      row["timings"] = timings;
+      row["peak_device_bytes"] = peak;
+      row["config"] = config.to_json();
+      if (q.allocation) {
+        std::vector<int> chosen;
+        for (const auto& b : q.allocation->blocks) chosen.push_back(b.keep_fp ? 0 : b.bits);
+        row["bits_per_block"] = chosen;
+      }
+      rows.push_back(row);
+      if (temporary) fs::remove(path, ec);
+    }
+  }
+  if (temporary) fs::remove_all(folder, ec);
+
+  CompareOutcome out;
+  out.results = {{"model", options.base.model},
+                 {"calib", options.base.calib},
+                 {"data", options.data},
+                 {"device", device_description(device)},
+                 {"libtorch_version", TORCH_VERSION},
+                 {"seed", options.base.seed},
+                 {"shared_timings", session.timings()},
+                 {"total_seconds", seconds_since(start)},
+                 {"rows", rows}};
+  std::ostringstream md;
+  md << "| method | bits | avg bits | w/o meta | file (KiB) | top-1 (%) | NLL | ECE (%) | agree (%) | KL(float‖q) | "
+        "quantize (s) | eval (s) | peak dev (MiB) |\n"
+     << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const auto& r : rows) {
+    const bool is_float = r["method"] == "float";
+    md << "| " << r["method"].get<std::string>() << " | " << (is_float ? "32" : fixed(r["bits"].get<double>(), 2))
+       << " | " << (is_float ? "-" : fixed(r["average_bits"].get<double>(), 3)) << " | "
+       << (is_float ? "-" : fixed(r["average_bits_without_metadata"].get<double>(), 3)) << " | "
+       << fixed(double(r["file_bytes"].get<int64_t>()) / 1024.0, 1) << " | "
+       << (r.contains("top1") ? fixed(100 * r["top1"].get<double>(), 2) : "-") << " | "
+       << (r.contains("nll") ? fixed(r["nll"].get<double>(), 4) : "-") << " | "
+       << (r.contains("ece") ? fixed(100 * r["ece"].get<double>(), 2) : "-") << " | "
+       << fixed(100 * r["agreement"].get<double>(), 2) << " | " << fixed(r["mean_kl"].get<double>(), 5) << " | "
+       << (is_float ? "-" : fixed(r["timings"]["quantize_total"].get<double>() +
+                                       r["timings"].value("distill", 0.0), 1))
+       << " | " << (is_float ? "-" : fixed(r["timings"]["eval"].get<double>(), 1)) << " | "
+       << (is_float ? "-" : fixed(double(r["peak_device_bytes"].get<int64_t>()) / 1048576.0, 0)) << " |\n";
+  }
+  md << "\nShared, once for all rows:";
+  for (const auto& item : session.timings().items())
+    md << " " << item.key() << " " << fixed(item.value().get<double>(), 1) << " s;";
+  md << " total " << fixed(seconds_since(start), 1) << " s (" << device_description(device) << ").\n";
+  out.markdown = md.str();
+  if (!options.json_output.empty()) write_text_file(options.json_output, out.results.dump(2) + "\n");
+  if (!options.markdown_output.empty()) write_text_file(options.markdown_output, out.markdown);
+  return out;
+}
+
+}  // namespace bayesq
