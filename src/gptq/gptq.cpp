@@ -87,7 +87,8 @@ GptqResult gptq_quantize(const torch::Tensor& weights, const torch::Tensor& hess
   } else {
     perm = torch::arange(cols, torch::TensorOptions().dtype(torch::kLong).device(W.device()));
   }
-  const std::vector<int64_t> order(perm.cpu().data_ptr<int64_t>(), perm.cpu().data_ptr<int64_t>() + cols);
+  const torch::Tensor perm_cpu = perm.cpu().contiguous();  // one copy: two .cpu() calls are two buffers on CUDA
+  const std::vector<int64_t> order(perm_cpu.data_ptr<int64_t>(), perm_cpu.data_ptr<int64_t>() + cols);
 
   // Hinv = upper Cholesky factor of H^-1, damping grown tenfold whenever a factorisation fails.
   const double mean_diag = H.diagonal().mean().item<double>();

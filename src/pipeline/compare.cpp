@@ -212,6 +212,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
                  {"shared_timings", session.timings()},
                  {"total_seconds", seconds_since(start)},
                  {"rows", rows}};
+  if (!options.json_output.empty()) write_text_file(options.json_output, out.results.dump(2) + "\n");
   std::ostringstream md;
   md << "| method | bits | avg bits | w/o meta | file (KiB) | top-1 (%) | NLL | ECE (%) | agree (%) | KL(float‖q) | "
         "quantize (s) | eval (s) | peak dev (MiB) |\n"
@@ -232,11 +233,11 @@ CompareOutcome run_compare(const CompareOptions& options) {
        << (is_float ? "-" : fixed(double(r["peak_device_bytes"].get<int64_t>()) / 1048576.0, 0)) << " |\n";
   }
   md << "\nShared, once for all rows:";
-  for (const auto& item : session.timings().items())
+  const nlohmann::json shared = session.timings();  // a copy: items() must not outlive it
+  for (const auto& item : shared.items())
     md << " " << item.key() << " " << fixed(item.value().get<double>(), 1) << " s;";
   md << " total " << fixed(seconds_since(start), 1) << " s (" << device_description(device) << ").\n";
   out.markdown = md.str();
-  if (!options.json_output.empty()) write_text_file(options.json_output, out.results.dump(2) + "\n");
   if (!options.markdown_output.empty()) write_text_file(options.markdown_output, out.markdown);
   return out;
 }
