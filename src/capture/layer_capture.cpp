@@ -87,6 +87,28 @@ torch::Tensor output_rows(const torch::Tensor& g, const BlockInfo& info, bool ac
   return g.reshape({-1, g.size(-1)});
 }
 
+// A value defined inside a prim::If branch (scripted models branch on attributes such as use_res_connect) is out
+// of scope at the graph's return. Each enclosing If gets an extra Optional[Tensor] output: the value from its own
+// branch, None from the others. Returns the top-level value, or nullptr inside a loop.
+torch::jit::Value* lift_to_top(torch::jit::Graph& graph, torch::jit::Value* v) {
+  torch::jit::Block* block = v->node()->owningBlock();
+  while (block != graph.block()) {
+    torch::jit::Node* owner = block->owningNode();
+    if (owner->kind() != torch::jit::prim::If) return nullptr;
+    for (torch::jit::Block* branch : owner->blocks()) {
+      if (branch == block) {
+        branch->registerOutput(v);
+      } else {
+        torch::jit::WithInsertPoint guard(branch->return_node());
+        branch->registerOutput(graph.insertConstant(c10::IValue()));
+      }
+    }
+    v = owner->addOutput()->setType(c10::OptionalType::create(c10::TensorType::get()));
+    block = owner->owningBlock();
+  }
+  return v;
+}
+
 }  // namespace
 
 std::vector<torch::Tensor> activation_rows(const torch::Tensor& activation, const BlockInfo& info,
@@ -137,11 +159,14 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
   for (const WeightUse& use : find_weight_uses(*graph)) {
     const auto it = wanted.find(use.path);
     if (it == wanted.end() || !use.activation) continue;
+    torch::jit::Value* activation = lift_to_top(*graph, use.activation);
+    torch::jit::Value* result = params.output_gradients ? lift_to_top(*graph, use.node->output()) : nullptr;
+    if (!activation || (params.output_gradients && !result)) continue;  // inside a loop
     Tap tap{it->second, use.activation_on_right, returned.size(), 0};
-    returned.push_back(use.activation);
+    returned.push_back(activation);
     if (params.output_gradients) {
       tap.result_output = returned.size();
-      returned.push_back(use.node->output());
+      returned.push_back(result);
     }
     taps.push_back(tap);
   }
@@ -196,13 +221,21 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
       const torch::Tensor log_p = torch::log_softmax(logits.reshape({-1, logits.size(-1)}), 1);
       const torch::Tensor sampled = torch::multinomial(log_p.detach().exp(), 1);
       const torch::Tensor objective = log_p.gather(1, sampled).sum();
+      // Taps in branches not taken this batch are None.
       std::vector<torch::Tensor> outputs_of_blocks;
-      for (const Tap& t : taps) outputs_of_blocks.push_back(outputs.at(t.result_output).toTensor());
-      results = torch::autograd::grad({objective}, outputs_of_blocks, {}, false, false, /*allow_unused=*/true);
+      std::vector<std::size_t> taken;
+      for (std::size_t k = 0; k < taps.size(); ++k)
+        if (outputs.at(taps[k].result_output).isTensor()) {
+          outputs_of_blocks.push_back(outputs.at(taps[k].result_output).toTensor());
+          taken.push_back(k);
+        }
+      const auto grads = torch::autograd::grad({objective}, outputs_of_blocks, {}, false, false, /*allow_unused=*/true);
+      for (std::size_t i = 0; i < taken.size(); ++i) results[taken[i]] = grads[i];
     }
     torch::NoGradGuard accumulate;
     for (std::size_t k = 0; k < taps.size(); ++k) {
       const Tap& t = taps[k];
+      if (!outputs.at(t.activation_output).isTensor()) continue;  // a branch not taken
       const BlockInfo& info = index.blocks[t.block];
       LayerStats& s = stats[t.block];
       const std::vector<torch::Tensor> rows =
