@@ -38,9 +38,9 @@ import sys; sys.path.insert(0, 'bench'); import torch, fashion_mnist as f
 x, y = f.load_split('train'); i = f.calibration_indices($n, 0)
 torch.save({'inputs': x[i].clone(), 'labels': y[i].clone()}, '$W/data/fmnist_calib$n.pt')"
       done ;;
-    train-mobilenet) [ -f $W/models/mobilenet_v2.pt ] || { log train mobilenet_v2; python3 bench/train_vision.py mobilenet_v2 $W/models/mobilenet_v2.pt --epochs ${EPOCHS:-12}; cp $W/models/mobilenet_v2.json "$OUT/"; } ;;
-    train-resnet50) [ -f $W/models/resnet50.pt ] || { log train resnet50; python3 bench/train_vision.py resnet50 $W/models/resnet50.pt --epochs ${EPOCHS:-12}; cp $W/models/resnet50.json "$OUT/"; } ;;
-    train-bert) [ -f $W/models/bert.pt ] || { log train bert; python3 bench/train_bert.py $W/data $W/models/bert.pt --epochs ${BERT_EPOCHS:-3}; cp $W/models/bert.json "$OUT/"; } ;;
+    train-mobilenet) [ -f $W/models/mobilenet_v2.pt ] || { log train mobilenet_v2; python3 bench/train_vision.py mobilenet_v2 $W/models/mobilenet_v2.pt --epochs ${EPOCHS:-12}; cp $W/models/mobilenet_v2.json "$OUT/train_mobilenet_v2.json"; } ;;
+    train-resnet50) [ -f $W/models/resnet50.pt ] || { log train resnet50; python3 bench/train_vision.py resnet50 $W/models/resnet50.pt --epochs ${EPOCHS:-12}; cp $W/models/resnet50.json "$OUT/train_resnet50.json"; } ;;
+    train-bert) [ -f $W/models/bert.pt ] || { log train bert; python3 bench/train_bert.py $W/data $W/models/bert.pt --epochs ${BERT_EPOCHS:-3}; cp $W/models/bert.json "$OUT/train_bert.json"; } ;;
     micro)
       log micro-benchmarks
       python3 bench/models.py $W/models > /dev/null
@@ -53,8 +53,8 @@ torch.save({'inputs': x[i].clone(), 'labels': y[i].clone()}, '$W/data/fmnist_cal
       done
       python3 bench/posterior_agreement.py $W/post_cpu.bqp $W/post_cuda.bqp | tee "$OUT/agreement.txt" ;;
     compare-mobilenet)
-      compare mobilenet_v2 $W/models/mobilenet_v2.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits 2,2.5,3,3.5,4 \
-        --match-uniform --methods rtn,gptq,gptq/act,hawq,bayesq,bayesq/kfac,bayesq+distill,bayesq/kfac+distill ;;
+      compare mobilenet_v2 $W/models/mobilenet_v2.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits ${BITS:-2,2.5,3,3.5,4} \
+        --match-uniform --methods ${METHODS:-rtn,gptq,gptq/act,hawq,bayesq,bayesq/kfac,bayesq+distill,bayesq/kfac+distill} ;;
     sweep)
       for n in 16 32 64 128 256 1024; do
         compare sweep_calib$n $W/models/mobilenet_v2.pt $W/data/fmnist_calib$n.pt $W/data/fmnist_eval.pt --bits 3 --methods bayesq,bayesq/kfac

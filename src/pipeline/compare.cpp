@@ -198,6 +198,9 @@ CompareOutcome run_compare(const CompareOptions& options) {
       }
       rows.push_back(row);
       if (temporary) fs::remove(path, ec);
+      // Partial results after every row: a long comparison that is stopped keeps what it measured.
+      if (!options.json_output.empty())
+        write_text_file(options.json_output, nlohmann::json{{"partial", true}, {"rows", rows}}.dump(2) + "\n");
     }
   }
   if (temporary) fs::remove_all(folder, ec);
