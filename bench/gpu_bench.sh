@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The GPU benchmark, in resumable stages (each skips work whose output already exists):
 #   bench/gpu_bench.sh STAGE...
-# Stages: build data train-mobilenet train-resnet50 train-bert micro agreement compare-mobilenet sweep ablation
-#         compare-resnet50 compare-bert
+# Stages: build data-fmnist data-wordnet train-mobilenet train-resnet50 train-bert micro agreement compare-mobilenet
+#         distill-mobilenet sweep ablation compare-resnet50 compare-bert
 # Expects the raw data under .gpu/raw (see bench/prepare_gpu_carry.sh) and python3 with torch (and transformers for
-# BERT). Results (markdown, JSON, logs) go to $OUT (default .gpu/out).
+# BERT). Results (markdown, JSON, logs) go to $OUT (default .gpu/out). Two chains can share a 2-GPU machine:
+# CUDA_VISIBLE_DEVICES=0 bench/gpu_bench.sh ... & CUDA_VISIBLE_DEVICES=1 bench/gpu_bench.sh ...; THREADS (default
+# 16) sets each chain's CPU threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=.gpu
 OUT=${OUT:-$W/out}
 mkdir -p "$W/data" "$W/models" "$OUT"
-B=build-gpu/bayesq
+B=${BAYESQ:-build-gpu/bayesq}
+THREADS=${THREADS:-16}
 export FASHION_MNIST_DIR=$W/raw/fashion WORDNET_DIR=$W/raw/wordnet PYTHONUNBUFFERED=1
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 
@@ -18,7 +21,7 @@ compare() {  # compare NAME MODEL CALIB EVAL ARGS...
   local name=$1 model=$2 calib=$3 eval=$4
   shift 4
   log "compare $name"
-  $B compare --model "$model" --calib "$calib" --data "$eval" --device cuda --threads 16 -q \
+  $B compare --model "$model" --calib "$calib" --data "$eval" --device cuda --threads $THREADS -q \
     --json-output "$OUT/$name.json" --markdown-output "$OUT/$name.md" "$@" > /dev/null
   cat "$OUT/$name.md"
 }
@@ -26,12 +29,12 @@ compare() {  # compare NAME MODEL CALIB EVAL ARGS...
 for stage in "$@"; do
   case $stage in
     build)
-      log build
+      [ -x "$B" ] || { log build
       BAYESQ_BUILD_BENCH=ON BAYESQ_BUILD_TESTS=OFF \
-        scripts/build.sh "$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')" build-gpu | tail -1 ;;
-    data)
+        scripts/build.sh "$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')" build-gpu | tail -1; } ;;
+    data-wordnet) [ -f $W/data/wordnet_eval.pt ] || python3 bench/wordnet.py $W/data ;;
+    data-fmnist)
       [ -f $W/data/fmnist_eval.pt ] || python3 bench/fashion_mnist.py $W/data
-      [ -f $W/data/wordnet_eval.pt ] || python3 bench/wordnet.py $W/data
       for n in 16 32 64 128 256 1024; do
         [ -f $W/data/fmnist_calib$n.pt ] || python3 -c "
 import sys; sys.path.insert(0, 'bench'); import torch, fashion_mnist as f
@@ -49,24 +52,28 @@ torch.save({'inputs': x[i].clone(), 'labels': y[i].clone()}, '$W/data/fmnist_cal
     agreement)
       log cpu-cuda agreement
       for d in cpu cuda; do
-        $B calibrate --model $W/models/mobilenet_v2.pt --calib $W/data/fmnist_calib128.pt --device $d --probes 16 --seed 1 -o $W/post_$d.bqp -q
+        $B calibrate --model $W/models/mobilenet_v2.pt --calib $W/data/fmnist_calib128.pt --device $d --probes 8 \
+          --seed 1 --threads $THREADS -o $W/post_$d.bqp -q
       done
       python3 bench/posterior_agreement.py $W/post_cpu.bqp $W/post_cuda.bqp | tee "$OUT/agreement.txt" ;;
     compare-mobilenet)
       compare mobilenet_v2 $W/models/mobilenet_v2.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits ${BITS:-2,2.5,3,3.5,4} \
-        --match-uniform --methods ${METHODS:-rtn,gptq,gptq/act,hawq,bayesq,bayesq/kfac,bayesq+distill,bayesq/kfac+distill} ;;
+        --match-uniform --methods ${METHODS:-rtn,gptq,gptq/act,hawq,bayesq,bayesq/kfac} ;;
+    distill-mobilenet)
+      compare mobilenet_v2_distill $W/models/mobilenet_v2.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits 2,2.5,3 \
+        --methods bayesq,bayesq+distill,bayesq/kfac,bayesq/kfac+distill ;;
     sweep)
-      for n in 16 32 64 128 256 1024; do
+      for n in ${SWEEP:-16 32 64 128 256 1024}; do
         compare sweep_calib$n $W/models/mobilenet_v2.pt $W/data/fmnist_calib$n.pt $W/data/fmnist_eval.pt --bits 3 --methods bayesq,bayesq/kfac
       done ;;
     ablation)
       compare ablation $W/models/mobilenet_v2.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits 2.5 \
-        --methods bayesq,bayesq/kfac,bayesq/lloyd,bayesq/uniform,bayesq/tau1,bayesq/greedy,bayesq/measured,bayesq/kfac/measured ;;
+        --methods bayesq,bayesq/expected,bayesq/kfac,bayesq/kfac/expected,bayesq/lloyd,bayesq/uniform,bayesq/tau1,bayesq/greedy ;;
     compare-resnet50)
       compare resnet50 $W/models/resnet50.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits 2,2.5,3,3.5,4 \
-        --match-uniform --one-shot --methods rtn,gptq,bayesq,bayesq/kfac ;;
+        --match-uniform --one-shot --methods ${METHODS_RN50:-rtn,gptq,bayesq,bayesq/kfac} ;;
     compare-bert)
-      compare bert $W/models/bert.pt $W/data/wordnet_calib512.pt $W/data/wordnet_eval.pt --bits 2.5,3,3.5 \
+      compare bert $W/models/bert.pt $W/data/wordnet_calib512.pt $W/data/wordnet_eval.pt --bits ${BITS_BERT:-2,2.5,3,3.5,4} \
         --match-uniform --batch-size 16 --methods rtn,gptq,bayesq,bayesq/kfac ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac

@@ -11,6 +11,7 @@ trained on the training glosses only (lower-cased words and punctuation, words s
   wordnet_vocab.json.
 """
 import argparse
+import gzip
 import json
 import os
 import re
@@ -25,7 +26,10 @@ TOKEN = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
 def read_synsets():
     out = []
     for pos in ("noun", "verb", "adj", "adv"):
-        with open(os.path.join(WORDNET_DIR, f"data.{pos}"), encoding="latin-1") as f:
+        path = os.path.join(WORDNET_DIR, f"data.{pos}")
+        # The GPU carry holds gzipped copies (bench/prepare_gpu_carry.sh); Debian's package has plain files.
+        opened = open(path, encoding="latin-1") if os.path.exists(path) else gzip.open(path + ".gz", "rt", encoding="latin-1")
+        with opened as f:
             for line in f:
                 if line.startswith("  "):
                     continue  # licence header

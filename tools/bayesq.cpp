@@ -139,7 +139,8 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
   app->add_option("--posterior-temp", q.tau, "tau in [0, 1]: 0 plug-in loss, 1 the whole posterior")
       ->capture_default_str();
   app->add_option("--table-loss", q.table_loss,
-                  "expected (posterior loss model) or measured (calibration KL with one block quantized)")
+                  "measured (N x calibration KL with that one block quantized; bayesq only) or expected (the posterior "
+                  "loss model alone, no forward passes)")
       ->check(CLI::IsMember({"expected", "measured"}))
       ->capture_default_str();
   app->add_option("--measure-examples", q.measure_examples, "Calibration examples a measured table scores")

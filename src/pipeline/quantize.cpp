@@ -64,8 +64,6 @@ void validate(const QuantizeOptions& o) {
   BQ_CHECK(o.probes >= 1, ExitCode::usage, "--probes must be >= 1");
   BQ_CHECK(o.table_loss == "expected" || o.table_loss == "measured", ExitCode::usage, "--table-loss must be "
            "expected or measured");
-  if (o.table_loss == "measured")
-    BQ_CHECK(!o.calib.empty(), ExitCode::usage, "--table-loss measured needs calibration data (--calib)");
   BQ_CHECK(o.distill_steps >= 0, ExitCode::usage, "--distill-steps must be >= 0");
   if (o.distill_steps > 0) {
     BQ_CHECK(!o.calib.empty(), ExitCode::usage, "distillation needs calibration data (--calib)");
@@ -188,7 +186,10 @@ static nlohmann::json quantized_model_report(Session& session, const MethodConfi
       {"file", written},
       {"details", q.details}};
   if (q.allocation) report["allocation"] = *q.allocation;
-  if (config.method == "bayesq" || config.method == "hawq") report["posterior_temp"] = config.tau;
+  if (config.method == "bayesq" || config.method == "hawq") {
+    report["posterior_temp"] = config.tau;
+    report["loss_table"] = session.table(config);  // cached: what the allocator read
+  }
   return report;
 }
 

@@ -84,7 +84,13 @@ MethodConfig method_config(const QuantizeOptions& o) {
   c.gptq.block_size = o.gptq_block_size;
   c.sequential = !o.one_shot;
   c.table_loss = o.table_loss;
-  if (c.method == "hawq") c.kinds = {CodebookKind::uniform_asymmetric};
+  // A measured table runs the model on calibration data; with only a saved posterior (--posterior, no --calib)
+  // the expected-loss model is what there is.
+  if (o.calib.empty()) c.table_loss = "expected";
+  if (c.method == "hawq") {  // HAWQ is defined by its trace-times-error sensitivity: never a measured table
+    c.kinds = {CodebookKind::uniform_asymmetric};
+    c.table_loss = "expected";
+  }
   return c;
 }
 
@@ -436,14 +442,20 @@ void Session::measure_table(const MethodConfig& config, LossTable& table) {
   torch::jit::Module work = model_.module.clone();
   work.eval();
   work.to(device);
+  // No gradients here, so batches can be larger than the calibration pass's (fewer, fuller kernel launches).
+  const int64_t batch = std::max<int64_t>(options_.batch_size, 128);
+  double quantize_seconds = 0.0, forward_seconds = 0.0;
   auto log_probabilities = [&]() {
+    const auto start = Clock::now();
     std::vector<torch::Tensor> out;
-    for (int64_t begin = 0; begin < n; begin += options_.batch_size) {
-      const int64_t end = std::min(n, begin + options_.batch_size);
+    for (int64_t begin = 0; begin < n; begin += batch) {
+      const int64_t end = std::min(n, begin + batch);
       const torch::Tensor z =
           select_output(forward_batch(work, data, begin, end, device, options_.model), options_.output_index);
-      out.push_back(torch::log_softmax(z.to(torch::kFloat32).reshape({-1, z.size(-1)}), 1));
+      // Double precision, as in evaluate(): small KLs are differences of nearly equal log-probabilities.
+      out.push_back(torch::log_softmax(z.to(torch::kFloat64).reshape({-1, z.size(-1)}), 1));
     }
+    forward_seconds += seconds_since(start);
     return out;
   };
   const std::vector<torch::Tensor> reference = log_probabilities();
@@ -451,8 +463,10 @@ void Session::measure_table(const MethodConfig& config, LossTable& table) {
     const BlockInfo& info = index_.blocks[b];
     const torch::Tensor original = find_tensor(work, info.name);
     for (LossEntry& e : table.blocks[b].entries) {
+      const auto start = Clock::now();
       const QuantizedBlock q = quantize_one(config, b, e.bits, e.kind);
       assign_tensor(work, info.name, dequantized_tensor(q, info, original));
+      quantize_seconds += seconds_since(start);
       const std::vector<torch::Tensor> quantized = log_probabilities();
       double kl = 0.0;
       for (std::size_t k = 0; k < reference.size(); ++k)
@@ -468,6 +482,8 @@ void Session::measure_table(const MethodConfig& config, LossTable& table) {
         table.blocks[b].monotone = false;
   }
   timings_["measure_table"] = seconds_since(t);
+  timings_["measure_table_quantize"] = quantize_seconds;
+  timings_["measure_table_forward"] = forward_seconds;
 }
 
 QuantizedModel Session::quantize(const MethodConfig& config, double bits) {

@@ -39,6 +39,9 @@ QuantizeOptions options(const std::string& model, const std::string& calib, cons
   o.output = scratch(out);
   o.report = scratch(out + ".json");
   o.seed = 3;
+  // The measured table (the default) runs the model 14 times per block; its own test below checks it, and the
+  // end-to-end tests keep the ResNet-18 fixture fast with the expected-loss table.
+  o.table_loss = "expected";
   return o;
 }
 
@@ -60,6 +63,7 @@ TEST(Pipeline, BayesqBeatsRtnInKlAtNoLargerFile) {
     QuantizeOptions bq = options(c.model, c.calib, std::string("bayesq_") + c.model);
     bq.bits = {std::max(3.0, std::floor(rtn_report["totals"]["average_bits"].get<double>() * 1000) / 1000)};
     bq.probes = 4;
+    if (std::string(c.model) == "transformer.pt") bq.table_loss = "measured";
     const nlohmann::json bq_report = run_quantize(bq).report_json.at(0);
     const double kl_rtn = mean_kl(rtn.output, fixture(c.model), fixture(c.eval));
     const double kl_bq = mean_kl(bq.output, fixture(c.model), fixture(c.eval));
@@ -70,6 +74,53 @@ TEST(Pipeline, BayesqBeatsRtnInKlAtNoLargerFile) {
     RecordProperty(std::string("kl_rtn_") + c.model, std::to_string(kl_rtn));
     RecordProperty(std::string("kl_bayesq_") + c.model, std::to_string(kl_bq));
   }
+}
+
+// Oracle for a measured table: each entry is N times the mean calibration KL of the model with that one block
+// quantized at that option. Recomputed here through another path: a model where every other block is kept in
+// floating point and this one is forced to the option, written in fake format, then evaluated against the float
+// model on the measured examples.
+TEST(Pipeline, MeasuredTableEntriesAreTheCalibrationKlOfOneQuantizedBlock) {
+  QuantizeOptions o = options("separable.pt", "separable_calib.pt", "measured.pt");
+  o.table_loss = "measured";
+  o.measure_examples = 96;  // the whole calibration file
+  o.probes = 2;
+  o.bits = {4.0};
+  const nlohmann::json report = run_quantize(o).report_json.at(0);
+  const nlohmann::json& table = report.at("loss_table");
+  const int64_t examples = DataFile::load(o.calib).size();
+  ASSERT_EQ(examples, 96);
+  int checked = 0;
+  // dw1's rows have 9 weights: a 16-level Lloyd table costs 28 bits per weight, over --bits' limit; 2 bits only.
+  for (const char* block : {"dw1.weight", "pw2.weight", "fc.weight"}) {
+    const nlohmann::json* losses = nullptr;
+    for (const auto& b : table.at("blocks"))
+      if (b.at("name") == block) losses = &b;
+    ASSERT_NE(losses, nullptr) << block;
+    for (const auto& e : losses->at("entries")) {
+      const int bits = e.at("bits").get<int>();
+      if (bits != 2 && (bits != 4 || std::string(block) == "dw1.weight")) continue;
+      QuantizeOptions one = options("separable.pt", "separable_calib.pt", "one_block.pt");
+      one.table_loss = "expected";  // allocation is forced; no measuring on this path
+      one.probes = 2;
+      one.format = "fake";
+      one.keep_fp = {std::string("^(?!") + block + "$)"};
+      one.rules = {BitsRule{std::string("^") + block + "$", bits, bits}};
+      one.codebook = e.at("kind").get<std::string>() == "lloyd" ? "lloyd" : "uniform";
+      one.candidates = {bits};
+      one.bits = {16.0};
+      run_quantize(one);
+      const double kl = mean_kl(one.output, o.model, o.calib);
+      const double entry = e.at("expected_loss").get<double>();
+      // Both sides are double-precision KLs of the same float32 logits, but computed over different batchings
+      // (measured: one batch of 96; evaluate: batches of 32), and float32 convolutions may round differently
+      // per batch shape: 1e-4 relative.
+      EXPECT_NEAR(entry, double(examples) * kl, 1e-4 * double(examples) * kl) << block << " at " << bits;
+      EXPECT_GT(entry, 0.0) << block << " at " << bits;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 10);  // (2 blocks x 2 bit-widths + 1 block x 1 bit-width) x 2 codebook kinds
 }
 
 TEST(Pipeline, SameSeedGivesByteIdenticalFiles) {

@@ -32,7 +32,7 @@ struct QuantizeOptions {
   std::vector<int> candidates{1, 2, 3, 4, 5, 6, 8};  // 1 bit included so budgets near 2.0 stay feasible with metadata
   std::string codebook = "auto";          // lloyd | uniform | uniform-symmetric | auto (lloyd and uniform)
   double tau = 0.0;
-  std::string table_loss = "expected";    // expected | measured (see Note [Measured tables] in session.cpp)
+  std::string table_loss = "measured";    // measured | expected (see Note [Measured tables] in session.cpp)
   int64_t measure_examples = 128;         // calibration examples a measured table scores
   // GPTQ (gptq, and the error feedback of bayesq with kfac)
   double percdamp = 0.01;

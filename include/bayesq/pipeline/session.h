@@ -40,7 +40,7 @@ struct MethodConfig {
   double damp = 0.01;                  // posterior prior precision / K-FAC damping
   GptqParams gptq;                     // gptq and kfac: percdamp, act-order, lazy block size
   bool sequential = true;              // gptq: capture each block's inputs after the blocks before it are quantized
-  std::string table_loss = "expected"; // bayesq, hawq: expected (the posterior loss model) or measured (calibration KL)
+  std::string table_loss = "measured"; // bayesq, hawq: measured (calibration KL) or expected (the posterior loss model)
 
   std::string label() const;           // e.g. "bayesq (kfac)", "gptq (act-order)"
   nlohmann::json to_json() const;
@@ -77,8 +77,10 @@ class Session {
 
   nlohmann::json timings() const { return timings_; }
 
- private:
+ // The table the allocator reads for this method (computed once per distinct table configuration).
   const LossTable& table(const MethodConfig& config);
+
+ private:
   LossTable build_kfac_table(const MethodConfig& config);
   LossTable build_hawq_table(const MethodConfig& config);
   QuantizedModel quantize_gptq(const MethodConfig& config, int bits);
