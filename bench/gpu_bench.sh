@@ -68,13 +68,13 @@ torch.save({'inputs': x[i].clone(), 'labels': y[i].clone()}, '$W/data/fmnist_cal
       done ;;
     ablation)
       compare ablation $W/models/mobilenet_v2.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits 2.5 \
-        --methods bayesq,bayesq/expected,bayesq/kfac,bayesq/kfac/expected,bayesq/lloyd,bayesq/uniform,bayesq/tau1,bayesq/greedy ;;
+        --methods ${METHODS_ABLATION:-bayesq,bayesq/expected,bayesq/kfac,bayesq/kfac/expected,bayesq/lloyd,bayesq/uniform,bayesq/tau1,bayesq/greedy} ;;
     compare-resnet50)
       compare resnet50 $W/models/resnet50.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits 2,2.5,3,3.5,4 \
         --match-uniform --one-shot --methods ${METHODS_RN50:-rtn,gptq,bayesq,bayesq/kfac} ;;
     compare-bert)
       compare bert $W/models/bert.pt $W/data/wordnet_calib512.pt $W/data/wordnet_eval.pt --bits ${BITS_BERT:-2,2.5,3,3.5,4} \
-        --match-uniform --batch-size 16 --methods rtn,gptq,bayesq,bayesq/kfac ;;
+        --match-uniform --batch-size 16 --methods ${METHODS_BERT:-rtn,gptq,bayesq,bayesq/kfac} ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

@@ -5,6 +5,10 @@
 #   bench/gpu_session.sh A SECONDS   build; MobileNetV2 and ResNet-50: train, compare
 #   bench/gpu_session.sh B SECONDS   BERT: train, compare; MobileNetV2: distillation, ablation, calibration sweep,
 #                                    CPU/CUDA curvature agreement
+#   bench/gpu_session.sh C SECONDS   the K-FAC rows: MobileNetV2 (carried model; then agreement, ablation, sweep),
+#                                    ResNet-50 and BERT (trained again, with GPTQ rows for the same weights)
+#   bench/gpu_session.sh D SECONDS   what C could not finish, after the K-FAC speed-ups: K-FAC and K-FAC + distill
+#                                    on MobileNetV2 (then ablation, sweep) and ResNet-50 (then BERT)
 # A carried .gpu/models/mobilenet_v2.pt and .gpu/bin/bayesq (what call A returns) spare call B the training and
 # the build when it lands on a fresh machine. Everything worth keeping is packed into $OUT/results_<call>.tgz.
 set -uo pipefail
@@ -22,7 +26,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 chain() {  # chain GPU NAME STAGE...
   local gpu=$1 name=$2
   shift 2
-  CUDA_VISIBLE_DEVICES=$gpu THREADS=16 OUT=$W/out/$name timeout "$(left)" bench/gpu_bench.sh "$@" \
+  CUDA_VISIBLE_DEVICES=$gpu THREADS=${THREADS:-16} OUT=$W/out/$name timeout "$(left)" bench/gpu_bench.sh "$@" \
     > $W/out/$name.log 2>&1
   log "chain $name ended: $?"
 }
@@ -45,6 +49,25 @@ case $call in
     wait
     chain 0 bert train-bert compare-bert &
     chain 1 mobilenet_extra train-mobilenet distill-mobilenet ablation agreement sweep &
+    wait ;;
+  C)
+    bench/gpu_bench.sh build 2>&1 | tail -3
+    bench/gpu_bench.sh data-fmnist > $W/out/data_fmnist_c.log 2>&1
+    (bench/gpu_bench.sh data-wordnet > $W/out/data_wordnet_c.log 2>&1
+     METHODS_BERT=gptq,bayesq/kfac BITS_BERT=2,3 chain 0 bert_kfac train-bert compare-bert) &
+    METHODS=bayesq/kfac BITS=2,2.248,2.5,3,3.248,3.5,4,4.248 SWEEP="64 256" \
+      METHODS_ABLATION=bayesq/kfac/expected,bayesq/expected,bayesq/uniform,bayesq/tau1,bayesq/greedy \
+      chain 0 mobilenet_kfac agreement compare-mobilenet ablation sweep &
+    METHODS_RN50=gptq,bayesq/kfac chain 1 resnet50_kfac train-resnet50 compare-resnet50 &
+    wait ;;
+  D)
+    bench/gpu_bench.sh build 2>&1 | tail -3
+    bench/gpu_bench.sh data-fmnist > $W/out/data_fmnist_d.log 2>&1
+    bench/gpu_bench.sh data-wordnet > $W/out/data_wordnet_d.log 2>&1 &
+    METHODS=gptq/act,hawq,bayesq/kfac,bayesq/kfac+distill BITS=2,2.5,3,3.5,4 SWEEP="16 32 64 128 256 1024" \
+      chain 0 mobilenet_kfac train-mobilenet compare-mobilenet ablation sweep &
+    (METHODS_RN50=gptq,bayesq/kfac chain 1 resnet50_kfac train-resnet50 compare-resnet50
+     METHODS_BERT=gptq,bayesq/kfac chain 1 bert_kfac train-bert compare-bert) &
     wait ;;
 esac
 for f in $W/out/*.log; do echo "== $f"; tail -n 25 "$f"; done

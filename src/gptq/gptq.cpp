@@ -128,6 +128,9 @@ GptqResult gptq_quantize(const torch::Tensor& weights, const torch::Tensor& hess
     torch::Tensor Q1 = torch::zeros_like(W1);
     torch::Tensor Err1 = torch::zeros_like(W1);
     const torch::Tensor Hinv1 = Hinv.slice(0, i1, i2).slice(1, i1, i2);
+    // The pivots of this lazy block, read once: a .item() per column would wait for the device every column.
+    const torch::Tensor pivots = Hinv1.diagonal().to(torch::kCPU, torch::kFloat64).contiguous();
+    const double* pivot = pivots.data_ptr<double>();
     for (int64_t i = 0; i < count; ++i) {
       const int64_t column = i1 + i;
       const int64_t g = order[static_cast<std::size_t>(column)] / group;
@@ -141,7 +144,7 @@ GptqResult gptq_quantize(const torch::Tensor& weights, const torch::Tensor& hess
         current_group = column / group;
       }
       const torch::Tensor w = W1.select(1, i);
-      const double d = Hinv1[i][i].item<double>();
+      const double d = pivot[i];
       auto [code, q] = round_column(w, current_levels);
       Q1.select(1, i).copy_(q);
       codes.select(1, column).copy_(code);

@@ -183,7 +183,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
       }
       nlohmann::json row = r;
       row["method"] = options.methods[m];
-      row["label"] = config.label();
+      row["label"] = config.label() + (o.distill_steps > 0 ? " + distill " + std::to_string(o.distill_steps) : "");
       row["bits"] = bits;
       row["average_bits"] = double(code + meta) / double(weights);
       row["average_bits_without_metadata"] = double(code) / double(weights);

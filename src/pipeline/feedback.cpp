@@ -1,5 +1,7 @@
 #include "bayesq/pipeline/feedback.h"
 
+#include <limits>
+
 #include <torch/torch.h>
 
 #include "bayesq/common/errors.h"
@@ -20,7 +22,73 @@ torch::Tensor levels_of(const std::vector<Codebook>& codebooks, int64_t first_ro
   return torch::from_blob(values.data(), {rows, static_cast<int64_t>(k)}, torch::kFloat32).clone().to(device);
 }
 
+// levels_of for several options stacked along rows, each padded to `width` levels with +inf.
+torch::Tensor stacked_levels_of(const std::vector<FeedbackOption>& options, int64_t first_row, int64_t rows,
+                                int64_t groups, int64_t group, int64_t width, const torch::Device& device) {
+  std::vector<float> values;
+  values.reserve(options.size() * static_cast<std::size_t>(rows * width));
+  for (const FeedbackOption& o : options)
+    for (int64_t r = 0; r < rows; ++r) {
+      const Codebook& cb = (*o.codebooks)[static_cast<std::size_t>((first_row + r) * groups + group)];
+      values.insert(values.end(), cb.levels.begin(), cb.levels.end());
+      values.insert(values.end(), static_cast<std::size_t>(width) - cb.levels.size(),
+                    std::numeric_limits<float>::infinity());
+    }
+  return torch::from_blob(values.data(), {static_cast<int64_t>(options.size()) * rows, width}, torch::kFloat32)
+      .clone()
+      .to(device);
+}
+
 }  // namespace
+
+std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& rows, const BlockInfo& info,
+                                                           const LayerStats& stats,
+                                                           const std::vector<FeedbackOption>& options,
+                                                           int64_t group_size, const GptqParams& params) {
+  BQ_ASSERT(stats.captured, "no layer statistics for ", info.name);
+  const int64_t total_rows = rows.size(0), cols = rows.size(1);
+  const int64_t conv_groups = stats.groups();
+  const int64_t count = static_cast<int64_t>(options.size());
+  BQ_ASSERT(total_rows % conv_groups == 0 && stats.input_moment[0].size(0) == cols, "layer stats of ", info.name,
+            " do not fit its weights");
+  const int64_t groups = groups_per_row(cols, group_size);
+  int64_t width = 0;
+  std::vector<QuantizedBlock> out(options.size());
+  for (std::size_t e = 0; e < options.size(); ++e) {
+    const FeedbackOption& o = options[e];
+    BQ_ASSERT(o.codebooks && static_cast<int64_t>(o.codebooks->size()) == total_rows * groups, "option ", e,
+              " of ", info.name, " has no codebooks for every row and group");
+    width = std::max<int64_t>(width, int64_t(1) << o.bits);
+    QuantizedBlock& q = out[e];
+    q.bits = o.bits;
+    q.kind = o.kind;
+    q.rows = total_rows;
+    q.cols = cols;
+    q.group_size = effective_group_size(cols, group_size);
+    q.codebooks = *o.codebooks;
+    q.codes.resize(static_cast<std::size_t>(total_rows * cols));
+  }
+  if (options.empty()) return out;
+  const int64_t rows_per_group = total_rows / conv_groups;
+  for (int64_t cg = 0; cg < conv_groups; ++cg) {
+    const int64_t first = cg * rows_per_group;
+    const torch::Tensor slice = rows.slice(0, first, first + rows_per_group);
+    const torch::Tensor stacked = count == 1 ? slice : slice.repeat({count, 1});
+    GptqGrid grid = [&](const torch::Tensor&, int64_t group) {
+      return stacked_levels_of(options, first, rows_per_group, groups, group, width, rows.device());
+    };
+    const GptqResult result = gptq_quantize(stacked, stats.input_moment[static_cast<std::size_t>(cg)],
+                                            effective_group_size(cols, group_size), /*static_groups=*/true, grid,
+                                            params);
+    const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
+    const int64_t* c = codes.data_ptr<int64_t>();
+    for (int64_t e = 0; e < count; ++e)
+      for (int64_t i = 0; i < rows_per_group * cols; ++i)
+        out[static_cast<std::size_t>(e)].codes[static_cast<std::size_t>(first * cols + i)] =
+            static_cast<uint8_t>(c[e * rows_per_group * cols + i]);
+  }
+  return out;
+}
 
 torch::Tensor dequantized_rows(const QuantizedBlock& q, const torch::Device& device) {
   std::vector<float> values = q.dequantize();
@@ -76,25 +144,32 @@ QuantizedBlock quantize_with_feedback(const torch::Tensor& rows, const BlockInfo
   return q;
 }
 
+KfacMetric::KfacMetric(const LayerStats& stats, int64_t rows, double damp, const torch::Device& device)
+    : examples_(stats.examples) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> damped;
+  for (const torch::Tensor& a : stats.input_moment) {
+    const torch::Tensor a64 = a.to(device, torch::kFloat64);
+    damped.push_back(a64 + damp * a64.diagonal().mean() * torch::eye(a64.size(0), a64.options()));
+  }
+  h_ = torch::stack(damped);  // [groups, cols, cols]
+  const int64_t groups = h_.size(0);
+  g_ = (stats.output_gradient_moment.defined() ? stats.output_gradient_moment.diagonal().to(device, torch::kFloat64)
+                                               : torch::ones({rows}, torch::TensorOptions(torch::kFloat64).device(device)))
+           .reshape({groups, rows / groups});
+}
+
+double KfacMetric::loss(const torch::Tensor& delta_rows) const {
+  torch::NoGradGuard no_grad;
+  const int64_t groups = h_.size(0), cols = h_.size(1);
+  const torch::Tensor d = delta_rows.to(h_.device(), torch::kFloat64).reshape({groups, -1, cols});
+  const torch::Tensor per_row = (torch::bmm(d, h_) * d).sum(2);  // [groups, rows per group]
+  return 0.5 * static_cast<double>(examples_) * (g_ * per_row).sum().item<double>();
+}
+
 double kfac_loss(const torch::Tensor& delta_rows, const BlockInfo& info, const LayerStats& stats, double damp) {
   (void)info;
-  torch::NoGradGuard no_grad;
-  const int64_t conv_groups = stats.groups();
-  const int64_t rows_per_group = delta_rows.size(0) / conv_groups;
-  const torch::Tensor g_diag = stats.output_gradient_moment.defined()
-                                   ? stats.output_gradient_moment.diagonal().to(torch::kFloat64)
-                                   : torch::ones({delta_rows.size(0)}, torch::kFloat64);
-  double total = 0.0;
-  for (int64_t cg = 0; cg < conv_groups; ++cg) {
-    const torch::Tensor a = stats.input_moment[static_cast<std::size_t>(cg)].to(torch::kFloat64);
-    const torch::Tensor h = a + damp * a.diagonal().mean() * torch::eye(a.size(0), a.options());
-    const torch::Tensor d = delta_rows.slice(0, cg * rows_per_group, (cg + 1) * rows_per_group).to(torch::kFloat64);
-    const torch::Tensor per_row = (d.matmul(h) * d).sum(1);
-    total += (g_diag.slice(0, cg * rows_per_group, (cg + 1) * rows_per_group).to(per_row.device()) * per_row)
-                 .sum()
-                 .item<double>();
-  }
-  return 0.5 * static_cast<double>(stats.examples) * total;
+  return KfacMetric(stats, delta_rows.size(0), damp, delta_rows.device()).loss(delta_rows);
 }
 
 }  // namespace bayesq

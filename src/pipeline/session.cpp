@@ -245,13 +245,45 @@ const std::vector<float>& Session::kfac_precision(std::size_t block, const Metho
   return out;
 }
 
-std::vector<Codebook> Session::kfac_codebooks(std::size_t block, int bits, CodebookKind kind,
-                                              const MethodConfig& config) {
+std::vector<QuantizedBlock> Session::option_blocks(const MethodConfig& config, std::size_t b,
+                                                   const std::vector<std::pair<int, CodebookKind>>& choices) {
+  std::vector<QuantizedBlock> out;
+  if (config.method == "hawq") {
+    for (const auto& [bits, kind] : choices) out.push_back(quantize_block_rtn(weights(b, nullptr), bits, config.group_size));
+    return out;
+  }
   QuantizerParams qp;
-  qp.kind = kind;
   qp.group_size = config.group_size;
   qp.tau = config.tau;
-  return quantize_block(weights(block, &kfac_precision(block, config)), bits, qp).codebooks;
+  if (config.curvature != "kfac") {
+    posteriors(config.damp);
+    for (const auto& [bits, kind] : choices) {
+      qp.kind = kind;
+      out.push_back(quantize_block(weights(b, &posterior_rows_.at(config.damp)[b]), bits, qp));
+    }
+    return out;
+  }
+  // K-FAC: codebooks designed in the diagonal K-FAC metric, codes chosen with error feedback along A, all options
+  // of the block in one stacked pass (quantize_with_feedback_options).
+  const LayerStats& s = kfac_stats()[b];
+  auto start = Clock::now();
+  for (const auto& [bits, kind] : choices) {
+    qp.kind = kind;
+    out.push_back(quantize_block(weights(b, &kfac_precision(b, config)), bits, qp));
+  }
+  design_seconds_ += seconds_since(start);
+  if (!s.captured) return out;
+  start = Clock::now();
+  const BlockInfo& info = index_.blocks[b];
+  std::vector<FeedbackOption> options;
+  for (const QuantizedBlock& plain : out) options.push_back({plain.bits, plain.kind, &plain.codebooks});
+  const torch::Tensor w = torch::from_blob(rows_[b].data(), {info.rows(), info.cols()}, torch::kFloat32)
+                              .clone()
+                              .to(parse_device(options_.device));
+  std::vector<QuantizedBlock> fed = quantize_with_feedback_options(w, info, s, options, config.group_size, config.gptq);
+  for (std::size_t e = 0; e < fed.size(); ++e) fed[e].plugin_loss = out[e].plugin_loss;  // codebook fit, tau 0
+  feedback_seconds_ += seconds_since(start);
+  return fed;
 }
 
 LossTable Session::build_kfac_table(const MethodConfig& config) {
@@ -260,6 +292,9 @@ LossTable Session::build_kfac_table(const MethodConfig& config) {
   LossTable table;
   table.tau = config.tau;
   table.group_size = config.group_size;
+  std::vector<std::pair<int, CodebookKind>> choices;
+  for (CodebookKind kind : config.kinds)
+    for (int bits : config.candidates) choices.emplace_back(bits, kind);
   for (std::size_t b = 0; b < index_.blocks.size(); ++b) {
     const BlockInfo& info = index_.blocks[b];
     BlockLosses losses;
@@ -268,27 +303,17 @@ LossTable Session::build_kfac_table(const MethodConfig& config) {
     losses.cols = info.cols();
     const torch::Tensor w =
         torch::from_blob(rows_[b].data(), {info.rows(), info.cols()}, torch::kFloat32).clone().to(device);
-    for (CodebookKind kind : config.kinds) {
-      for (int bits : config.candidates) {
-        LossEntry e;
-        e.bits = bits;
-        e.kind = kind;
-        e.cost = block_cost(info.rows(), info.cols(), bits, kind, config.group_size);
-        QuantizerParams qp;
-        qp.kind = kind;
-        qp.group_size = config.group_size;
-        qp.tau = config.tau;
-        const QuantizedBlock plain = quantize_block(weights(b, &kfac_precision(b, config)), bits, qp);
-        e.plugin_loss = plain.plugin_loss;
-        if (stats[b].captured) {
-          const QuantizedBlock fed = quantize_with_feedback(w, info, stats[b], bits, kind, config.group_size,
-                                                            &plain.codebooks, config.gptq);
-          e.expected_loss = kfac_loss(dequantized_rows(fed, device) - w, info, stats[b], config.damp);
-        } else {
-          e.expected_loss = plain.expected_loss;
-        }
-        losses.entries.push_back(e);
-      }
+    const std::vector<QuantizedBlock> blocks = option_blocks(config, b, choices);
+    std::optional<KfacMetric> metric;
+    if (stats[b].captured) metric.emplace(stats[b], info.rows(), config.damp, device);
+    for (std::size_t e = 0; e < choices.size(); ++e) {
+      LossEntry entry;
+      entry.bits = choices[e].first;
+      entry.kind = choices[e].second;
+      entry.cost = block_cost(info.rows(), info.cols(), entry.bits, entry.kind, config.group_size);
+      entry.plugin_loss = blocks[e].plugin_loss;
+      entry.expected_loss = metric ? metric->loss(dequantized_rows(blocks[e], device) - w) : blocks[e].expected_loss;
+      losses.entries.push_back(entry);
     }
     for (std::size_t k = 0; k < config.kinds.size(); ++k)
       for (std::size_t i = 1; i < config.candidates.size(); ++i) {
@@ -309,7 +334,12 @@ LossTable Session::build_hawq_table(const MethodConfig& config) {
   for (std::size_t b = 0; b < index_.blocks.size(); ++b) {
     const BlockInfo& info = index_.blocks[b];
     const CurvatureStats& c = set.blocks[static_cast<std::size_t>(set.find(info.name))];
-    const double per_weight = c.available ? std::max(0.0, c.trace) / double(info.numel()) : 1.0;
+    // The trace of the KL's Hessian (a Gauss-Newton matrix) is positive, but its Hutchinson estimate on a few
+    // probes can come out negative for small blocks: a zero sensitivity then sends the block to the fewest bits
+    // whatever the budget. The sum of the clamped per-weight diagonal is a positive trace estimate.
+    double clamped_trace = 0.0;
+    for (float v : c.diagonal) clamped_trace += std::isfinite(v) ? double(v) : 0.0;
+    const double per_weight = c.available ? clamped_trace / double(info.numel()) : 1.0;
     BlockLosses losses;
     losses.name = info.name;
     losses.rows = info.rows();
@@ -351,6 +381,10 @@ const LossTable& Session::table(const MethodConfig& config) {
     table = build_loss_table(inputs, params);
   }
   if (config.table_loss == "measured") measure_table(config, table);
+  if (config.curvature == "kfac" && config.method == "bayesq") {
+    timings_["kfac_codebook_design"] = design_seconds_;
+    timings_["kfac_error_feedback"] = feedback_seconds_;
+  }
   for (const auto& bl : table.blocks)
     if (!bl.monotone) log::info("block ", bl.name, ": expected loss is not monotone in bits");
   return tables_[key] = std::move(table);
@@ -409,29 +443,14 @@ QuantizedModel Session::quantize_gptq(const MethodConfig& config, int bits) {
 }
 
 QuantizedBlock Session::quantize_one(const MethodConfig& config, std::size_t b, int bits, CodebookKind kind) {
-  if (config.method == "hawq") return quantize_block_rtn(weights(b, nullptr), bits, config.group_size);
-  QuantizerParams qp;
-  qp.kind = kind;
-  qp.group_size = config.group_size;
-  qp.tau = config.tau;
-  if (config.curvature == "kfac") {
-    const LayerStats& s = kfac_stats()[b];
-    const QuantizedBlock plain = quantize_block(weights(b, &kfac_precision(b, config)), bits, qp);
-    if (!s.captured) return plain;
-    const BlockInfo& info = index_.blocks[b];
-    const torch::Tensor w = torch::from_blob(rows_[b].data(), {info.rows(), info.cols()}, torch::kFloat32)
-                                .clone()
-                                .to(parse_device(options_.device));
-    return quantize_with_feedback(w, info, s, bits, kind, config.group_size, &plain.codebooks, config.gptq);
-  }
-  posteriors(config.damp);
-  return quantize_block(weights(b, &posterior_rows_.at(config.damp)[b]), bits, qp);
+  return std::move(option_blocks(config, b, {{bits, kind}}).front());
 }
 
 // Note [Measured tables]: the expected loss is a local quadratic model of the calibration KL. It is accurate for
 // small weight errors and off for large ones (at 1-2 bits it can miss by several times either way), which is where
 // the allocator's decisions matter most. A measured table replaces each entry by N times the calibration KL of the
-// model with that one block quantized exactly as the final pass would quantize it, every other block in floating
+// model with that one block quantized as the final pass quantizes it (option_blocks, the same code; for K-FAC the
+// stacked pass may round differently from a one-option pass in the last float bit), every other block in floating
 // point: still additive across blocks, but exact within each block.
 void Session::measure_table(const MethodConfig& config, LossTable& table) {
   const auto t = Clock::now();
@@ -462,10 +481,15 @@ void Session::measure_table(const MethodConfig& config, LossTable& table) {
   for (std::size_t b = 0; b < index_.blocks.size(); ++b) {
     const BlockInfo& info = index_.blocks[b];
     const torch::Tensor original = find_tensor(work, info.name);
-    for (LossEntry& e : table.blocks[b].entries) {
-      const auto start = Clock::now();
-      const QuantizedBlock q = quantize_one(config, b, e.bits, e.kind);
-      assign_tensor(work, info.name, dequantized_tensor(q, info, original));
+    auto start = Clock::now();
+    std::vector<std::pair<int, CodebookKind>> choices;
+    for (const LossEntry& e : table.blocks[b].entries) choices.emplace_back(e.bits, e.kind);
+    const std::vector<QuantizedBlock> blocks = option_blocks(config, b, choices);
+    quantize_seconds += seconds_since(start);
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      LossEntry& e = table.blocks[b].entries[i];
+      start = Clock::now();
+      assign_tensor(work, info.name, dequantized_tensor(blocks[i], info, original));
       quantize_seconds += seconds_since(start);
       const std::vector<torch::Tensor> quantized = log_probabilities();
       double kl = 0.0;

@@ -245,3 +245,18 @@ TEST(Cli, PackedFileArchiveAddsUp) {
   EXPECT_EQ(records, blocks + r["file"]["float_bytes"].get<int64_t>());
   EXPECT_EQ(static_cast<int64_t>(fs::file_size(out)), r["file"]["file_bytes"].get<int64_t>());
 }
+
+// The example configurations shipped in configs/ are accepted and run (on a small fixture; the command line
+// supplies the model and data, as a user would).
+TEST(Cli, ShippedConfigurationsRun) {
+  int checked = 0;
+  for (const auto& entry : fs::directory_iterator(fs::path(BAYESQ_SOURCE_DIR) / "configs")) {
+    if (entry.path().extension() != ".json") continue;
+    const std::string out = scratch("config_" + entry.path().stem().string() + ".pt");
+    const Result r = run("quantize --config " + entry.path().string() + " --model " + fixture("separable.pt") +
+                         " --calib " + fixture("separable_calib.pt") + " --probes 2 -o " + out + " -q");
+    EXPECT_EQ(r.code, 0) << entry.path() << ": " << r.err;
+    ++checked;
+  }
+  EXPECT_GE(checked, 3);
+}

@@ -12,7 +12,10 @@
 #include "bayesq/data/data_file.h"
 #include "bayesq/eval/evaluate.h"
 #include "bayesq/model/model_file.h"
+#include "bayesq/model/block_discovery.h"
+#include "bayesq/model/block_tensor.h"
 #include "bayesq/pipeline/quantize.h"
+#include "bayesq/pipeline/session.h"
 #include "fixtures.h"
 
 using namespace bayesq;
@@ -121,6 +124,40 @@ TEST(Pipeline, MeasuredTableEntriesAreTheCalibrationKlOfOneQuantizedBlock) {
     }
   }
   EXPECT_EQ(checked, 10);  // (2 blocks x 2 bit-widths + 1 block x 1 bit-width) x 2 codebook kinds
+}
+
+// HAWQ's table, recomputed from its definition: (trace of the block's curvature / weights) x squared error of
+// per-row min-max round-to-nearest, the error computed here in plain torch.
+TEST(Pipeline, HawqTableIsTraceTimesRoundToNearestError) {
+  QuantizeOptions o = options("separable.pt", "separable_calib.pt", "hawq.pt");
+  o.method = "hawq";
+  o.probes = 2;
+  Session session(o);
+  const MethodConfig config = method_config(o);
+  const LossTable& table = session.table(config);
+  const CurvatureSet& curvature = session.curvature();
+  int checked = 0;
+  for (const BlockInfo& info : session.index().blocks) {
+    const CurvatureStats& c = curvature.blocks[static_cast<std::size_t>(curvature.find(info.name))];
+    double trace = 0.0;
+    for (float v : c.diagonal) trace += v;  // clamped at zero by the estimator
+    ASSERT_GT(trace, 0.0) << info.name;
+    const torch::Tensor w = block_rows(find_tensor(session.model().module, info.name), info).to(torch::kFloat64);
+    const torch::Tensor lo = std::get<0>(w.min(1, true)), hi = std::get<0>(w.max(1, true));
+    const BlockLosses& losses = table.blocks[static_cast<std::size_t>(table.find(info.name))];
+    for (const LossEntry& e : losses.entries) {
+      const double levels = double((1 << e.bits) - 1);
+      // The packed file stores scale and offset as fp16; the grid is built from the stored values.
+      auto as_stored = [](const torch::Tensor& t) { return t.to(torch::kFloat32).to(torch::kHalf).to(torch::kFloat64); };
+      const torch::Tensor scale = as_stored((hi - lo) / levels), offset = as_stored(lo);
+      const torch::Tensor q = torch::clamp(torch::round((w - offset) / scale), 0.0, levels) * scale + offset;
+      const double sse = (q - w).pow(2).sum().item<double>();
+      const double expected = trace / double(info.numel()) * sse;
+      EXPECT_NEAR(e.expected_loss, expected, 1e-4 * expected) << info.name << " at " << e.bits << " bits";
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 6 * 7);  // 6 blocks x candidates {1, 2, 3, 4, 5, 6, 8}
 }
 
 TEST(Pipeline, SameSeedGivesByteIdenticalFiles) {

@@ -22,11 +22,39 @@ QuantizedBlock quantize_with_feedback(const torch::Tensor& rows, const BlockInfo
                                       const std::vector<Codebook>* codebooks, const GptqParams& params,
                                       GptqStats* gptq_stats = nullptr);
 
+// One option of quantize_with_feedback_options: a bit-width and codebook kind with its fixed codebooks.
+struct FeedbackOption {
+  int bits = 0;
+  CodebookKind kind = CodebookKind::lloyd;
+  const std::vector<Codebook>* codebooks = nullptr;  // required: rows x groups_per_row
+};
+
+// The same as quantize_with_feedback with fixed codebooks, for several options of one block at once. GPTQ's rows
+// are independent given H, so the options' copies of the rows are stacked into one taller matrix and share one
+// pass over the columns (levels padded to the longest codebook with +inf, which rounding never picks): one column
+// loop instead of one per option, which is what a loss table over many options costs otherwise.
+std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& rows, const BlockInfo& info,
+                                                           const LayerStats& stats,
+                                                           const std::vector<FeedbackOption>& options,
+                                                           int64_t group_size, const GptqParams& params);
+
 // The [rows, cols] de-quantized weights of a QuantizedBlock as a float32 tensor on `device`.
 torch::Tensor dequantized_rows(const QuantizedBlock& q, const torch::Device& device);
 
 // K-FAC block metric with G replaced by its diagonal and the damping written relative to A (so that G = I gives
 // GPTQ's H up to scale): L(D) = 1/2 N sum_r G_rr D_r (A_g(r) + damp * mean(diag A_g(r)) I) D_r^T.
 double kfac_loss(const torch::Tensor& delta_rows, const BlockInfo& info, const LayerStats& stats, double damp);
+
+// The same metric prepared once per block for many deltas: the damped input moments of all convolution groups
+// stacked [groups, cols, cols] in float64, so one batched product scores a grouped (depthwise) convolution.
+class KfacMetric {
+ public:
+  KfacMetric(const LayerStats& stats, int64_t rows, double damp, const torch::Device& device);
+  double loss(const torch::Tensor& delta_rows) const;
+
+ private:
+  torch::Tensor h_, g_;
+  int64_t examples_ = 0;
+};
 
 }  // namespace bayesq

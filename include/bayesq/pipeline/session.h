@@ -86,13 +86,17 @@ class Session {
   QuantizedModel quantize_gptq(const MethodConfig& config, int bits);
   // One block at one option, exactly as the final pass quantizes it.
   QuantizedBlock quantize_one(const MethodConfig& config, std::size_t block, int bits, CodebookKind kind);
+  // The block quantized at each of several (bits, kind) options; the one place that decides how a block is
+  // quantized for bayesq and hawq (tables, measurements and the final pass all come through here).
+  std::vector<QuantizedBlock> option_blocks(const MethodConfig& config, std::size_t block,
+                                            const std::vector<std::pair<int, CodebookKind>>& choices);
   void measure_table(const MethodConfig& config, LossTable& table);
   std::vector<bool> kept_fp(const MethodConfig& config) const;
   BlockWeights weights(std::size_t block, const std::vector<float>* precision) const;
-  std::vector<Codebook> kfac_codebooks(std::size_t block, int bits, CodebookKind kind, const MethodConfig& config);
   const std::vector<float>& kfac_precision(std::size_t block, const MethodConfig& config);
 
   QuantizeOptions options_;
+  double design_seconds_ = 0.0, feedback_seconds_ = 0.0;  // K-FAC option_blocks, for the report's timings
   LoadedModel model_;
   BlockIndex index_;
   std::vector<std::string> skipped_;
