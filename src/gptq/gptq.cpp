@@ -165,4 +165,83 @@ GptqResult gptq_quantize(const torch::Tensor& weights, const torch::Tensor& hess
   return result;
 }
 
+GptqResult gptq_quantize_batched(const torch::Tensor& weights, const torch::Tensor& hessians,
+                                 const torch::Tensor& levels, const GptqParams& params) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor W = weights.to(torch::kFloat32).clone();
+  torch::Tensor H = hessians.to(torch::kFloat32).clone();
+  const int64_t problems = W.size(0), rows = W.size(1), cols = W.size(2);
+  BQ_ASSERT(H.size(0) == problems && H.size(1) == cols && H.size(2) == cols, "H is ", H.sizes(), " for W ", W.sizes());
+  BQ_ASSERT(levels.size(0) == problems && levels.size(1) == rows, "levels ", levels.sizes(), " for W ", W.sizes());
+  GptqResult result;
+
+  const torch::Tensor dead = H.diagonal(0, 1, 2) == 0;  // [G, cols]
+  result.stats.dead_columns = dead.sum().item<int64_t>();
+  if (result.stats.dead_columns > 0) {
+    H.diagonal(0, 1, 2).masked_fill_(dead, 1.0);
+    W.masked_fill_(dead.unsqueeze(1).expand_as(W), 0.0);
+  }
+  torch::Tensor perm;
+  if (params.act_order) {
+    perm = torch::argsort(H.diagonal(0, 1, 2), /*dim=*/1, /*descending=*/true);  // [G, cols]
+    W = W.gather(2, perm.unsqueeze(1).expand({problems, rows, cols}));
+    H = H.gather(1, perm.unsqueeze(2).expand({problems, cols, cols}))
+            .gather(2, perm.unsqueeze(1).expand({problems, cols, cols}));
+  }
+
+  // Upper Cholesky factor of each H^-1; a problem whose factorisation fails or is ill-conditioned (pivot ratio,
+  // as in gptq_quantize) gets ten times more damping, the others keep theirs.
+  // Damping in double, added to the float diagonal: the arithmetic of gptq_quantize, so that one problem gives
+  // the same codes either way.
+  const torch::Tensor mean_diag = H.diagonal(0, 1, 2).mean(1).to(torch::kFloat64);  // [G]
+  torch::Tensor percdamp = torch::full({problems}, params.percdamp, mean_diag.options());
+  torch::Tensor Hinv = torch::zeros_like(H);
+  torch::Tensor pending = torch::ones({problems}, mean_diag.options().dtype(torch::kBool));
+  const torch::Tensor eye = torch::eye(cols, H.options());
+  for (int attempt = 0;; ++attempt) {
+    torch::Tensor damped = H.clone();
+    damped.diagonal(0, 1, 2).add_((percdamp * mean_diag).to(torch::kFloat32).unsqueeze(1));
+    auto [L, info] = torch::linalg_cholesky_ex(damped);
+    const torch::Tensor pivots = L.diagonal(0, 1, 2);
+    torch::Tensor ok = (info == 0) & (std::get<0>(pivots.min(1)) / std::get<0>(pivots.max(1)) > kMinPivotRatio);
+    const torch::Tensor safe_L = torch::where(ok.view({problems, 1, 1}), L, eye.expand_as(L));
+    auto [U, info_inverse] = torch::linalg_cholesky_ex(torch::cholesky_inverse(safe_L), /*upper=*/true);
+    ok = ok & (info_inverse == 0) & torch::isfinite(U).all(2).all(1);
+    const torch::Tensor take = ok & pending;
+    Hinv = torch::where(take.view({problems, 1, 1}), U, Hinv);
+    pending = pending & ~ok;
+    if (!pending.any().item<bool>()) break;
+    BQ_CHECK(attempt < params.max_damp_steps, ExitCode::numerical, "GPTQ: a layer Hessian is not positive "
+             "definite even with damping ", percdamp.max().item<double>(), " x mean(diag H)");
+    percdamp = torch::where(pending, torch::where(percdamp > 0, percdamp * 10.0, torch::full_like(percdamp, 1e-6)),
+                            percdamp);
+    ++result.stats.damp_increases;
+  }
+  result.stats.percdamp_used = percdamp.max().item<double>();
+
+  const torch::Tensor flat_levels = levels.to(torch::kFloat32).reshape({problems * rows, -1}).contiguous();
+  torch::Tensor Q = torch::zeros_like(W);
+  torch::Tensor codes = torch::zeros({problems, rows, cols}, W.options().dtype(torch::kLong));
+  const torch::Tensor pivots = Hinv.diagonal(0, 1, 2);  // [G, cols]
+  for (int64_t j = 0; j < cols; ++j) {
+    const torch::Tensor w = W.select(2, j);  // [G, rows]
+    auto [code, q] = round_column(w.reshape({-1}), flat_levels);
+    code = code.view({problems, rows});
+    q = q.view({problems, rows});
+    Q.select(2, j).copy_(q);
+    codes.select(2, j).copy_(code);
+    const torch::Tensor err = (w - q) / pivots.select(1, j).unsqueeze(1);  // [G, rows]
+    // W[:, :, j:] -= err (x) Hinv[:, j, j:], as gptq_quantize's update within a lazy block.
+    W.slice(2, j).sub_(err.unsqueeze(2) * Hinv.select(1, j).slice(1, j).unsqueeze(1));
+  }
+  if (params.act_order) {
+    const torch::Tensor inverse = torch::argsort(perm, /*dim=*/1, /*descending=*/false).unsqueeze(1).expand({problems, rows, cols});
+    Q = Q.gather(2, inverse);
+    codes = codes.gather(2, inverse);
+  }
+  result.quantized = Q;
+  result.codes = codes;
+  return result;
+}
+
 }  // namespace bayesq

@@ -10,19 +10,23 @@ namespace bayesq {
 
 namespace {
 
-torch::Tensor levels_of(const std::vector<Codebook>& codebooks, int64_t first_row, int64_t rows, int64_t groups,
-                        int64_t group, const torch::Device& device) {
-  const std::size_t k = codebooks[0].levels.size();
-  std::vector<float> values;
-  values.reserve(static_cast<std::size_t>(rows) * k);
-  for (int64_t r = 0; r < rows; ++r) {
-    const Codebook& cb = codebooks[static_cast<std::size_t>((first_row + r) * groups + group)];
-    values.insert(values.end(), cb.levels.begin(), cb.levels.end());
-  }
-  return torch::from_blob(values.data(), {rows, static_cast<int64_t>(k)}, torch::kFloat32).clone().to(device);
+// Grouped convolutions with one codebook per row and rows no longer than one lazy block go through
+// gptq_quantize_batched: one pass for all groups instead of a GPTQ run (and its kernel launches) per group, which
+// for a depthwise convolution is one per channel.
+bool batched_groups(int64_t conv_groups, int64_t codebooks_per_row, int64_t cols, const GptqParams& params) {
+  return conv_groups > 1 && codebooks_per_row == 1 && cols <= params.block_size;
 }
 
-// levels_of for several options stacked along rows, each padded to `width` levels with +inf.
+// Totals over the GPTQ runs of one block (one per convolution group).
+void accumulate(GptqStats* total, const GptqStats& one) {
+  if (!total) return;
+  total->percdamp_used = std::max(total->percdamp_used, one.percdamp_used);
+  total->damp_increases += one.damp_increases;
+  total->dead_columns += one.dead_columns;
+}
+
+// The levels of several options' codebooks for one column group, stacked along rows ([options * rows, width]),
+// each padded to `width` levels with +inf.
 torch::Tensor stacked_levels_of(const std::vector<FeedbackOption>& options, int64_t first_row, int64_t rows,
                                 int64_t groups, int64_t group, int64_t width, const torch::Device& device) {
   std::vector<float> values;
@@ -44,7 +48,8 @@ torch::Tensor stacked_levels_of(const std::vector<FeedbackOption>& options, int6
 std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& rows, const BlockInfo& info,
                                                            const LayerStats& stats,
                                                            const std::vector<FeedbackOption>& options,
-                                                           int64_t group_size, const GptqParams& params) {
+                                                           int64_t group_size, const GptqParams& params,
+                                                           GptqStats* gptq_stats) {
   BQ_ASSERT(stats.captured, "no layer statistics for ", info.name);
   const int64_t total_rows = rows.size(0), cols = rows.size(1);
   const int64_t conv_groups = stats.groups();
@@ -70,6 +75,35 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
   }
   if (options.empty()) return out;
   const int64_t rows_per_group = total_rows / conv_groups;
+  if (batched_groups(conv_groups, groups, cols, params)) {
+    // Every convolution group and option in one batched pass: [groups, options x rows per group, cols].
+    const int64_t stacked_rows = count * rows_per_group;
+    const torch::Tensor w = rows.reshape({conv_groups, 1, rows_per_group, cols})
+                                .expand({conv_groups, count, rows_per_group, cols})
+                                .reshape({conv_groups, stacked_rows, cols});
+    std::vector<float> values;
+    values.reserve(static_cast<std::size_t>(conv_groups * stacked_rows * width));
+    for (int64_t cg = 0; cg < conv_groups; ++cg)
+      for (const FeedbackOption& o : options)
+        for (int64_t r = 0; r < rows_per_group; ++r) {
+          const Codebook& cb = (*o.codebooks)[static_cast<std::size_t>(cg * rows_per_group + r)];
+          values.insert(values.end(), cb.levels.begin(), cb.levels.end());
+          values.insert(values.end(), static_cast<std::size_t>(width) - cb.levels.size(),
+                        std::numeric_limits<float>::infinity());
+        }
+    const torch::Tensor levels =
+        torch::from_blob(values.data(), {conv_groups, stacked_rows, width}, torch::kFloat32).clone().to(rows.device());
+    const GptqResult result = gptq_quantize_batched(w, torch::stack(stats.input_moment), levels, params);
+    accumulate(gptq_stats, result.stats);
+    const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
+    const int64_t* c = codes.data_ptr<int64_t>();
+    for (int64_t cg = 0; cg < conv_groups; ++cg)
+      for (int64_t e = 0; e < count; ++e)
+        for (int64_t i = 0; i < rows_per_group * cols; ++i)
+          out[static_cast<std::size_t>(e)].codes[static_cast<std::size_t>(cg * rows_per_group * cols + i)] =
+              static_cast<uint8_t>(c[((cg * count + e) * rows_per_group) * cols + i]);
+    return out;
+  }
   for (int64_t cg = 0; cg < conv_groups; ++cg) {
     const int64_t first = cg * rows_per_group;
     const torch::Tensor slice = rows.slice(0, first, first + rows_per_group);
@@ -80,6 +114,7 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
     const GptqResult result = gptq_quantize(stacked, stats.input_moment[static_cast<std::size_t>(cg)],
                                             effective_group_size(cols, group_size), /*static_groups=*/true, grid,
                                             params);
+    accumulate(gptq_stats, result.stats);
     const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
     const int64_t* c = codes.data_ptr<int64_t>();
     for (int64_t e = 0; e < count; ++e)
@@ -100,27 +135,45 @@ QuantizedBlock quantize_with_feedback(const torch::Tensor& rows, const BlockInfo
                                       const std::vector<Codebook>* codebooks, const GptqParams& params,
                                       GptqStats* gptq_stats) {
   BQ_ASSERT(stats.captured, "no layer statistics for ", info.name);
+  if (codebooks)
+    return quantize_with_feedback_options(rows, info, stats, {{bits, kind, codebooks}}, group_size, params, gptq_stats)
+        .front();
   const int64_t total_rows = rows.size(0), cols = rows.size(1);
   const int64_t conv_groups = stats.groups();
   BQ_ASSERT(total_rows % conv_groups == 0 && stats.input_moment[0].size(0) == cols, "layer stats of ", info.name,
             " do not fit its weights");
   QuantizedBlock q;
   q.bits = bits;
-  q.kind = codebooks ? kind : CodebookKind::uniform_asymmetric;
+  q.kind = CodebookKind::uniform_asymmetric;
   q.rows = total_rows;
   q.cols = cols;
   q.group_size = effective_group_size(cols, group_size);
   const int64_t groups = groups_per_row(cols, group_size);
   q.codebooks.resize(static_cast<std::size_t>(total_rows * groups));
   q.codes.resize(static_cast<std::size_t>(total_rows * cols));
-  if (codebooks) q.codebooks = *codebooks;
   const int64_t rows_per_group = total_rows / conv_groups;
-  const bool static_groups = codebooks != nullptr || (params.act_order && q.group_size < cols);
+  const bool static_groups = params.act_order && q.group_size < cols;
+  if (batched_groups(conv_groups, groups, cols, params)) {
+    // All convolution groups in one batched pass, each row on its min-max grid of the original weights.
+    const auto scale_offset = minmax_scale_offset(rows, bits, /*fp16_metadata=*/true);
+    const torch::Tensor scale = scale_offset.first.cpu(), offset = scale_offset.second.cpu();
+    for (int64_t r = 0; r < total_rows; ++r)
+      q.codebooks[static_cast<std::size_t>(r)] =
+          Codebook::uniform_asymmetric(bits, scale[r].item<float>(), offset[r].item<float>());
+    const torch::Tensor levels =
+        uniform_levels(scale_offset.first, scale_offset.second, bits).reshape({conv_groups, rows_per_group, -1});
+    const GptqResult result = gptq_quantize_batched(rows.reshape({conv_groups, rows_per_group, cols}),
+                                                    torch::stack(stats.input_moment), levels, params);
+    accumulate(gptq_stats, result.stats);
+    const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
+    const int64_t* c = codes.data_ptr<int64_t>();
+    for (int64_t i = 0; i < total_rows * cols; ++i) q.codes[static_cast<std::size_t>(i)] = static_cast<uint8_t>(c[i]);
+    return q;
+  }
 
   for (int64_t cg = 0; cg < conv_groups; ++cg) {
     const int64_t first = cg * rows_per_group;
     GptqGrid grid = [&](const torch::Tensor& group_weights, int64_t group) {
-      if (codebooks) return levels_of(*codebooks, first, rows_per_group, groups, group, rows.device());
       const auto scale_offset = minmax_scale_offset(group_weights, bits, /*fp16_metadata=*/true);
       const torch::Tensor scale = scale_offset.first.cpu(), offset = scale_offset.second.cpu();
       for (int64_t r = 0; r < rows_per_group; ++r)
@@ -131,11 +184,7 @@ QuantizedBlock quantize_with_feedback(const torch::Tensor& rows, const BlockInfo
     GptqResult result = gptq_quantize(rows.slice(0, first, first + rows_per_group),
                                       stats.input_moment[static_cast<std::size_t>(cg)], q.group_size, static_groups,
                                       grid, params);
-    if (gptq_stats) {
-      gptq_stats->percdamp_used = std::max(gptq_stats->percdamp_used, result.stats.percdamp_used);
-      gptq_stats->damp_increases += result.stats.damp_increases;
-      gptq_stats->dead_columns += result.stats.dead_columns;
-    }
+    accumulate(gptq_stats, result.stats);
     const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
     const int64_t* c = codes.data_ptr<int64_t>();
     for (int64_t i = 0; i < rows_per_group * cols; ++i)

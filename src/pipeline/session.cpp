@@ -548,7 +548,6 @@ QuantizedModel Session::quantize(const MethodConfig& config, double bits) {
   t = Clock::now();
   out.blocks.resize(index_.blocks.size());
   out.present.assign(index_.blocks.size(), false);
-  const torch::Device device = parse_device(options_.device);
   for (std::size_t b = 0; b < index_.blocks.size(); ++b) {
     const BlockChoice& choice = out.allocation->blocks[b];
     if (choice.keep_fp) continue;

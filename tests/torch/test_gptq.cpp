@@ -212,6 +212,68 @@ TEST(Gptq, CholeskyFailureHealsByDampingAndIsReported) {
   EXPECT_GT(block["damp_increases"].get<int>(), 0) << report["details"].dump();
 }
 
+// The batched GPTQ of a grouped convolution gives, problem by problem, exactly gptq_quantize's codes: with and
+// without act-order, with a dead column in one group and a rank-deficient H (damping must grow) in another.
+TEST(Gptq, BatchedProblemsEqualOneGptqPerProblem) {
+  torch::manual_seed(7);
+  const int64_t problems = 6, rows = 5, cols = 9, bits = 3;
+  const torch::Tensor W = torch::randn({problems, rows, cols});
+  const torch::Tensor X = torch::randn({problems, cols, 40});
+  torch::Tensor H = torch::bmm(X, X.transpose(1, 2)) / 40.0;
+  H[1].select(0, 4).zero_();  // a dead input in problem 1
+  H[1].select(1, 4).zero_();
+  const torch::Tensor v = torch::randn({cols, 1});
+  H[2] = (v.matmul(v.t())).clone();  // rank one: Cholesky fails until damping grows
+  const torch::Tensor levels = minmax_levels(W.reshape({problems * rows, cols}), bits, true).reshape({problems, rows, -1});
+  for (bool act_order : {false, true}) {
+    GptqParams params;
+    params.act_order = act_order;
+    params.percdamp = 0.0;  // undamped: the rank-one H cannot be factorised until damping is added
+    const GptqResult batched = gptq_quantize_batched(W, H, levels, params);
+    int increases = 0;
+    for (int64_t p = 0; p < problems; ++p) {
+      const torch::Tensor grid = levels[p];
+      const GptqResult one = gptq_quantize(W[p], H[p], 0, false,
+                                           [&](const torch::Tensor&, int64_t) { return grid; }, params);
+      EXPECT_TRUE(torch::equal(batched.codes[p], one.codes)) << "problem " << p << ", act-order " << act_order;
+      EXPECT_TRUE(torch::allclose(batched.quantized[p], one.quantized)) << "problem " << p;
+      increases = std::max(increases, one.stats.damp_increases);
+    }
+    EXPECT_GT(increases, 0) << "the rank-one problem needs more damping";
+    EXPECT_GT(batched.stats.damp_increases, 0);
+    EXPECT_EQ(batched.stats.dead_columns, 1);
+  }
+}
+
+// Options stacked into one feedback pass give each option exactly what a pass of its own gives (rows are
+// independent given H; the +inf padding of shorter codebooks is never chosen).
+TEST(Gptq, StackedOptionsEqualOnePassPerOption) {
+  Fixture f("separable.pt", "separable_calib.pt", "");
+  for (const char* name : {"pw2.weight", "fc.weight", "dw2.weight"}) {
+    const std::size_t b = f.block(name);
+    const BlockInfo& info = f.index.blocks[b];
+    std::vector<QuantizedBlock> plain;
+    for (int bits : {1, 3, 5})
+      for (CodebookKind kind : {CodebookKind::lloyd, CodebookKind::uniform_asymmetric}) {
+        QuantizerParams qp;
+        qp.kind = kind;
+        const std::vector<float> w = block_rows_vector(find_tensor(f.model.module, info.name), info);
+        plain.push_back(quantize_block(BlockWeights{w.data(), nullptr, info.rows(), info.cols()}, bits, qp));
+      }
+    std::vector<FeedbackOption> options;
+    for (const QuantizedBlock& p : plain) options.push_back({p.bits, p.kind, &p.codebooks});
+    const std::vector<QuantizedBlock> stacked =
+        quantize_with_feedback_options(f.rows(b), info, f.calib[b], options, 0, GptqParams{});
+    ASSERT_EQ(stacked.size(), options.size());
+    for (std::size_t e = 0; e < options.size(); ++e) {
+      const QuantizedBlock single = quantize_with_feedback_options(f.rows(b), info, f.calib[b], {options[e]}, 0,
+                                                                   GptqParams{}).front();
+      EXPECT_EQ(stacked[e].codes, single.codes) << name << " option " << e;
+      for (uint8_t c : stacked[e].codes) ASSERT_LT(int(c), 1 << options[e].bits) << name << " option " << e;
+    }
+  }
+}
+
 TEST(Gptq, KfacBayesqLayerErrorIsNoWorseThanGptqAtEqualAverageBits) {
   struct Case {
     const char* model;

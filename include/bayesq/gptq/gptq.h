@@ -51,6 +51,15 @@ GptqResult gptq_quantize(const torch::Tensor& weights, const torch::Tensor& hess
 // The reference grid: per-row asymmetric min-max over the group with zero included, zero point rounded to an
 // integer; levels scale * (k - zero). Degenerate rows (min = max = 0) get the range [-1, 1]. fp16_metadata rounds
 // scale and offset = -scale * zero to fp16 as the packed file stores them.
+// GPTQ for many independent problems of the same shape at once, e.g. the groups of a grouped or depthwise
+// convolution: weights [G, rows, cols], hessians [G, cols, cols], one fixed grid per row levels [G, rows, K]
+// (ascending; +inf padding allowed). Same algorithm as gptq_quantize with one group per row (dead columns,
+// act-order per problem, damping grown per problem until its factorisation is well conditioned), without lazy
+// blocks: every column update is applied at once, which for the short rows this is meant for costs nothing.
+// Returns codes [G, rows, cols] (int64) and the quantized weights, in the original column order.
+GptqResult gptq_quantize_batched(const torch::Tensor& weights, const torch::Tensor& hessians,
+                                 const torch::Tensor& levels, const GptqParams& params);
+
 torch::Tensor minmax_levels(const torch::Tensor& group_weights, int bits, bool fp16_metadata);
 // The same grid as per-row (scale, offset), levels = k * scale + offset in float32.
 std::pair<torch::Tensor, torch::Tensor> minmax_scale_offset(const torch::Tensor& group_weights, int bits,

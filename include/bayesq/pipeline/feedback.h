@@ -16,7 +16,8 @@ namespace bayesq {
 
 // rows: the block's weights as [rows, cols] (block_rows), on the stats' device. With `codebooks` (rows x
 // groups_per_row, row-major) their levels are the fixed grid; without, each row/group gets the reference min-max
-// grid with fp16 metadata (GPTQ), static when act-order meets groups so groups stay consecutive columns.
+// grid with fp16 metadata (GPTQ), static when act-order meets groups so groups stay consecutive columns. With
+// codebooks this is quantize_with_feedback_options with one option.
 QuantizedBlock quantize_with_feedback(const torch::Tensor& rows, const BlockInfo& info, const LayerStats& stats,
                                       int bits, CodebookKind kind, int64_t group_size,
                                       const std::vector<Codebook>* codebooks, const GptqParams& params,
@@ -36,7 +37,8 @@ struct FeedbackOption {
 std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& rows, const BlockInfo& info,
                                                            const LayerStats& stats,
                                                            const std::vector<FeedbackOption>& options,
-                                                           int64_t group_size, const GptqParams& params);
+                                                           int64_t group_size, const GptqParams& params,
+                                                           GptqStats* gptq_stats = nullptr);
 
 // The [rows, cols] de-quantized weights of a QuantizedBlock as a float32 tensor on `device`.
 torch::Tensor dequantized_rows(const QuantizedBlock& q, const torch::Device& device);
