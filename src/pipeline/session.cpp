@@ -246,8 +246,7 @@ const std::vector<float>& Session::kfac_precision(std::size_t block, const Metho
 }
 
 std::vector<QuantizedBlock> Session::option_blocks(const MethodConfig& config, std::size_t b,
-                                                   const std::vector<std::pair<int, CodebookKind>>& choices,
-                                                   const LayerStats* inputs) {
+                                                   const std::vector<std::pair<int, CodebookKind>>& choices) {
   std::vector<QuantizedBlock> out;
   if (config.method == "hawq") {
     for (const auto& [bits, kind] : choices) out.push_back(quantize_block_rtn(weights(b, nullptr), bits, config.group_size));
@@ -266,16 +265,11 @@ std::vector<QuantizedBlock> Session::option_blocks(const MethodConfig& config, s
   }
   // K-FAC: codebooks designed in the diagonal K-FAC metric, codes chosen with error feedback along A, all options
   // of the block in one stacked pass (quantize_with_feedback_options).
-  const LayerStats& s = inputs && inputs->captured ? *inputs : kfac_stats()[b];
+  const LayerStats& s = kfac_stats()[b];
   auto start = Clock::now();
   for (const auto& [bits, kind] : choices) {
     qp.kind = kind;
-    // Note [Grids under error feedback]: a uniform range optimised for rounding each weight alone clips, and error
-    // feedback then pushes later columns beyond it, so with feedback the uniform grid is GPTQ's min-max grid (in
-    // the packed format's fp16). Lloyd tables stay metric-optimised; the table decides between them per block.
-    out.push_back(kind == CodebookKind::uniform_asymmetric
-                      ? quantize_block_rtn(weights(b, nullptr), bits, config.group_size)
-                      : quantize_block(weights(b, &kfac_precision(b, config)), bits, qp));
+    out.push_back(quantize_block(weights(b, &kfac_precision(b, config)), bits, qp));
   }
   design_seconds_ += seconds_since(start);
   if (!s.captured) return out;
@@ -452,33 +446,6 @@ QuantizedBlock Session::quantize_one(const MethodConfig& config, std::size_t b, 
   return std::move(option_blocks(config, b, {{bits, kind}}).front());
 }
 
-void Session::quantize_kfac_sequential(const MethodConfig& config, QuantizedModel& out) {
-  const torch::Device device = parse_device(options_.device);
-  torch::jit::Module work = model_.module.clone();
-  work.eval();
-  work.to(device);
-  CaptureParams cp;
-  cp.batch_size = options_.batch_size;
-  cp.max_examples = options_.max_examples;
-  cp.output = options_.output_index;
-  cp.device = options_.device;
-  const std::vector<LayerStats>& float_stats = kfac_stats();
-  for (std::size_t b = 0; b < index_.blocks.size(); ++b) {
-    const BlockChoice& choice = out.allocation->blocks[b];
-    if (choice.keep_fp) continue;
-    const BlockInfo& info = index_.blocks[b];
-    LayerStats inputs;
-    if (float_stats[b].captured) {
-      inputs = capture_layer_stats(work, index_, {b}, calibration(), cp, options_.model)[b];
-      inputs.output_gradient_moment = float_stats[b].output_gradient_moment;  // G stays the float model's
-    }
-    out.blocks[b] = std::move(option_blocks(config, b, {{choice.bits, choice.kind}}, &inputs).front());
-    out.present[b] = true;
-    const torch::Tensor original = find_tensor(work, info.name);
-    assign_tensor(work, info.name, dequantized_tensor(out.blocks[b], info, original));
-  }
-}
-
 // Note [Measured tables]: the expected loss is a local quadratic model of the calibration KL. It is accurate for
 // small weight errors and off for large ones (at 1-2 bits it can miss by several times either way), which is where
 // the allocator's decisions matter most. A measured table replaces each entry by N times the calibration KL of the
@@ -581,15 +548,11 @@ QuantizedModel Session::quantize(const MethodConfig& config, double bits) {
   t = Clock::now();
   out.blocks.resize(index_.blocks.size());
   out.present.assign(index_.blocks.size(), false);
-  if (config.method == "bayesq" && config.curvature == "kfac" && config.sequential) {
-    quantize_kfac_sequential(config, out);
-  } else {
-    for (std::size_t b = 0; b < index_.blocks.size(); ++b) {
-      const BlockChoice& choice = out.allocation->blocks[b];
-      if (choice.keep_fp) continue;
-      out.blocks[b] = quantize_one(config, b, choice.bits, choice.kind);
-      out.present[b] = true;
-    }
+  for (std::size_t b = 0; b < index_.blocks.size(); ++b) {
+    const BlockChoice& choice = out.allocation->blocks[b];
+    if (choice.keep_fp) continue;
+    out.blocks[b] = quantize_one(config, b, choice.bits, choice.kind);
+    out.present[b] = true;
   }
   out.timings["quantize"] = seconds_since(t);
   return out;

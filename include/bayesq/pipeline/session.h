@@ -88,14 +88,8 @@ class Session {
   QuantizedBlock quantize_one(const MethodConfig& config, std::size_t block, int bits, CodebookKind kind);
   // The block quantized at each of several (bits, kind) options; the one place that decides how a block is
   // quantized for bayesq and hawq (tables, measurements and the final pass all come through here).
-  // `inputs`: K-FAC only, layer statistics to feed the error back along instead of the float model's (the
-  // sequential final pass: A from the inputs the already quantized blocks produce).
   std::vector<QuantizedBlock> option_blocks(const MethodConfig& config, std::size_t block,
-                                            const std::vector<std::pair<int, CodebookKind>>& choices,
-                                            const LayerStats* inputs = nullptr);
-  // bayesq with K-FAC, sequential: each block quantized at its allocated option with A captured from the model
-  // whose earlier blocks are already quantized, as GPTQ does.
-  void quantize_kfac_sequential(const MethodConfig& config, QuantizedModel& out);
+                                            const std::vector<std::pair<int, CodebookKind>>& choices);
   void measure_table(const MethodConfig& config, LossTable& table);
   std::vector<bool> kept_fp(const MethodConfig& config) const;
   BlockWeights weights(std::size_t block, const std::vector<float>* precision) const;
