@@ -13,7 +13,6 @@
 #include "bayesq/common/errors.h"
 #include "bayesq/common/log.h"
 #include "bayesq/data/data_file.h"
-#include "bayesq/distill/distill.h"
 #include "bayesq/eval/evaluate.h"
 #include "bayesq/export/model_writer.h"
 #include "bayesq/model/model_file.h"
@@ -150,20 +149,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
       torch::jit::Module to_write = session.model().module;
       if (o.distill_steps > 0) {
         t = Clock::now();
-        DistillParams dp;
-        dp.steps = o.distill_steps;
-        dp.lr = o.distill_lr;
-        dp.teacher_samples = o.teacher_samples;
-        dp.holdout = o.distill_holdout;
-        dp.eval_every = o.distill_eval_every;
-        dp.batch_size = o.batch_size;
-        dp.output = o.output_index;
-        dp.device = o.device;
-        dp.seed = o.seed;
-        static const std::vector<BlockPosterior> none;
-        const auto& posteriors = o.teacher_samples > 1 ? session.posteriors(config.damp) : none;
-        to_write = distill(session.model().module, session.index(), q.blocks, q.present, posteriors,
-                           session.calibration(), dp, o.model).module;
+        to_write = session.distill_quantized(o, config, q).module;
         timings["distill"] = seconds_since(t);
       }
       const int64_t peak = peak_device_bytes(o.device);

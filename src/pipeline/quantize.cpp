@@ -213,21 +213,7 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
     torch::jit::Module to_write = session.model().module;
     nlohmann::json distillation;
     if (options.distill_steps > 0) {
-      DistillParams dp;
-      dp.steps = options.distill_steps;
-      dp.lr = options.distill_lr;
-      dp.teacher_samples = options.teacher_samples;
-      dp.holdout = options.distill_holdout;
-      dp.eval_every = options.distill_eval_every;
-      dp.batch_size = options.batch_size;
-      dp.output = options.output_index;
-      dp.device = options.device;
-      dp.seed = options.seed;
-      static const std::vector<BlockPosterior> none;
-      const std::vector<BlockPosterior>& posteriors =
-          options.teacher_samples > 1 ? session.posteriors(config.damp) : none;
-      DistillResult d = distill(session.model().module, session.index(), q.blocks, q.present, posteriors,
-                                session.calibration(), dp, options.model);
+      DistillResult d = session.distill_quantized(options, config, q);
       to_write = d.module;
       distillation = d.report;
       q.timings["distill"] = seconds_since(t);

@@ -29,6 +29,16 @@ std::vector<CodebookKind> codebook_kinds(const std::string& name) {
 }
 
 // The table key: everything but the budget and the allocation settings.
+CaptureParams capture_params(const QuantizeOptions& o) {
+  CaptureParams cp;
+  cp.batch_size = o.batch_size;
+  cp.max_examples = o.max_examples;
+  cp.output = o.output_index;
+  cp.device = o.device;
+  cp.seed = o.seed;
+  return cp;
+}
+
 std::string table_key(const MethodConfig& c) {
   nlohmann::json j = c.to_json();
   for (const char* k : {"allocator", "certify", "keep_fp", "rules", "sequential", "label"}) j.erase(k);
@@ -179,12 +189,7 @@ const std::vector<BlockPosterior>& Session::posteriors(double damp) {
 const std::vector<LayerStats>& Session::kfac_stats() {
   if (!kfac_stats_) {
     const auto t = Clock::now();
-    CaptureParams cp;
-    cp.batch_size = options_.batch_size;
-    cp.max_examples = options_.max_examples;
-    cp.output = options_.output_index;
-    cp.device = options_.device;
-    cp.seed = options_.seed;
+    CaptureParams cp = capture_params(options_);
     cp.output_gradients = true;
     std::vector<std::size_t> all(index_.blocks.size());
     for (std::size_t b = 0; b < all.size(); ++b) all[b] = b;
@@ -326,6 +331,28 @@ LossTable Session::build_kfac_table(const MethodConfig& config) {
   return table;
 }
 
+LossTable Session::unscored_table(const MethodConfig& config) const {
+  LossTable table;
+  table.tau = config.tau;
+  table.group_size = config.group_size;
+  for (const BlockInfo& info : index_.blocks) {
+    BlockLosses losses;
+    losses.name = info.name;
+    losses.rows = info.rows();
+    losses.cols = info.cols();
+    for (CodebookKind kind : config.kinds)
+      for (int bits : config.candidates) {
+        LossEntry e;
+        e.bits = bits;
+        e.kind = kind;
+        e.cost = block_cost(info.rows(), info.cols(), bits, kind, config.group_size);
+        losses.entries.push_back(e);
+      }
+    table.blocks.push_back(std::move(losses));
+  }
+  return table;
+}
+
 LossTable Session::build_hawq_table(const MethodConfig& config) {
   // HAWQ-style sensitivity: (trace(H_b) / n_b) * ||Q_m(W_b) - W_b||^2 with the round-to-nearest grid.
   const CurvatureSet& set = curvature();
@@ -365,6 +392,10 @@ const LossTable& Session::table(const MethodConfig& config) {
   LossTable table;
   if (config.method == "hawq") {
     table = build_hawq_table(config);
+  } else if (config.table_loss == "measured") {
+    // Every entry is measured (below) from the blocks quantized there: scoring them with the loss model first
+    // would design every codebook (and, for K-FAC, run every feedback pass) twice.
+    table = unscored_table(config);
   } else if (config.curvature == "kfac") {
     table = build_kfac_table(config);
   } else {
@@ -399,11 +430,7 @@ QuantizedModel Session::quantize_gptq(const MethodConfig& config, int bits) {
   torch::jit::Module work = model_.module.clone();
   work.eval();
   work.to(device);
-  CaptureParams cp;
-  cp.batch_size = options_.batch_size;
-  cp.max_examples = options_.max_examples;
-  cp.output = options_.output_index;
-  cp.device = options_.device;
+  const CaptureParams cp = capture_params(options_);
   std::vector<std::size_t> order;
   for (std::size_t b = 0; b < index_.blocks.size(); ++b)
     if (!kept[b]) order.push_back(b);
@@ -442,6 +469,23 @@ QuantizedModel Session::quantize_gptq(const MethodConfig& config, int bits) {
   return out;
 }
 
+DistillResult Session::distill_quantized(const QuantizeOptions& o, const MethodConfig& config,
+                                         QuantizedModel& q) {
+  DistillParams dp;
+  dp.steps = o.distill_steps;
+  dp.lr = o.distill_lr;
+  dp.teacher_samples = o.teacher_samples;
+  dp.holdout = o.distill_holdout;
+  dp.eval_every = o.distill_eval_every;
+  dp.batch_size = o.batch_size;
+  dp.output = o.output_index;
+  dp.device = o.device;
+  dp.seed = o.seed;
+  static const std::vector<BlockPosterior> none;
+  const std::vector<BlockPosterior>& teacher_posteriors = o.teacher_samples > 1 ? posteriors(config.damp) : none;
+  return distill(model_.module, index_, q.blocks, q.present, teacher_posteriors, calibration(), dp, o.model);
+}
+
 QuantizedBlock Session::quantize_one(const MethodConfig& config, std::size_t b, int bits, CodebookKind kind) {
   return std::move(option_blocks(config, b, {{bits, kind}}).front());
 }
@@ -457,7 +501,6 @@ void Session::measure_table(const MethodConfig& config, LossTable& table) {
   const torch::Device device = parse_device(options_.device);
   const DataFile& data = calibration();
   const int64_t n = std::min<int64_t>(data.size(), options_.measure_examples > 0 ? options_.measure_examples : data.size());
-  torch::NoGradGuard no_grad;
   torch::jit::Module work = model_.module.clone();
   work.eval();
   work.to(device);
@@ -465,6 +508,9 @@ void Session::measure_table(const MethodConfig& config, LossTable& table) {
   const int64_t batch = std::max<int64_t>(options_.batch_size, 128);
   double quantize_seconds = 0.0, forward_seconds = 0.0;
   auto log_probabilities = [&]() {
+    // Only the forward passes: the curvature and layer statistics that option_blocks may compute on first use
+    // need autograd.
+    torch::NoGradGuard no_grad;
     const auto start = Clock::now();
     std::vector<torch::Tensor> out;
     for (int64_t begin = 0; begin < n; begin += batch) {
@@ -496,6 +542,8 @@ void Session::measure_table(const MethodConfig& config, LossTable& table) {
       for (std::size_t k = 0; k < reference.size(); ++k)
         kl += (reference[k].exp() * (reference[k] - quantized[k])).sum().item<double>();
       e.expected_loss = kl * double(data.size()) / double(n);  // N x mean KL: the scale of the expected loss
+      e.plugin_loss = blocks[i].plugin_loss;
+      e.lloyd_fallbacks = blocks[i].lloyd_fallbacks;
     }
     assign_tensor(work, info.name, original);
     auto& entries = table.blocks[b].entries;

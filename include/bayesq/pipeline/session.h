@@ -16,6 +16,7 @@
 #include "bayesq/capture/layer_capture.h"
 #include "bayesq/codebook/block_quantizer.h"
 #include "bayesq/data/data_file.h"
+#include "bayesq/distill/distill.h"
 #include "bayesq/gptq/gptq.h"
 #include "bayesq/index/block_index.h"
 #include "bayesq/model/model_file.h"
@@ -77,12 +78,18 @@ class Session {
 
   nlohmann::json timings() const { return timings_; }
 
- // The table the allocator reads for this method (computed once per distinct table configuration).
+  // Distillation of a quantized model with `options`' distillation settings (compare passes each method's own
+  // options; the teacher is the float model, or samples of this session's diagonal posterior). The distilled
+  // code tables are written back into q.
+  DistillResult distill_quantized(const QuantizeOptions& options, const MethodConfig& config, QuantizedModel& q);
+
+  // The table the allocator reads for this method (computed once per distinct table configuration).
   const LossTable& table(const MethodConfig& config);
 
  private:
   LossTable build_kfac_table(const MethodConfig& config);
   LossTable build_hawq_table(const MethodConfig& config);
+  LossTable unscored_table(const MethodConfig& config) const;  // options and costs only, for measuring
   QuantizedModel quantize_gptq(const MethodConfig& config, int bits);
   // One block at one option, exactly as the final pass quantizes it.
   QuantizedBlock quantize_one(const MethodConfig& config, std::size_t block, int bits, CodebookKind kind);
