@@ -171,6 +171,14 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
     block_names.insert(index.blocks[b].name);
     if (present[b]) trainable.push_back(make_trainable(b, blocks[b], find_tensor(student, index.blocks[b].name), device));
   }
+  // Nothing the student holds may require grad but the optimizer's leaves: a traced model can carry tensor
+  // attributes that are neither parameters nor buffers, which `to(device)` leaves where they were loaded and whose
+  // gradient would come back on another device.
+  for (const auto& a : student.named_attributes(/*recurse=*/true)) {
+    if (!a.value.isTensor()) continue;
+    torch::Tensor t = a.value.toTensor();
+    if (t.is_leaf()) t.set_requires_grad(false);
+  }
   std::vector<torch::Tensor> parameters;
   std::vector<std::string> small_names;
   for (const auto& p : student.named_parameters(true)) {
