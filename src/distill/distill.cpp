@@ -100,6 +100,15 @@ torch::Tensor logits_of(torch::jit::Module& m, const DataFile& data, int64_t beg
   return z.to(torch::kFloat32).reshape({-1, z.size(-1)});
 }
 
+// A copy of `module` whose tensors are leaves of their own. A clone made with gradients enabled is a graph node
+// (CloneBackward) of the loaded parameters, which require grad: training it sends gradients into `module`, through
+// every parameter that is not replaced by a trainable leaf (a BERT's embeddings), and on CUDA fails, since those
+// parameters of `module` stayed on the CPU.
+torch::jit::Module detached_clone(const torch::jit::Module& module) {
+  torch::NoGradGuard no_grad;
+  return module.clone();
+}
+
 // KL(p || q) summed over rows, from probabilities p and log-probabilities log_q.
 torch::Tensor kl_sum(const torch::Tensor& p, const torch::Tensor& log_q) {
   return (p * (torch::log(p.clamp_min(1e-30)) - log_q)).sum();
@@ -129,10 +138,10 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
   const DataFile train = calibration.subset(std::vector<int64_t>(all.begin(), all.end() - held));
   const DataFile holdout = held > 0 ? calibration.subset(std::vector<int64_t>(all.end() - held, all.end())) : train;
 
-  torch::jit::Module student = module.clone();
+  torch::jit::Module student = detached_clone(module);
   student.eval();
   student.to(device);
-  torch::jit::Module teacher = module.clone();
+  torch::jit::Module teacher = detached_clone(module);
   teacher.eval();
   teacher.to(device);
 
@@ -170,14 +179,6 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
   for (std::size_t b = 0; b < index.blocks.size(); ++b) {
     block_names.insert(index.blocks[b].name);
     if (present[b]) trainable.push_back(make_trainable(b, blocks[b], find_tensor(student, index.blocks[b].name), device));
-  }
-  // Nothing the student holds may require grad but the optimizer's leaves: a traced model can carry tensor
-  // attributes that are neither parameters nor buffers, which `to(device)` leaves where they were loaded and whose
-  // gradient would come back on another device.
-  for (const auto& a : student.named_attributes(/*recurse=*/true)) {
-    if (!a.value.isTensor()) continue;
-    torch::Tensor t = a.value.toTensor();
-    if (t.is_leaf()) t.set_requires_grad(false);
   }
   std::vector<torch::Tensor> parameters;
   std::vector<std::string> small_names;
@@ -268,7 +269,7 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
   for (const auto& t : trainable) write_back(t, blocks[t.block]);
 
   DistillResult result;
-  result.module = module.clone();
+  result.module = detached_clone(module);
   for (std::size_t i = 0; i < small_names.size(); ++i) {
     const torch::Tensor original = find_tensor(result.module, small_names[i]);
     assign_tensor(result.module, small_names[i], best_state[i].to(original.device(), original.scalar_type()));

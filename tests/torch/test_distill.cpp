@@ -11,6 +11,7 @@
 #include "bayesq/eval/evaluate.h"
 #include "bayesq/model/model_file.h"
 #include "bayesq/pipeline/quantize.h"
+#include "bayesq/pipeline/session.h"
 #include "fixtures.h"
 
 using namespace bayesq;
@@ -96,4 +97,27 @@ TEST(Distill, NeverWorseThanStepZeroOnTheHeldOutPart) {
   EXPECT_EQ(report["best_step"].get<int>(), 0);
   const QuantizeOutcome plain = run_quantize(options("plain_again.pt", 0));
   EXPECT_DOUBLE_EQ(heldout_kl(out.outputs[0]), heldout_kl(plain.outputs[0]));
+}
+
+TEST(Distill, StudentIsNotAutogradLinkedToTheSessionModel) {
+  // The student is a copy of the session's model. A copy made with gradients enabled is a graph node (CloneBackward)
+  // of the loaded parameters, which require grad: training the student then sent gradients through the
+  // embedding (the one non-block matrix here) into the session's model, and on CUDA failed outright, since those
+  // parameters had stayed on the CPU ("EmbeddingBackward0 returned an invalid gradient ... expected device cpu").
+  QuantizeOptions o = options("unused.pt", 10);
+  o.curvature = "fisher";
+  Session session(o);
+  const MethodConfig config = method_config(o);
+  QuantizedModel q = session.quantize(config, 2.5);
+  const DistillResult result = session.distill_quantized(o, config, q);
+  int checked = 0;
+  for (const auto& p : session.model().module.named_parameters(true)) {
+    EXPECT_FALSE(p.value.grad().defined()) << p.name << " received a gradient";
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+  for (const auto& p : result.module.named_parameters(true)) {
+    EXPECT_TRUE(p.value.is_leaf()) << p.name;
+    EXPECT_FALSE(p.value.grad().defined()) << p.name;
+  }
 }
