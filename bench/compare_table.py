@@ -2,6 +2,7 @@
 
     python3 bench/compare_table.py COMPARE_JSON... [--sort]
 
+"quantize s" includes distillation; "peak GPU MiB" is the device memory peak of the row (empty on the CPU).
 --sort orders rows by the budget asked for, then by method, with the float row first.
 """
 import json
@@ -21,8 +22,8 @@ def main():
     if "--sort" in sys.argv:
         rows.sort(key=lambda r: (r["method"] != "float", r.get("bits", 0), r.get("label", r["method"])))
     print("| method | bits asked | avg bits | w/o metadata | file MB | top-1 % | NLL | ECE % | agreement % "
-          "| mean KL | quantize s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| mean KL | quantize s | peak GPU MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         float_row = r["method"] == "float"
         label = r.get("label", r["method"])
@@ -40,6 +41,7 @@ def main():
             f"{100 * r['agreement']:.2f}",
             f"{r['mean_kl']:.4f}",
             "" if float_row else f"{r['timings'].get('quantize_total', 0.0) + r['timings'].get('distill', 0.0):.1f}",
+            "" if float_row or not r.get("peak_device_bytes") else f"{r['peak_device_bytes'] / 2**20:.0f}",
         ]
         print("| " + " | ".join(cells) + " |")
 
