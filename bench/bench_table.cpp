@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <random>
+#include <sstream>
 #include <string>
 
 #include <torch/script.h>
@@ -23,11 +24,18 @@ using namespace bayesq;
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: bayesq_bench_table MODEL [--threads T]\n";
+    std::cerr << "usage: bayesq_bench_table MODEL [--threads T] [--candidates 2,3,4,5,6,8]\n";
     return 2;
   }
-  for (int i = 2; i + 1 < argc; i += 2)
+  std::vector<int> candidates = {2, 3, 4, 5, 6, 8};
+  for (int i = 2; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--threads") set_num_threads(std::atoi(argv[i + 1]));
+    if (std::string(argv[i]) == "--candidates") {
+      candidates.clear();
+      std::stringstream list(argv[i + 1]);
+      for (std::string item; std::getline(list, item, ',');) candidates.push_back(std::stoi(item));
+    }
+  }
   LoadedModel model = load_model(argv[1]);
   const BlockIndex index = discover_blocks(model.module);
   std::vector<std::vector<float>> weights, precision;
@@ -50,7 +58,7 @@ int main(int argc, char** argv) {
       {"uniform", {CodebookKind::uniform_asymmetric}}};
   for (const auto& v : variants) {
     LossTableParams params;
-    params.candidates = {2, 3, 4, 5, 6, 8};
+    params.candidates = candidates;
     params.kinds = v.second;
     const auto t0 = std::chrono::steady_clock::now();
     build_loss_table(inputs, params);

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <set>
 
 #include <torch/torch.h>
@@ -100,13 +101,21 @@ torch::Tensor logits_of(torch::jit::Module& m, const DataFile& data, int64_t beg
   return z.to(torch::kFloat32).reshape({-1, z.size(-1)});
 }
 
-// A copy of `module` whose tensors are leaves of their own. A clone made with gradients enabled is a graph node
-// (CloneBackward) of the loaded parameters, which require grad: training it sends gradients into `module`, through
-// every parameter that is not replaced by a trainable leaf (a BERT's embeddings), and on CUDA fails, since those
-// parameters of `module` stayed on the CPU.
+// A copy of `module` whose tensors are leaves of their own, with the same requires-grad flags (what a user who loads
+// the written model sees). A clone made with gradients enabled is a graph node (CloneBackward) of the loaded
+// parameters, which require grad: training it sends gradients into `module`, through every parameter that is not
+// replaced by a trainable leaf (a BERT's embeddings), and on CUDA fails, since those parameters of `module` stayed
+// on the CPU.
 torch::jit::Module detached_clone(const torch::jit::Module& module) {
-  torch::NoGradGuard no_grad;
-  return module.clone();
+  torch::jit::Module copy;
+  {
+    torch::NoGradGuard no_grad;
+    copy = module.clone();
+  }
+  std::map<std::string, bool> requires_grad;
+  for (const auto& p : module.named_parameters(true)) requires_grad[p.name] = p.value.requires_grad();
+  for (const auto& p : copy.named_parameters(true)) p.value.set_requires_grad(requires_grad.at(p.name));
+  return copy;
 }
 
 // KL(p || q) summed over rows, from probabilities p and log-probabilities log_q.
@@ -272,7 +281,9 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
   result.module = detached_clone(module);
   for (std::size_t i = 0; i < small_names.size(); ++i) {
     const torch::Tensor original = find_tensor(result.module, small_names[i]);
-    assign_tensor(result.module, small_names[i], best_state[i].to(original.device(), original.scalar_type()));
+    torch::Tensor value = best_state[i].to(original.device(), original.scalar_type());
+    value.set_requires_grad(original.requires_grad());
+    assign_tensor(result.module, small_names[i], value);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.report = {{"steps", params.steps},          {"lr", params.lr},

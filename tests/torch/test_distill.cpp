@@ -9,6 +9,7 @@
 
 #include "bayesq/data/data_file.h"
 #include "bayesq/eval/evaluate.h"
+#include "bayesq/model/block_discovery.h"
 #include "bayesq/model/model_file.h"
 #include "bayesq/pipeline/quantize.h"
 #include "bayesq/pipeline/session.h"
@@ -119,5 +120,7 @@ TEST(Distill, StudentIsNotAutogradLinkedToTheSessionModel) {
   for (const auto& p : result.module.named_parameters(true)) {
     EXPECT_TRUE(p.value.is_leaf()) << p.name;
     EXPECT_FALSE(p.value.grad().defined()) << p.name;
+    EXPECT_EQ(p.value.requires_grad(), find_tensor(session.model().module, p.name).requires_grad())
+        << p.name << ": the written model keeps the loaded requires-grad flags";
   }
 }
