@@ -33,7 +33,15 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--candidates") {
       candidates.clear();
       std::stringstream list(argv[i + 1]);
-      for (std::string item; std::getline(list, item, ',');) candidates.push_back(std::stoi(item));
+      for (std::string item; std::getline(list, item, ',');) {
+        const int bits = std::atoi(item.c_str());
+        if (bits < 1 || bits > 16) {
+          std::cerr << "bayesq_bench_table: --candidates takes bit-widths 1..16 separated by commas, not '" << item
+                    << "'\n";
+          return 2;
+        }
+        candidates.push_back(bits);
+      }
     }
   }
   LoadedModel model = load_model(argv[1]);
