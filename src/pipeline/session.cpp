@@ -28,7 +28,13 @@ std::vector<CodebookKind> codebook_kinds(const std::string& name) {
   return {codebook_kind_from_name(name)};
 }
 
-// The table key: everything but the budget and the allocation settings.
+// The (bits, codebook) options of a block's table entries, in entry order.
+std::vector<std::pair<int, CodebookKind>> entry_choices(const BlockLosses& losses) {
+  std::vector<std::pair<int, CodebookKind>> choices;
+  for (const LossEntry& e : losses.entries) choices.emplace_back(e.bits, e.kind);
+  return choices;
+}
+
 CaptureParams capture_params(const QuantizeOptions& o) {
   CaptureParams cp;
   cp.batch_size = o.batch_size;
@@ -39,6 +45,7 @@ CaptureParams capture_params(const QuantizeOptions& o) {
   return cp;
 }
 
+// The table key: everything but the budget and the allocation settings.
 std::string table_key(const MethodConfig& c) {
   nlohmann::json j = c.to_json();
   for (const char* k : {"allocator", "certify", "keep_fp", "rules", "sequential", "label"}) j.erase(k);
@@ -294,31 +301,19 @@ std::vector<QuantizedBlock> Session::option_blocks(const MethodConfig& config, s
 LossTable Session::build_kfac_table(const MethodConfig& config) {
   const auto& stats = kfac_stats();
   const torch::Device device = parse_device(options_.device);
-  LossTable table;
-  table.tau = config.tau;
-  table.group_size = config.group_size;
-  std::vector<std::pair<int, CodebookKind>> choices;
-  for (CodebookKind kind : config.kinds)
-    for (int bits : config.candidates) choices.emplace_back(bits, kind);
+  LossTable table = unscored_table(config);
   for (std::size_t b = 0; b < index_.blocks.size(); ++b) {
     const BlockInfo& info = index_.blocks[b];
-    BlockLosses losses;
-    losses.name = info.name;
-    losses.rows = info.rows();
-    losses.cols = info.cols();
+    BlockLosses& losses = table.blocks[b];
     const torch::Tensor w =
         torch::from_blob(rows_[b].data(), {info.rows(), info.cols()}, torch::kFloat32).clone().to(device);
-    const std::vector<QuantizedBlock> blocks = option_blocks(config, b, choices);
+    const std::vector<QuantizedBlock> blocks = option_blocks(config, b, entry_choices(losses));
     std::optional<KfacMetric> metric;
     if (stats[b].captured) metric.emplace(stats[b], info.rows(), config.damp, device);
-    for (std::size_t e = 0; e < choices.size(); ++e) {
-      LossEntry entry;
-      entry.bits = choices[e].first;
-      entry.kind = choices[e].second;
-      entry.cost = block_cost(info.rows(), info.cols(), entry.bits, entry.kind, config.group_size);
+    for (std::size_t e = 0; e < blocks.size(); ++e) {
+      LossEntry& entry = losses.entries[e];
       entry.plugin_loss = blocks[e].plugin_loss;
       entry.expected_loss = metric ? metric->loss(dequantized_rows(blocks[e], device) - w) : blocks[e].expected_loss;
-      losses.entries.push_back(entry);
     }
     for (std::size_t k = 0; k < config.kinds.size(); ++k)
       for (std::size_t i = 1; i < config.candidates.size(); ++i) {
@@ -326,7 +321,6 @@ LossTable Session::build_kfac_table(const MethodConfig& config) {
         const auto& c = losses.entries[k * config.candidates.size() + i];
         if (c.bits > a.bits && c.expected_loss > a.expected_loss) losses.monotone = false;
       }
-    table.blocks.push_back(std::move(losses));
   }
   return table;
 }
@@ -528,9 +522,7 @@ void Session::measure_table(const MethodConfig& config, LossTable& table) {
     const BlockInfo& info = index_.blocks[b];
     const torch::Tensor original = find_tensor(work, info.name);
     auto start = Clock::now();
-    std::vector<std::pair<int, CodebookKind>> choices;
-    for (const LossEntry& e : table.blocks[b].entries) choices.emplace_back(e.bits, e.kind);
-    const std::vector<QuantizedBlock> blocks = option_blocks(config, b, choices);
+    const std::vector<QuantizedBlock> blocks = option_blocks(config, b, entry_choices(table.blocks[b]));
     quantize_seconds += seconds_since(start);
     for (std::size_t i = 0; i < blocks.size(); ++i) {
       LossEntry& e = table.blocks[b].entries[i];
