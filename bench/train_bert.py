@@ -5,13 +5,16 @@
 Hugging Face BertForSequenceClassification from a config (12 layers, hidden 768, 12 heads, intermediate 3072,
 random init), eager attention (double backward through fused attention kernels is not implemented, and
 bayesq's Hutchinson curvature needs it). AdamW 1e-4, 10% warm-up then linear decay, batch 128, bf16 autocast.
-The traced module takes (input_ids, attention_mask) and returns the logits; it is traced with gradients enabled
-(so the graph holds plain aten::linear, not fused inference operators) on the GPU it will run on.
+Deterministic algorithms (cuBLAS workspace fixed), so that a fresh GPU machine of the same kind should retrain the
+same weights. The traced module takes (input_ids, attention_mask) and returns the logits; it is traced with
+gradients enabled (so the graph holds plain aten::linear, not fused inference operators) on the GPU it will run on.
 """
 import argparse
 import json
 import os
 import time
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts: deterministic cuBLAS
 
 import torch
 import torch.nn as nn
@@ -36,6 +39,10 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    # Without this, atomic adds in the embedding backward make every training differ in the last bits and the
+    # benchmark rows of two GPU machines come from different models. warn_only: an op with no deterministic
+    # kernel warns instead of stopping the training.
+    torch.use_deterministic_algorithms(True, warn_only=True)
     device = torch.device("cuda")
     with open(os.path.join(args.data, "wordnet_vocab.json")) as f:
         vocab = json.load(f)
@@ -81,7 +88,7 @@ def main():
     traced = torch.jit.trace(wrapper, (tids[:2], tmask[:2]), check_trace=False)
     traced.save(args.out)
     info = {"arch": "bert-base", "epochs": args.epochs, "seed": args.seed, "test_top1": accuracy,
-            "train_seconds": train_seconds, "torch": torch.__version__,
+            "train_seconds": train_seconds, "deterministic": True, "torch": torch.__version__,
             "parameters": sum(p.numel() for p in model.parameters())}
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(info, f)
