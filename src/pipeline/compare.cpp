@@ -147,10 +147,13 @@ CompareOutcome run_compare(const CompareOptions& options) {
       timings = q.timings;
       timings["quantize_total"] = seconds_since(t);
       torch::jit::Module to_write = session.model().module;
+      nlohmann::json distill_report;
       if (o.distill_steps > 0) {
         t = Clock::now();
-        to_write = session.distill_quantized(o, config, q).module;
+        DistillResult distilled = session.distill_quantized(o, config, q);
         timings["distill"] = seconds_since(t);
+        to_write = distilled.module;
+        distill_report = std::move(distilled.report);  // held-out KL at step 0 and best, best step, curve
       }
       const int64_t peak = peak_device_bytes(o.device);
       const std::string path = (fs::path(folder) / file_tag(options.methods[m], bits)).string();
@@ -177,6 +180,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
       row["timings"] = timings;
       row["peak_device_bytes"] = peak;
       row["config"] = config.to_json();
+      if (!distill_report.is_null()) row["distill"] = distill_report;
       if (q.allocation) {
         std::vector<int> chosen;
         for (const auto& b : q.allocation->blocks) chosen.push_back(b.keep_fp ? 0 : b.bits);

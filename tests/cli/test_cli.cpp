@@ -260,3 +260,46 @@ TEST(Cli, ShippedConfigurationsRun) {
   }
   EXPECT_GE(checked, 3);
 }
+
+// `bayesq compare`: one calibration, every method x budget, one row each, with the fields the benchmark tables
+// read; rtn skips the fractional budget; a distilled row reports its held-out KL and keeps its row's tensors.
+TEST(Cli, CompareTabulatesEveryMethodAndBudget) {
+  const std::string json = scratch("compare.json"), markdown = scratch("compare.md");
+  const Result r = run("compare --model " + fixture("separable.pt") + " --calib " + fixture("separable_calib.pt") +
+                       " --data " + fixture("separable_eval.pt") + " --bits 3,4.5 --methods rtn,bayesq,bayesq+distill" +
+                       " --distill-steps 20 --probes 2 --seed 0 --json-output " + json + " --markdown-output " +
+                       markdown);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json out = nlohmann::json::parse(slurp(json));
+  EXPECT_FALSE(out.contains("partial"));  // a finished run is not marked partial
+  const nlohmann::json& rows = out["rows"];
+  ASSERT_EQ(rows.size(), 6u);  // float, rtn @ 3, bayesq @ 3 and 4.5, bayesq+distill @ 3 and 4.5
+  EXPECT_EQ(rows[0]["method"], "float");
+  EXPECT_EQ(rows[0]["mean_kl"].get<double>(), 0.0);
+  const std::vector<std::pair<std::string, double>> expected = {
+      {"rtn", 3.0}, {"bayesq", 3.0}, {"bayesq", 4.5}, {"bayesq+distill", 3.0}, {"bayesq+distill", 4.5}};
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    const nlohmann::json& row = rows[i + 1];
+    EXPECT_EQ(row["method"], expected[i].first) << i;
+    EXPECT_EQ(row["bits"].get<double>(), expected[i].second) << i;
+    for (const char* key : {"average_bits", "average_bits_without_metadata", "file_bytes", "top1", "nll", "ece",
+                            "agreement", "mean_kl", "timings", "peak_device_bytes", "config"})
+      EXPECT_TRUE(row.contains(key)) << row["method"] << " lacks " << key;
+    EXPECT_GE(row["mean_kl"].get<double>(), 0.0);
+    if (row["method"] != "rtn") EXPECT_LE(row["average_bits"].get<double>(), row["bits"].get<double>() + 1e-9);
+  }
+  for (std::size_t i : {4u, 5u}) {
+    const nlohmann::json& distilled = rows[i];
+    const nlohmann::json& plain = rows[i - 2];  // the same budget, not distilled
+    ASSERT_TRUE(distilled.contains("distill")) << i;
+    EXPECT_EQ(distilled["distill"]["steps"].get<int>(), 20);
+    EXPECT_LE(distilled["distill"]["best_heldout_kl"].get<double>(),
+              distilled["distill"]["initial_heldout_kl"].get<double>());
+    EXPECT_FALSE(plain.contains("distill"));
+    EXPECT_EQ(distilled["bits_per_block"], plain["bits_per_block"]);  // same allocation, codes fixed
+    EXPECT_EQ(distilled["average_bits"], plain["average_bits"]);
+  }
+  const std::string table = slurp(markdown);
+  EXPECT_NE(table.find("| rtn | 3.00 |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| bayesq+distill | 4.50 |"), std::string::npos) << table;
+}
