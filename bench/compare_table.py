@@ -1,9 +1,10 @@
 """Prints the rows of `bayesq compare --json-output` files (complete or partial) as one markdown table.
 
-    python3 bench/compare_table.py COMPARE_JSON... [--sort]
+    python3 bench/compare_table.py COMPARE_JSON... [--sort] [--no-distill]
 
 "quantize s" includes distillation; "peak GPU MiB" is the device memory peak of the row (empty on the CPU).
---sort orders rows by the budget asked for, then by method, with the float row first.
+--sort orders rows by the budget asked for, then by method, with the float row first; --no-distill leaves out
+the distilled rows (the distillation table of BENCHMARKS.md has them).
 """
 import json
 import sys
@@ -17,6 +18,8 @@ def main():
             doc = json.load(f)
         for r in doc["rows"]:
             if r["method"] == "float" and any(x["method"] == "float" for x in rows):
+                continue
+            if "--no-distill" in sys.argv and "+distill" in r["method"]:
                 continue
             rows.append(r)
     if "--sort" in sys.argv:

@@ -110,6 +110,7 @@ CellMoments cell_moments(const WeightedRow& row, const std::vector<double>& boun
   }
 
   const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> at(boundaries.size()), tail(boundaries.size()), density(boundaries.size());
   for (std::size_t i = 0; i < n; ++i) {
     const double p = row.precision[i];
     if (p <= 0.0) continue;
@@ -131,11 +132,27 @@ CellMoments cell_moments(const WeightedRow& row, const std::vector<double>& boun
       m.w2[k] += p * (e * e + s * s);
       continue;
     }
+    // Each boundary z_j = (t_j - mu) / s is shared by two cells: evaluate its tail and density once. tail[j] is
+    // the small one of the two tails, Q(|z_j|) with Q(x) = erfc(x / sqrt 2) / 2, so each cell's mass below is
+    // normal_mass's own expression, bit for bit (Q(inf) = 0 stands in for an open end).
+    for (std::size_t j = first; j < last; ++j) {
+      const double z = (boundaries[j] - mu) / s;
+      at[j] = z;
+      tail[j] = 0.5 * std::erfc((z >= 0.0 ? z : -z) * kInvSqrt2);
+      density[j] = normal_pdf(z);
+    }
     for (std::size_t k = first; k <= last; ++k) {
-      const double alpha = k == first ? -inf : (boundaries[k - 1] - mu) / s;
-      const double beta = k == last ? inf : (boundaries[k] - mu) / s;
-      const double mass = normal_mass(alpha, beta);
-      const double pa = normal_pdf(alpha), pb = normal_pdf(beta);
+      const bool open_below = k == first, open_above = k == last;
+      const double alpha = open_below ? -inf : at[k - 1];
+      const double beta = open_above ? inf : at[k];
+      const double tail_a = open_below ? 0.0 : tail[k - 1], tail_b = open_above ? 0.0 : tail[k];
+      double mass = 0.0;
+      if (beta > alpha) {
+        if (alpha >= 0.0) mass = tail_a - tail_b;
+        else if (beta <= 0.0) mass = tail_b - tail_a;
+        else mass = 1.0 - tail_a - tail_b;
+      }
+      const double pa = open_below ? 0.0 : density[k - 1], pb = open_above ? 0.0 : density[k];
       const double apa = std::isinf(alpha) ? 0.0 : alpha * pa;
       const double bpb = std::isinf(beta) ? 0.0 : beta * pb;
       const double e = mu - reference[k];
