@@ -30,6 +30,10 @@ def main():
     for r in rows:
         float_row = r["method"] == "float"
         label = r.get("label", r["method"])
+        if r.get("infeasible"):  # a budget below the method's smallest allocation: no model, no figures
+            print(f"| {label} | {r['bits']:g} | infeasible: needs at least {r['smallest_bits']:.4f} |"
+                  + " |" * 9)
+            continue
         if "+distill" in r["method"] and "distill" not in label:  # files written before labels said so
             label += " + distill 500"
         cells = [

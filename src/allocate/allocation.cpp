@@ -97,11 +97,12 @@ Allocation allocate(const LossTable& table, const AllocationParams& params) {
 
   const int64_t min_cost = minimum_cost(problem);
   if (min_cost > problem.budget) {
+    const double smallest = std::ceil(double(min_cost) / double(weights) * 1e4) / 1e4;
     std::ostringstream msg;
     msg << std::fixed << std::setprecision(4) << "a budget of " << params.bits_per_weight
-        << " bits per weight cannot be met under the constraints; the smallest budget that fits is "
-        << std::ceil(double(min_cost) / double(weights) * 1e4) / 1e4 << " bits per weight (metadata included)";
-    BQ_FAIL(ExitCode::usage, msg.str());
+        << " bits per weight cannot be met under the constraints; the smallest budget that fits is " << smallest
+        << " bits per weight (metadata included)";
+    throw InfeasibleBudget(msg.str(), smallest);
   }
 
   KnapsackSolution solution =

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 
 #include <torch/script.h>
@@ -143,7 +144,20 @@ CompareOutcome run_compare(const CompareOptions& options) {
       reset_peak_device_bytes(o.device);
       nlohmann::json timings = nlohmann::json::object();
       auto t = Clock::now();
-      QuantizedModel q = session.quantize(config, bits);
+      std::optional<QuantizedModel> quantized_or_none;
+      try {
+        quantized_or_none = session.quantize(config, bits);
+      } catch (const InfeasibleBudget& e) {
+        // One budget below what this method can reach (its metadata, or --min-bits rules) should not cost the
+        // rest of a long comparison: the row says so, and the run goes on.
+        log::warn("compare: ", options.methods[m], " at ", bits, " bits: ", e.what(), "; row left empty");
+        rows.push_back({{"method", options.methods[m]}, {"label", config.label()}, {"bits", bits},
+                        {"infeasible", true}, {"smallest_bits", e.smallest_bits()}, {"config", config.to_json()}});
+        if (!options.json_output.empty())
+          write_text_file(options.json_output, nlohmann::json{{"partial", true}, {"rows", rows}}.dump(2) + "\n");
+        continue;
+      }
+      QuantizedModel& q = *quantized_or_none;
       timings = q.timings;
       timings["quantize_total"] = seconds_since(t);
       torch::jit::Module to_write = session.model().module;
@@ -212,6 +226,12 @@ CompareOutcome run_compare(const CompareOptions& options) {
      << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const auto& r : rows) {
     const bool is_float = r["method"] == "float";
+    if (r.value("infeasible", false)) {
+      md << "| " << r["method"].get<std::string>() << " | " << fixed(r["bits"].get<double>(), 2)
+         << " | infeasible: needs at least " << fixed(r["smallest_bits"].get<double>(), 4)
+         << " | | | | | | | | | | |\n";
+      continue;
+    }
     md << "| " << r["method"].get<std::string>() << " | " << (is_float ? "32" : fixed(r["bits"].get<double>(), 2))
        << " | " << (is_float ? "-" : fixed(r["average_bits"].get<double>(), 3)) << " | "
        << (is_float ? "-" : fixed(r["average_bits_without_metadata"].get<double>(), 3)) << " | "

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -302,4 +303,33 @@ TEST(Cli, CompareTabulatesEveryMethodAndBudget) {
   const std::string table = slurp(markdown);
   EXPECT_NE(table.find("| rtn | 3.00 |"), std::string::npos) << table;
   EXPECT_NE(table.find("| bayesq+distill | 4.50 |"), std::string::npos) << table;
+}
+
+// A budget one method cannot reach is that row's outcome, not the end of the comparison: the row says how many
+// bits the method needs at least (the number `quantize` gives in its error), the other budgets still run.
+TEST(Cli, CompareRecordsAnInfeasibleBudgetAndGoesOn) {
+  const std::string json = scratch("compare_infeasible.json");
+  const Result q = run("quantize --model " + fixture("separable.pt") + " --calib " + fixture("separable_calib.pt") +
+                       " --bits 2 --probes 1 -o " + scratch("never.pt"));
+  ASSERT_EQ(q.code, 2) << q.err;
+  const std::string marker = "smallest budget that fits is ";
+  const std::size_t at = q.err.find(marker);
+  ASSERT_NE(at, std::string::npos) << q.err;
+  const double smallest = std::stod(q.err.substr(at + marker.size()));
+
+  const Result r = run("compare --model " + fixture("separable.pt") + " --calib " + fixture("separable_calib.pt") +
+                       " --data " + fixture("separable_eval.pt") + " --bits 2,4 --methods bayesq --probes 1" +
+                       " --json-output " + json);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json rows = nlohmann::json::parse(slurp(json))["rows"];
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_TRUE(rows[1].value("infeasible", false));
+  EXPECT_EQ(rows[1]["bits"].get<double>(), 2.0);
+  EXPECT_DOUBLE_EQ(rows[1]["smallest_bits"].get<double>(), smallest);
+  EXPECT_FALSE(rows[1].contains("top1"));
+  EXPECT_FALSE(rows[2].value("infeasible", false));
+  EXPECT_LE(rows[2]["average_bits"].get<double>(), 4.0);
+  EXPECT_TRUE(rows[2].contains("top1"));
+  EXPECT_NE(r.out.find("infeasible: needs at least"), std::string::npos) << r.out;
+  EXPECT_EQ(r.stray_lines(), 0) << r.err;
 }

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bayesq/allocate/knapsack.h"
+#include "bayesq/common/errors.h"
 #include "bayesq/table/loss_table.h"
 
 namespace bayesq {
@@ -69,8 +70,20 @@ struct Allocation {
   int find(const std::string& name) const;
 };
 
-// Throws UserError(usage) when a rule leaves a block no candidate, or when the budget cannot be met (the message
-// gives the smallest budget that fits).
+// A budget below the cheapest allocation the table and the rules allow. A usage error like any other; it also
+// carries that smallest budget, so `compare` can record the row as infeasible and go on with the others.
+class InfeasibleBudget : public UserError {
+ public:
+  InfeasibleBudget(const std::string& message, double smallest_bits)
+      : UserError(ExitCode::usage, message), smallest_bits_(smallest_bits) {}
+  double smallest_bits() const { return smallest_bits_; }  // metadata included, rounded up to 1e-4
+
+ private:
+  double smallest_bits_;
+};
+
+// Throws UserError(usage) when a rule leaves a block no candidate, and InfeasibleBudget when the budget cannot be
+// met (the message gives the smallest budget that fits).
 Allocation allocate(const LossTable& table, const AllocationParams& params);
 
 // The knapsack behind an allocation (exposed for tests): options per non-fp block, in table-entry order.
