@@ -32,8 +32,9 @@ int main(int argc, char** argv) {
   for (int i = 2; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--threads") set_num_threads(std::atoi(argv[i + 1]));
     if (std::string(argv[i]) == "--tau") {
-      tau = std::atof(argv[i + 1]);
-      if (!(tau >= 0.0 && tau <= 1.0)) {
+      char* end = nullptr;
+      tau = std::strtod(argv[i + 1], &end);
+      if (end == argv[i + 1] || *end != '\0' || !(tau >= 0.0 && tau <= 1.0)) {
         std::cerr << "bayesq_bench_table: --tau takes a number in [0, 1], not '" << argv[i + 1] << "'\n";
         return 2;
       }
