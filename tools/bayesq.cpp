@@ -235,6 +235,9 @@ int main(int argc, char** argv) {
   compare->add_flag("--match-uniform", cmp.match_uniform,
                     "Also run allocating methods at the average bits (metadata included) that rtn/gptq use at each "
                     "whole budget");
+  compare->add_flag("--resume", cmp.resume,
+                    "Keep the rows that --json-output already holds from a stopped run of the same comparison (same "
+                    "model, data, seed, device) and compute only the others");
   add_shared_options(compare, cmp.base, cx);
 
   // calibrate

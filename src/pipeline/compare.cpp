@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <sstream>
 
@@ -51,6 +52,42 @@ std::string file_tag(std::string method, double bits) {
   return out.str();
 }
 
+// Rows of an earlier run of this comparison, from its JSON (complete or stopped), for --resume. The file must
+// name the same run (model hash, calibration and evaluation files, seed, device): rows of another run are never
+// mixed in. A missing file is a fresh start.
+std::vector<nlohmann::json> earlier_rows(const std::string& path, const nlohmann::json& run) {
+  std::vector<nlohmann::json> rows;
+  if (!fs::exists(path)) return rows;
+  nlohmann::json doc;
+  try {
+    std::ifstream in(path);
+    doc = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception&) {
+    BQ_FAIL(ExitCode::input, "--resume: not a JSON file of bayesq compare: ", path);
+  }
+  BQ_CHECK(doc.is_object() && doc.contains("rows") && doc["rows"].is_array(), ExitCode::input,
+           "--resume: not a JSON file of bayesq compare: ", path);
+  BQ_CHECK(doc.value("run", nlohmann::json()) == run, ExitCode::usage, "--resume: ", path,
+           " holds rows of another run (model, calibration or evaluation file, seed or device differ); remove it or "
+           "write elsewhere");
+  for (const auto& r : doc["rows"])
+    if (r.value("method", "") != "float") rows.push_back(r);
+  return rows;
+}
+
+// The earlier row of this method and budget, if it was made with the same configuration and distillation steps.
+const nlohmann::json* kept_row(const std::vector<nlohmann::json>& earlier, const std::string& method, double bits,
+                               const nlohmann::json& config, int distill_steps) {
+  for (const auto& r : earlier) {
+    if (r.value("method", "") != method || r.value("bits", -1.0) != bits || r.value("config", nlohmann::json()) != config)
+      continue;
+    if (r.value("infeasible", false)) return &r;  // infeasibility does not depend on distillation
+    const int steps = r.contains("distill") ? r["distill"].value("steps", -1) : 0;
+    if (steps == distill_steps) return &r;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 QuantizeOptions method_options(const QuantizeOptions& base, const std::string& method) {
@@ -85,6 +122,8 @@ CompareOutcome run_compare(const CompareOptions& options) {
   BQ_CHECK(!options.base.model.empty() && !options.base.calib.empty() && !options.data.empty(), ExitCode::usage,
            "compare needs --model, --calib and --data");
   BQ_CHECK(!options.methods.empty() && !options.base.bits.empty(), ExitCode::usage, "compare needs --methods and --bits");
+  BQ_CHECK(!options.resume || !options.json_output.empty(), ExitCode::usage,
+           "--resume needs --json-output (the file whose rows it keeps)");
   std::vector<QuantizeOptions> per_method;
   for (const auto& m : options.methods) per_method.push_back(method_options(options.base, m));
   if (!options.json_output.empty()) check_output_path(options.json_output);
@@ -99,6 +138,18 @@ CompareOutcome run_compare(const CompareOptions& options) {
 
   const torch::Device device = parse_device(options.base.device);
   Session session(options.base);
+  // What makes two runs the same comparison, for --resume (the rows also carry each method's configuration).
+  const nlohmann::json run = {{"model_hash", session.model().hash}, {"calib", options.base.calib},
+                              {"data", options.data},                {"seed", options.base.seed},
+                              {"device", device_description(device)}};
+  const std::vector<nlohmann::json> earlier =
+      options.resume ? earlier_rows(options.json_output, run) : std::vector<nlohmann::json>{};
+  auto write_partial = [&](const nlohmann::json& rows) {
+    // After every row: a long comparison that is stopped keeps what it measured (and --resume goes on from it).
+    if (!options.json_output.empty())
+      write_text_file(options.json_output,
+                      nlohmann::json{{"partial", true}, {"run", run}, {"rows", rows}}.dump(2) + "\n");
+  };
   const DataFile eval_data = DataFile::load(options.data);
   EvalParams eval_params;
   eval_params.batch_size = options.eval_batch_size;
@@ -141,6 +192,12 @@ CompareOutcome run_compare(const CompareOptions& options) {
     for (double bits : budgets) {
       if ((o.method == "rtn" || o.method == "gptq") && bits != std::floor(bits)) continue;  // whole bits only
       log::info("compare: ", options.methods[m], " at ", bits, " bits");
+      if (const nlohmann::json* kept = kept_row(earlier, options.methods[m], bits, config.to_json(), o.distill_steps)) {
+        log::info("compare: ", options.methods[m], " at ", bits, " bits: row kept from ", options.json_output);
+        rows.push_back(*kept);
+        write_partial(rows);
+        continue;
+      }
       reset_peak_device_bytes(o.device);
       nlohmann::json timings = nlohmann::json::object();
       auto t = Clock::now();
@@ -153,8 +210,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
         log::warn("compare: ", options.methods[m], " at ", bits, " bits: ", e.what(), "; row left empty");
         rows.push_back({{"method", options.methods[m]}, {"label", config.label()}, {"bits", bits},
                         {"infeasible", true}, {"smallest_bits", e.smallest_bits()}, {"config", config.to_json()}});
-        if (!options.json_output.empty())
-          write_text_file(options.json_output, nlohmann::json{{"partial", true}, {"rows", rows}}.dump(2) + "\n");
+        write_partial(rows);
         continue;
       }
       QuantizedModel& q = *quantized_or_none;
@@ -202,9 +258,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
       }
       rows.push_back(row);
       if (temporary) fs::remove(path, ec);
-      // Partial results after every row: a long comparison that is stopped keeps what it measured.
-      if (!options.json_output.empty())
-        write_text_file(options.json_output, nlohmann::json{{"partial", true}, {"rows", rows}}.dump(2) + "\n");
+      write_partial(rows);
     }
   }
   if (temporary) fs::remove_all(folder, ec);
@@ -216,6 +270,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
                  {"device", device_description(device)},
                  {"libtorch_version", TORCH_VERSION},
                  {"seed", options.base.seed},
+                 {"run", run},
                  {"shared_timings", session.timings()},
                  {"total_seconds", seconds_since(start)},
                  {"rows", rows}};

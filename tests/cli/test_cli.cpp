@@ -333,3 +333,48 @@ TEST(Cli, CompareRecordsAnInfeasibleBudgetAndGoesOn) {
   EXPECT_NE(r.out.find("infeasible: needs at least"), std::string::npos) << r.out;
   EXPECT_EQ(r.stray_lines(), 0) << r.err;
 }
+
+// --resume: a stopped comparison run again keeps the rows its JSON holds (copied, timings and all) and computes
+// only the missing ones, which come out as in an uninterrupted run; rows of another run are refused.
+TEST(Cli, CompareResumeKeepsEarlierRowsAndComputesTheRest) {
+  const std::string full = scratch("resume_full.json"), stopped = scratch("resume_stopped.json");
+  const std::string command = "compare --model " + fixture("separable.pt") + " --calib " +
+                              fixture("separable_calib.pt") + " --data " + fixture("separable_eval.pt") +
+                              " --bits 3,4.5 --methods rtn,bayesq --probes 2 --json-output ";
+  ASSERT_EQ(run(command + full + " --seed 0").code, 0);
+  const nlohmann::json uninterrupted = nlohmann::json::parse(slurp(full));
+  ASSERT_EQ(uninterrupted["rows"].size(), 4u);  // float, rtn @ 3, bayesq @ 3, bayesq @ 4.5
+
+  // As if stopped after bayesq @ 3: the float row, rtn @ 3 and bayesq @ 3 are in the file.
+  nlohmann::json partial = {{"partial", true}, {"run", uninterrupted["run"]}, {"rows", uninterrupted["rows"]}};
+  partial["rows"].erase(3);
+  {
+    std::ofstream out(stopped);
+    out << partial.dump(2);
+  }
+  const Result resumed = run(command + stopped + " --seed 0 --resume");
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  std::size_t kept = 0;
+  for (std::size_t at = 0; (at = resumed.err.find("row kept from", at)) != std::string::npos; ++at) ++kept;
+  EXPECT_EQ(kept, 2u) << resumed.err;
+  const nlohmann::json after = nlohmann::json::parse(slurp(stopped));
+  ASSERT_EQ(after["rows"].size(), 4u);
+  EXPECT_FALSE(after.contains("partial"));
+  EXPECT_EQ(after["rows"][1], uninterrupted["rows"][1]);  // kept: identical, its timings too
+  EXPECT_EQ(after["rows"][2], uninterrupted["rows"][2]);
+  nlohmann::json recomputed = after["rows"][3], reference = uninterrupted["rows"][3];
+  // The archive's code records name each module's class with a process-wide counter, which depends on how many
+  // modules this process compiled before: the file size may differ by those names, never by a tensor.
+  EXPECT_NEAR(recomputed["file_bytes"].get<double>(), reference["file_bytes"].get<double>(), 512.0);
+  for (nlohmann::json* r : {&recomputed, &reference})
+    for (const char* key : {"timings", "seconds", "peak_device_bytes", "file_bytes"}) r->erase(key);
+  EXPECT_EQ(recomputed, reference);  // the same seed gives the same row
+
+  // Another seed is another run: refused, one line naming the file, the file left as it was.
+  const std::string before = slurp(stopped);
+  const Result other = run(command + stopped + " --seed 1 --resume");
+  EXPECT_EQ(other.code, 2) << other.err;
+  EXPECT_EQ(other.err_lines(), 1) << other.err;
+  EXPECT_NE(other.err.find(stopped), std::string::npos) << other.err;
+  EXPECT_EQ(slurp(stopped), before);
+}

@@ -26,6 +26,8 @@ struct CompareOptions {
   std::string markdown_output;
   int64_t eval_batch_size = 256;
   bool match_uniform = false;        // allocating methods also run at the uniform methods' actual average bits
+  bool resume = false;               // keep the rows json_output already holds from a stopped run of the same
+                                     // comparison (same model file, data, seed, device); compute only the others
 };
 
 struct CompareOutcome {
