@@ -34,19 +34,22 @@ int main(int argc, char** argv) {
   }
   CurvatureParams params;
   params.probes = 8;
+  std::string device_name = "cpu";
   int64_t examples = 256;
+  Compute compute;
   for (int i = 3; i + 1 < argc; i += 2) {
     const std::string key = argv[i];
-    if (key == "--device") params.device = argv[i + 1];
+    if (key == "--device") device_name = argv[i + 1];
     else if (key == "--probes") params.probes = std::atoll(argv[i + 1]);
-    else if (key == "--batch-size") params.batch_size = std::atoll(argv[i + 1]);
+    else if (key == "--batch-size") compute.batch_size = std::atoll(argv[i + 1]);
     else if (key == "--examples") examples = std::atoll(argv[i + 1]);
   }
-  params.max_examples = examples;
+  compute.max_examples = examples;
+  compute.device = parse_device(device_name);
   LoadedModel model = load_model(argv[1]);
   const BlockIndex index = discover_blocks(model.module);
   const DataFile data = DataFile::load(argv[2]);
-  const torch::Device device = parse_device(params.device);
+  const torch::Device device = compute.device;
   model.module.eval();
   model.module.to(device);
   const int64_t n = std::min(examples, data.size());
@@ -60,22 +63,22 @@ int main(int argc, char** argv) {
     const torch::Tensor out = select_output(forward_batch(model.module, data, begin, end, device, argv[1]), "");
     torch::autograd::grad({out.sum()}, weights, {}, false, false, true);
   };
-  forward_backward(0, std::min(n, params.batch_size));  // warm-up (the profiling executor compiles on first runs)
-  forward_backward(0, std::min(n, params.batch_size));
+  forward_backward(0, std::min(n, compute.batch_size));  // warm-up (the profiling executor compiles on first runs)
+  forward_backward(0, std::min(n, compute.batch_size));
   synchronize(device);
   auto t0 = std::chrono::steady_clock::now();
-  for (int64_t begin = 0; begin < n; begin += params.batch_size)
-    forward_backward(begin, std::min(n, begin + params.batch_size));
+  for (int64_t begin = 0; begin < n; begin += compute.batch_size)
+    forward_backward(begin, std::min(n, begin + compute.batch_size));
   synchronize(device);
   const double fb = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (auto& w : weights) w.set_requires_grad(false);
 
-  CurvatureParams warm = params;
-  warm.max_examples = std::min(n, params.batch_size);
-  estimate_curvature(model.module, index, data, warm, argv[1]);
+  Compute warm = compute;
+  warm.max_examples = std::min(n, compute.batch_size);
+  estimate_curvature(model.module, index, data, params, warm, argv[1]);
   synchronize(device);
   t0 = std::chrono::steady_clock::now();
-  const CurvatureSet set = estimate_curvature(model.module, index, data, params, argv[1]);
+  const CurvatureSet set = estimate_curvature(model.module, index, data, params, compute, argv[1]);
   synchronize(device);
   const double calibration = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -83,7 +86,7 @@ int main(int argc, char** argv) {
   const double per_example_probe = calibration / double(n * params.probes);
   std::cout << "{\"model\": \"" << argv[1] << "\", \"device\": \"" << device_description(device)
             << "\", \"examples\": " << n << ", \"probes\": " << params.probes << ", \"batch_size\": "
-            << params.batch_size << ", \"estimator\": \"" << set.estimator << "\", \"forward_backward_s\": " << fb
+            << compute.batch_size << ", \"estimator\": \"" << set.estimator << "\", \"forward_backward_s\": " << fb
             << ", \"calibration_s\": " << calibration << ", \"forward_backward_per_example_ms\": " << 1e3 * per_fb
             << ", \"calibration_per_example_probe_ms\": " << 1e3 * per_example_probe
             << ", \"ratio\": " << per_example_probe / per_fb << "}" << std::endl;

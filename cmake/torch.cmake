@@ -18,13 +18,17 @@ add_library(bayesq_torch STATIC
   src/calibrate/curvature.cpp
   src/capture/layer_capture.cpp
   src/gptq/gptq.cpp
+  src/gptq/feedback.cpp
+  src/gptq/kfac.cpp
+  src/gptq/model_gptq.cpp
+  src/measure/measured_table.cpp
   src/distill/distill.cpp
   src/export/model_writer.cpp
   src/eval/evaluate.cpp
   src/pipeline/device.cpp
   src/pipeline/memory.cpp
-  src/pipeline/feedback.cpp
   src/pipeline/session.cpp
+  src/pipeline/quantize_model.cpp
   src/pipeline/quantize.cpp
   src/pipeline/compare.cpp
   src/pipeline/commands.cpp

@@ -25,7 +25,8 @@ gtest_discover_tests(bayesq_torch_tests DISCOVERY_TIMEOUT 120
 
 # The command line, as a user runs it: exit codes, one-line errors, no partial outputs. No libtorch headers here.
 add_executable(bayesq_cli_tests cli/test_cli.cpp)
-target_link_libraries(bayesq_cli_tests PRIVATE GTest::gtest GTest::gtest_main nlohmann_json::nlohmann_json)
+# bayesq_core for the method table (no libtorch): the help test loops over its rows.
+target_link_libraries(bayesq_cli_tests PRIVATE bayesq_core GTest::gtest GTest::gtest_main nlohmann_json::nlohmann_json)
 target_compile_features(bayesq_cli_tests PRIVATE cxx_std_17)
 target_compile_definitions(bayesq_cli_tests PRIVATE
   BAYESQ_FIXTURES_DIR="${BAYESQ_FIXTURES_DIR}"

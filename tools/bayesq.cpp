@@ -10,7 +10,7 @@
 #include "bayesq/common/errors.h"
 #include "bayesq/common/log.h"
 #include "bayesq/common/progress.h"
-#include "bayesq/common/parallel.h"
+#include "bayesq/codebook/codebook.h"
 #include "bayesq/pipeline/commands.h"
 #include "bayesq/pipeline/compare.h"
 #include "bayesq/pipeline/quantize.h"
@@ -100,81 +100,100 @@ void print_quantize(const bayesq::QuantizeOutcome& outcome) {
   }
 }
 
-// Options `compare` shares with `quantize`, and the values that need converting after parsing.
+// Options `compare` shares with `quantize`, and the values that need converting after parsing: names become
+// the enums of config.h, and a method spec (quantize --method) is applied last, so that its modifiers win over
+// the flags (--method bayesq/kfac is --method bayesq --curvature kfac).
 struct QuantizeExtras {
+  std::string method = "bayesq";
+  std::string curvature = "hutchinson";
+  std::string codebook = "auto";
+  std::string table_loss = "measured";
+  std::string allocator = "dp";
+  bool one_shot = false;
   std::vector<std::string> min_rules, max_rules;
   bool distill_default = false;
 
-  void apply(bayesq::QuantizeOptions& o) const {
-    if (distill_default && o.distill_steps == 0) o.distill_steps = 500;
-    for (const auto& r : min_rules) o.rules.push_back(parse_rule(r, true));
-    for (const auto& r : max_rules) o.rules.push_back(parse_rule(r, false));
+  void apply(bayesq::QuantizeOptions& o, bool with_method_spec) const {
+    bayesq::MethodConfig& m = o.method;
+    m.curvature = bayesq::curvature_from_name(curvature);
+    if (codebook == "auto") m.table.kinds = {bayesq::CodebookKind::lloyd, bayesq::CodebookKind::uniform_asymmetric};
+    else m.table.kinds = {bayesq::codebook_kind_from_name(codebook)};
+    m.table_loss = bayesq::table_loss_from_name(table_loss);
+    m.allocation.allocator = bayesq::allocator_kind_from_name(allocator);
+    m.sequential = !one_shot;
+    for (const auto& r : min_rules) m.allocation.rules.push_back(parse_rule(r, true));
+    for (const auto& r : max_rules) m.allocation.rules.push_back(parse_rule(r, false));
+    if (distill_default && m.distill.steps == 0) m.distill.steps = 500;
+    if (with_method_spec) m = bayesq::parse_method_spec(m, method);
   }
 };
 
 void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtras& x) {
+  bayesq::RunContext& run = q.run;
+  bayesq::MethodConfig& m = q.method;
   app->add_option("--calib", q.calib, "Calibration data file (torch.save format, see README)");
-  app->add_option("--device", q.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  app->add_option("--seed", q.seed, "Seed for probes and sampling")->capture_default_str();
-  app->add_option("--batch-size", q.batch_size, "Calibration batch size")->capture_default_str();
-  app->add_option("--output-index", q.output_index, "Which model output is the logits (index or dict key)");
-  app->add_option("--group-size", q.group_size, "Codebook per group of this many inputs (0: per output row)")
+  app->add_option("--device", run.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  app->add_option("--seed", run.seed, "Seed for probes and sampling")->capture_default_str();
+  app->add_option("--batch-size", run.batch_size, "Calibration batch size")->capture_default_str();
+  app->add_option("--output-index", run.output_index, "Which model output is the logits (index or dict key)");
+  app->add_option("--threads", run.threads, "CPU threads (0: all cores)")->capture_default_str();
+  app->add_option("--max-examples", run.max_examples, "Use at most this many calibration examples (0: all)")
       ->capture_default_str();
-  app->add_option("--curvature", q.curvature,
+  app->add_option("--group-size", m.table.quantizer.group_size,
+                  "Codebook per group of this many inputs (0: per output row)")
+      ->capture_default_str();
+  app->add_option("--curvature", x.curvature,
                   "hutchinson, fisher, or kfac (K-FAC metric with GPTQ-style error feedback)")
       ->check(CLI::IsMember({"hutchinson", "fisher", "kfac"}))
       ->capture_default_str();
-  app->add_option("--curvature-loss", q.curvature_loss, "auto (=kl), kl, ce (needs labels) or mse")
+  app->add_option("--curvature-loss", m.calibration.loss, "auto (=kl), kl, ce (needs labels) or mse")
       ->check(CLI::IsMember({"auto", "kl", "ce", "mse"}))
       ->capture_default_str();
-  app->add_option("--probes", q.probes, "Hutchinson probes per batch")->capture_default_str();
-  app->add_option("--max-examples", q.max_examples, "Use at most this many calibration examples (0: all)")
+  app->add_option("--probes", m.calibration.probes, "Hutchinson probes per batch")->capture_default_str();
+  app->add_option("--damp", m.posterior.damp, "Prior precision as a fraction of the mean data precision")
       ->capture_default_str();
-  app->add_option("--damp", q.damp, "Prior precision as a fraction of the mean data precision")
-      ->capture_default_str();
-  app->add_option("--candidates", q.candidates, "Candidate bit-widths")->delimiter(',')->capture_default_str();
-  app->add_option("--codebook", q.codebook, "lloyd, uniform, uniform-symmetric, or auto (lloyd and uniform)")
+  app->add_option("--candidates", m.table.candidates, "Candidate bit-widths")->delimiter(',')->capture_default_str();
+  app->add_option("--codebook", x.codebook, "lloyd, uniform, uniform-symmetric, or auto (lloyd and uniform)")
       ->check(CLI::IsMember({"lloyd", "uniform", "uniform-symmetric", "auto"}))
       ->capture_default_str();
-  app->add_option("--posterior-temp", q.tau, "tau in [0, 1]: 0 plug-in loss, 1 the whole posterior")
+  app->add_option("--posterior-temp", m.table.quantizer.tau, "tau in [0, 1]: 0 plug-in loss, 1 the whole posterior")
       ->capture_default_str();
-  app->add_option("--table-loss", q.table_loss,
+  app->add_option("--table-loss", x.table_loss,
                   "measured (N x calibration KL with that one block quantized; bayesq only) or expected (the posterior "
                   "loss model alone, no forward passes)")
       ->check(CLI::IsMember({"expected", "measured"}))
       ->capture_default_str();
-  app->add_option("--measure-examples", q.measure_examples, "Calibration examples a measured table scores")
+  app->add_option("--measure-examples", m.measure.examples, "Calibration examples a measured table scores")
       ->capture_default_str();
-  app->add_option("--allocator", q.allocator,
+  app->add_option("--allocator", x.allocator,
                   "dp (exact knapsack; finely coarsened for very large models) or greedy (the paper's max-heap)")
       ->check(CLI::IsMember({"greedy", "dp"}))
       ->capture_default_str();
-  app->add_flag("--certify", q.certify, "With greedy: also solve the exact DP and report the gap");
-  app->add_option("--percdamp", q.percdamp, "GPTQ / K-FAC feedback: damping as a fraction of mean(diag H)")
+  app->add_flag("--certify", m.allocation.certify, "With greedy: also solve the exact DP and report the gap");
+  app->add_option("--percdamp", m.gptq.percdamp, "GPTQ / K-FAC feedback: damping as a fraction of mean(diag H)")
       ->capture_default_str();
-  app->add_flag("--act-order", q.act_order, "GPTQ / K-FAC feedback: quantize columns by decreasing H_jj");
-  app->add_option("--gptq-block-size", q.gptq_block_size, "GPTQ lazy-update block (columns)")->capture_default_str();
-  app->add_flag("--one-shot", q.one_shot,
+  app->add_flag("--act-order", m.gptq.act_order, "GPTQ / K-FAC feedback: quantize columns by decreasing H_jj");
+  app->add_option("--gptq-block-size", m.gptq.block_size, "GPTQ lazy-update block (columns)")->capture_default_str();
+  app->add_flag("--one-shot", x.one_shot,
                 "gptq: take every layer's inputs from the float model (default: sequentially, after the layers "
                 "before it are quantized)");
-  app->add_option("--keep-fp", q.keep_fp,
+  app->add_option("--keep-fp", m.allocation.keep_fp,
                   "Regex of blocks left in floating point (their bytes count in the file, not in the budget)");
   app->add_option("--min-bits", x.min_rules, "REGEX=N: matching blocks get at least N bits");
   app->add_option("--max-bits", x.max_rules, "REGEX=N: matching blocks get at most N bits");
-  app->add_option("--distill-steps", q.distill_steps,
+  app->add_option("--distill-steps", m.distill.steps,
                   "Distillation steps after quantizing (0: off); codes and file size stay the same")
       ->capture_default_str();
   app->add_flag("--distill", x.distill_default, "Distil for 500 steps (the paper's setting)");
-  app->add_option("--distill-lr", q.distill_lr, "Adam learning rate of distillation")->capture_default_str();
-  app->add_option("--teacher-samples", q.teacher_samples,
+  app->add_option("--distill-lr", m.distill.lr, "Adam learning rate of distillation")->capture_default_str();
+  app->add_option("--teacher-samples", m.distill.teacher_samples,
                   "1: the float model teaches; S > 1: the mean softmax over S posterior weight samples")
       ->capture_default_str();
-  app->add_option("--distill-holdout", q.distill_holdout,
+  app->add_option("--distill-holdout", m.distill.holdout,
                   "Fraction of the calibration data held out to keep the best distillation state")
       ->capture_default_str();
-  app->add_option("--distill-eval-every", q.distill_eval_every, "Held-out evaluation interval (steps)")
+  app->add_option("--distill-eval-every", m.distill.eval_every, "Held-out evaluation interval (steps)")
       ->capture_default_str();
-  app->add_option("--threads", q.threads, "CPU threads (0: all cores)")->capture_default_str();
 }
 
 }  // namespace
@@ -200,10 +219,7 @@ int main(int argc, char** argv) {
   quantize->add_option("--bits", q.bits, "Average bits per weight, metadata included (a list writes one model each)")
       ->delimiter(',')
       ->required();
-  quantize->add_option("--method", q.method,
-                       "bayesq (needs --calib or --posterior), rtn, gptq (needs --calib) or hawq (needs --calib)")
-      ->check(CLI::IsMember({"bayesq", "rtn", "gptq", "hawq"}))
-      ->capture_default_str();
+  quantize->add_option("--method", qx.method, bayesq::methods_help())->capture_default_str();
   quantize->add_option("--posterior", q.posterior, "Posterior from `bayesq calibrate` (skips calibration)");
   quantize->add_option("--report", q.report, "JSON report path ('{bits}' as for -o)");
   quantize->add_option("--format", q.format, "packed (codes + tables) or fake (de-quantized floats)")
@@ -222,9 +238,7 @@ int main(int argc, char** argv) {
   compare->add_option("--bits", cmp.base.bits, "Budgets (rtn and gptq run the whole-bit ones)")
       ->delimiter(',')
       ->required();
-  compare->add_option("--methods", cmp.methods,
-                      "Methods, e.g. rtn,gptq,gptq/act,hawq,bayesq,bayesq/kfac,bayesq+distill (modifiers: act, "
-                      "kfac, fisher, lloyd, uniform, tau1, greedy, measured)")
+  compare->add_option("--methods", cmp.methods, "Comma-separated methods. " + bayesq::methods_help())
       ->delimiter(',')
       ->capture_default_str();
   compare->add_option("--keep-models", cmp.keep_models, "Folder to keep the quantized files in");
@@ -237,7 +251,7 @@ int main(int argc, char** argv) {
                     "whole budget");
   compare->add_flag("--resume", cmp.resume,
                     "Keep the rows that --json-output already holds from a stopped run of the same comparison (same "
-                    "model, data, seed, device) and compute only the others");
+                    "model, data, seed, device, batching) whose method settings match, and compute only the others");
   add_shared_options(compare, cmp.base, cx);
 
   // calibrate
@@ -246,20 +260,21 @@ int main(int argc, char** argv) {
   calibrate->add_option("--model", c.model, "TorchScript model")->required();
   calibrate->add_option("--calib", c.calib, "Calibration data file")->required();
   calibrate->add_option("-o,--output", c.output, "Posterior file (.bqp)")->required();
-  calibrate->add_option("--curvature", c.curvature, "hutchinson or fisher")
+  std::string calibrate_estimator = "hutchinson";
+  calibrate->add_option("--curvature", calibrate_estimator, "hutchinson or fisher")
       ->check(CLI::IsMember({"hutchinson", "fisher"}))
       ->capture_default_str();
-  calibrate->add_option("--curvature-loss", c.curvature_loss, "auto (=kl), kl, ce or mse")
+  calibrate->add_option("--curvature-loss", c.curvature.loss, "auto (=kl), kl, ce or mse")
       ->check(CLI::IsMember({"auto", "kl", "ce", "mse"}))
       ->capture_default_str();
-  calibrate->add_option("--probes", c.probes, "Hutchinson probes per batch")->capture_default_str();
-  calibrate->add_option("--batch-size", c.batch_size, "Batch size")->capture_default_str();
-  calibrate->add_option("--max-examples", c.max_examples, "Use at most this many examples (0: all)")
+  calibrate->add_option("--probes", c.curvature.probes, "Hutchinson probes per batch")->capture_default_str();
+  calibrate->add_option("--batch-size", c.run.batch_size, "Batch size")->capture_default_str();
+  calibrate->add_option("--max-examples", c.run.max_examples, "Use at most this many examples (0: all)")
       ->capture_default_str();
-  calibrate->add_option("--output-index", c.output_index, "Which model output is the logits");
-  calibrate->add_option("--device", c.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  calibrate->add_option("--seed", c.seed, "Seed")->capture_default_str();
-  calibrate->add_option("--threads", c.threads, "CPU threads (0: all cores)")->capture_default_str();
+  calibrate->add_option("--output-index", c.run.output_index, "Which model output is the logits");
+  calibrate->add_option("--device", c.run.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  calibrate->add_option("--seed", c.run.seed, "Seed")->capture_default_str();
+  calibrate->add_option("--threads", c.run.threads, "CPU threads (0: all cores)")->capture_default_str();
 
   // eval
   bayesq::EvalOptions e;
@@ -268,10 +283,10 @@ int main(int argc, char** argv) {
   eval->add_option("--model", e.model, "Model to evaluate")->required();
   eval->add_option("--data", e.data, "Evaluation data file")->required();
   eval->add_option("--reference", e.reference, "Reference (float) model for agreement and KL");
-  eval->add_option("--batch-size", e.batch_size, "Batch size")->capture_default_str();
-  eval->add_option("--output-index", e.output_index, "Which model output is the logits");
-  eval->add_option("--device", e.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  eval->add_option("--threads", e.threads, "CPU threads (0: all cores)")->capture_default_str();
+  eval->add_option("--batch-size", e.run.batch_size, "Batch size")->capture_default_str();
+  eval->add_option("--output-index", e.run.output_index, "Which model output is the logits");
+  eval->add_option("--device", e.run.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  eval->add_option("--threads", e.run.threads, "CPU threads (0: all cores)")->capture_default_str();
   eval->add_flag("--json", eval_json, "Print JSON instead of a table");
 
   // inspect
@@ -295,18 +310,19 @@ int main(int argc, char** argv) {
 
   try {
     if (*quantize) {
-      qx.apply(q);
+      qx.apply(q, true);
       q.command_line.assign(argv, argv + argc);
       if (app.get_config_ptr() && *app.get_config_ptr()) q.config_file = app.get_config_ptr()->as<std::string>();
       print_quantize(bayesq::run_quantize(q));
     } else if (*compare) {
-      cx.apply(cmp.base);
+      cx.apply(cmp.base, false);
       cmp.base.command_line.assign(argv, argv + argc);
-      if (cmp.base.threads > 0) bayesq::set_num_threads(cmp.base.threads);
       const bayesq::CompareOutcome r = bayesq::run_compare(cmp);
       if (compare_json) std::cout << r.results.dump(2) << "\n";
       else std::cout << r.markdown;
     } else if (*calibrate) {
+      c.curvature.estimator = calibrate_estimator == "fisher" ? bayesq::CurvatureEstimator::fisher
+                                                              : bayesq::CurvatureEstimator::hutchinson;
       const nlohmann::json r = bayesq::run_calibrate(c);
       std::printf("wrote %s: %lld examples, %s, %.2f s\n", c.output.c_str(),
                   static_cast<long long>(r["examples"].get<int64_t>()), r["estimator"].get<std::string>().c_str(),

@@ -10,7 +10,6 @@
 #include "bayesq/common/progress.h"
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/forward.h"
-#include "bayesq/pipeline/device.h"
 
 namespace bayesq {
 
@@ -57,22 +56,21 @@ struct Accumulator {
 }  // namespace
 
 CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& index, const DataFile& data,
-                                const CurvatureParams& params, const std::string& model_path) {
+                                const CurvatureParams& params, const Compute& compute,
+                                const std::string& model_path) {
   const auto start = std::chrono::steady_clock::now();
-  BQ_CHECK(params.estimator == "hutchinson" || params.estimator == "fisher", ExitCode::usage,
-           "unknown curvature estimator '", params.estimator, "' (expected hutchinson or fisher)");
   BQ_CHECK(params.probes >= 1, ExitCode::usage, "--probes must be >= 1");
-  BQ_CHECK(params.batch_size >= 1, ExitCode::usage, "--batch-size must be >= 1");
+  BQ_CHECK(compute.batch_size >= 1, ExitCode::usage, "--batch-size must be >= 1");
   const LossKind kind = loss_kind(params.loss, data.has_labels());
-  const torch::Device device = parse_device(params.device);
-  bool fisher = params.estimator == "fisher";
+  const torch::Device device = compute.device;
+  bool fisher = params.estimator == CurvatureEstimator::fisher;
   std::string notes;
-  const int64_t n = params.max_examples > 0 ? std::min(params.max_examples, data.size()) : data.size();
+  const int64_t n = compute.examples(data.size());
 
   module.eval();
   module.to(device);
   check_input_count(module, data, model_path);
-  torch::manual_seed(params.seed);  // probes and sampled labels come from the default generators, in a fixed order
+  torch::manual_seed(compute.seed);  // probes and sampled labels come from the default generators, in a fixed order
 
   // Only block weights need gradients; every other parameter is frozen for the pass and restored afterwards.
   std::vector<std::pair<torch::Tensor, bool>> saved;
@@ -106,7 +104,7 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
     try {
       if (!fisher) {
         const torch::Tensor output = select_output(forward_batch(module, data, begin, end, device, model_path),
-                                                   params.output);
+                                                   compute.output);
         if (begin == 0 && kind == LossKind::ce) check_labels(data, output.size(-1));
         const torch::Tensor loss =
             curvature_loss(output, kind, kind == LossKind::ce ? data.labels(begin, end, device) : torch::Tensor());
@@ -146,7 +144,7 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
       } else {
         for (int64_t i = begin; i < end; ++i) {
           const torch::Tensor output =
-              select_output(forward_batch(module, data, i, i + 1, device, model_path), params.output);
+              select_output(forward_batch(module, data, i, i + 1, device, model_path), compute.output);
           torch::Tensor objective;
           if (kind == LossKind::mse) {
             // Gaussian likelihood with unit variance: the sampled-target score is (y - f) with y ~ N(f, I).
@@ -180,7 +178,7 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
   auto first_order_works = [&](int64_t begin, int64_t end) {
     try {
       const torch::Tensor output =
-          select_output(forward_batch(module, data, begin, std::min(end, begin + 2), device, model_path), params.output);
+          select_output(forward_batch(module, data, begin, std::min(end, begin + 2), device, model_path), compute.output);
       const torch::Tensor z = output.to(torch::kFloat32);
       torch::autograd::grad({z.sum()}, weights, {}, false, false, /*allow_unused=*/true);
       return true;
@@ -190,8 +188,8 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
   };
 
   Progress progress("calibration", n);
-  for (int64_t begin = 0; begin < n; begin += params.batch_size) {
-    const int64_t end = std::min(n, begin + params.batch_size);
+  for (int64_t begin = 0; begin < n; begin += compute.batch_size) {
+    const int64_t end = std::min(n, begin + compute.batch_size);
     while (!process(begin, end)) {
       // Double backward is not implemented for some operators (e.g. fused attention kernels in libtorch 2.x).
       // If first-order gradients work, the Monte-Carlo Fisher needs nothing more: switch to it for the run.
@@ -226,7 +224,7 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
   set.notes = notes;
   set.loss = loss_name(kind);
   set.probes = fisher ? 0 : params.probes;
-  set.seed = params.seed;
+  set.seed = compute.seed;
   set.data_hash = data.hash();
   set.device = device_description(device);
   std::vector<bool> is_active(index.blocks.size(), false);

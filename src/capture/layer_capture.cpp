@@ -12,7 +12,6 @@
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/forward.h"
 #include "bayesq/model/graph_walk.h"
-#include "bayesq/pipeline/device.h"
 
 namespace bayesq {
 
@@ -132,12 +131,13 @@ std::vector<torch::Tensor> activation_rows(const torch::Tensor& activation, cons
 
 std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const BlockIndex& index,
                                             const std::vector<std::size_t>& blocks, const DataFile& data,
-                                            const CaptureParams& params, const std::string& model_path) {
-  const torch::Device device = parse_device(params.device);
+                                            const CaptureParams& params, const Compute& compute,
+                                            const std::string& model_path) {
+  const torch::Device device = compute.device;
   module.eval();
   module.to(device);
   check_input_count(module, data, model_path);
-  const int64_t n = params.max_examples > 0 ? std::min(params.max_examples, data.size()) : data.size();
+  const int64_t n = compute.examples(data.size());
 
   std::vector<LayerStats> stats(index.blocks.size());
   std::map<std::string, std::size_t> wanted;
@@ -190,7 +190,7 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
       p.value.set_requires_grad(false);
     }
     for (const auto& w : wanted) find_tensor(module, w.first).set_requires_grad(true);
-    torch::manual_seed(params.seed);
+    torch::manual_seed(compute.seed);
   }
   struct Restore {
     std::vector<std::pair<torch::Tensor, bool>>& saved;
@@ -203,8 +203,8 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
   c10::optional<torch::NoGradGuard> no_grad;
   if (!params.output_gradients) no_grad.emplace();
   Progress progress("layer capture", n);
-  for (int64_t begin = 0; begin < n; begin += params.batch_size) {
-    const int64_t end = std::min(n, begin + params.batch_size);
+  for (int64_t begin = 0; begin < n; begin += compute.batch_size) {
+    const int64_t end = std::min(n, begin + compute.batch_size);
     torch::jit::Stack stack;
     stack.emplace_back(module._ivalue());
     for (auto& v : data.batch(begin, end, device)) stack.push_back(std::move(v));
@@ -217,7 +217,7 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
     const std::vector<torch::jit::IValue> outputs = stack.at(0).toTupleRef().elements().vec();
     std::vector<torch::Tensor> results(taps.size());
     if (params.output_gradients) {
-      const torch::Tensor logits = select_output(outputs.at(0), params.output).to(torch::kFloat32);
+      const torch::Tensor logits = select_output(outputs.at(0), compute.output).to(torch::kFloat32);
       const torch::Tensor log_p = torch::log_softmax(logits.reshape({-1, logits.size(-1)}), 1);
       const torch::Tensor sampled = torch::multinomial(log_p.detach().exp(), 1);
       const torch::Tensor objective = log_p.gather(1, sampled).sum();

@@ -13,7 +13,6 @@
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/block_tensor.h"
 #include "bayesq/model/forward.h"
-#include "bayesq/pipeline/device.h"
 
 namespace bayesq {
 
@@ -127,7 +126,8 @@ torch::Tensor kl_sum(const torch::Tensor& p, const torch::Tensor& log_q) {
 
 DistillResult distill(const torch::jit::Module& module, const BlockIndex& index, std::vector<QuantizedBlock>& blocks,
                       const std::vector<bool>& present, const std::vector<BlockPosterior>& posteriors,
-                      const DataFile& calibration, const DistillParams& params, const std::string& model_path) {
+                      const DataFile& calibration, const DistillParams& params, const Compute& compute,
+                      const std::string& model_path) {
   const auto start = std::chrono::steady_clock::now();
   BQ_CHECK(params.steps >= 0, ExitCode::usage, "--distill-steps must be >= 0");
   BQ_CHECK(params.lr > 0.0, ExitCode::usage, "--distill-lr must be positive");
@@ -135,8 +135,8 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
   BQ_CHECK(params.holdout >= 0.0 && params.holdout < 1.0, ExitCode::usage, "--distill-holdout must be in [0, 1)");
   BQ_CHECK(params.teacher_samples == 1 || posteriors.size() == index.blocks.size(), ExitCode::usage,
            "--teacher-samples > 1 needs the diagonal posterior (--curvature hutchinson or fisher)");
-  const torch::Device device = parse_device(params.device);
-  torch::manual_seed(params.seed);
+  const torch::Device device = compute.device;
+  torch::manual_seed(compute.seed);
 
   // Seeded split of the calibration examples into training and held-out parts.
   const int64_t n = calibration.size();
@@ -158,8 +158,8 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
   auto teacher_probabilities = [&](const DataFile& data) {
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> batches;
-    for (int64_t begin = 0; begin < data.size(); begin += params.batch_size) {
-      const int64_t end = std::min(data.size(), begin + params.batch_size);
+    for (int64_t begin = 0; begin < data.size(); begin += compute.batch_size) {
+      const int64_t end = std::min(data.size(), begin + compute.batch_size);
       torch::Tensor sum;
       for (int64_t s = 0; s < params.teacher_samples; ++s) {
         if (params.teacher_samples > 1) {
@@ -172,7 +172,7 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
             assign_tensor(teacher, index.blocks[b].name, sample.to(find_tensor(teacher, index.blocks[b].name).dtype()));
           }
         }
-        const torch::Tensor p = torch::softmax(logits_of(teacher, data, begin, end, device, params.output, model_path), 1);
+        const torch::Tensor p = torch::softmax(logits_of(teacher, data, begin, end, device, compute.output, model_path), 1);
         sum = sum.defined() ? sum + p : p;
       }
       batches.push_back(sum / double(params.teacher_samples));
@@ -215,10 +215,10 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
     double total = 0.0;
     int64_t rows = 0;
     std::size_t k = 0;
-    for (int64_t begin = 0; begin < holdout.size(); begin += params.batch_size, ++k) {
-      const int64_t end = std::min(holdout.size(), begin + params.batch_size);
+    for (int64_t begin = 0; begin < holdout.size(); begin += compute.batch_size, ++k) {
+      const int64_t end = std::min(holdout.size(), begin + compute.batch_size);
       const torch::Tensor log_q =
-          torch::log_softmax(logits_of(student, holdout, begin, end, device, params.output, model_path), 1);
+          torch::log_softmax(logits_of(student, holdout, begin, end, device, compute.output, model_path), 1);
       total += kl_sum(holdout_teacher[k], log_q).item<double>();
       rows += end - begin;
     }
@@ -237,17 +237,17 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
   int64_t best_step = 0;
   std::vector<torch::Tensor> best_state = snapshot();
   curve.push_back({{"step", 0}, {"heldout_kl", best}});
-  const int64_t batches = (train.size() + params.batch_size - 1) / params.batch_size;
+  const int64_t batches = (train.size() + compute.batch_size - 1) / compute.batch_size;
   torch::Tensor epoch_order;
   Progress progress("distillation", params.steps);
   for (int64_t step = 1; step <= params.steps; ++step) {
     const int64_t slot = (step - 1) % batches;
     if (slot == 0) epoch_order = torch::randperm(batches, torch::TensorOptions().dtype(torch::kLong));
     const int64_t batch = epoch_order[slot].item<int64_t>();
-    const int64_t begin = batch * params.batch_size, end = std::min(train.size(), begin + params.batch_size);
+    const int64_t begin = batch * compute.batch_size, end = std::min(train.size(), begin + compute.batch_size);
     install(/*stored=*/false);
     const torch::Tensor log_q =
-        torch::log_softmax(logits_of(student, train, begin, end, device, params.output, model_path), 1);
+        torch::log_softmax(logits_of(student, train, begin, end, device, compute.output, model_path), 1);
     const torch::Tensor loss = kl_sum(train_teacher[static_cast<std::size_t>(batch)], log_q) / double(log_q.size(0));
     optimizer.zero_grad();
     loss.backward();

@@ -6,7 +6,6 @@
 
 #include "bayesq/common/errors.h"
 #include "bayesq/model/forward.h"
-#include "bayesq/pipeline/device.h"
 
 namespace bayesq {
 
@@ -14,7 +13,7 @@ EvalResult evaluate(torch::jit::Module& model, torch::jit::Module* reference, co
                     const EvalParams& params, const std::string& model_path) {
   const auto start = std::chrono::steady_clock::now();
   torch::NoGradGuard no_grad;
-  const torch::Device device = parse_device(params.device);
+  const torch::Device device = params.device;
   model.eval();
   model.to(device);
   if (reference) {

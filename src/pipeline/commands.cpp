@@ -5,44 +5,27 @@
 #include "bayesq/calibrate/curvature.h"
 #include "bayesq/common/atomic_file.h"
 #include "bayesq/common/errors.h"
-#include "bayesq/common/parallel.h"
 #include "bayesq/data/data_file.h"
 #include "bayesq/eval/evaluate.h"
 #include "bayesq/export/model_writer.h"
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/model_file.h"
+#include "bayesq/pipeline/device.h"
 #include "bayesq/posterior/posterior.h"
 
 namespace bayesq {
 
-namespace {
-void apply_threads(int threads) {
-  if (threads <= 0) return;
-  set_num_threads(threads);
-  torch::set_num_threads(threads);
-}
-}  // namespace
-
 nlohmann::json run_calibrate(const CalibrateOptions& options) {
   BQ_CHECK(!options.model.empty() && !options.calib.empty() && !options.output.empty(), ExitCode::usage,
            "calibrate needs --model, --calib and -o");
-  apply_threads(options.threads);
   check_output_path(options.output);
+  const Compute compute = start_run(options.run);
   LoadedModel model = load_model(options.model);
   check_finite_weights(model.module, options.model);
   const BlockIndex index = discover_blocks(model.module);
   BQ_CHECK(!index.blocks.empty(), ExitCode::input, "model has no quantizable block: ", options.model);
   const DataFile calib = DataFile::load(options.calib);
-  CurvatureParams params;
-  params.estimator = options.curvature;
-  params.loss = options.curvature_loss;
-  params.probes = options.probes;
-  params.batch_size = options.batch_size;
-  params.max_examples = options.max_examples;
-  params.output = options.output_index;
-  params.device = options.device;
-  params.seed = options.seed;
-  CurvatureSet set = estimate_curvature(model.module, index, calib, params, options.model);
+  CurvatureSet set = estimate_curvature(model.module, index, calib, options.curvature, compute, options.model);
   set.model_hash = model.hash;
   save_curvature(set, options.output);
   nlohmann::json blocks = nlohmann::json::array();
@@ -56,16 +39,15 @@ nlohmann::json run_calibrate(const CalibrateOptions& options) {
 
 nlohmann::json run_eval(const EvalOptions& options) {
   BQ_CHECK(!options.model.empty() && !options.data.empty(), ExitCode::usage, "eval needs --model and --data");
-  BQ_CHECK(options.batch_size > 0, ExitCode::usage, "--batch-size must be positive");
-  apply_threads(options.threads);
+  const Compute compute = start_run(options.run);
   LoadedModel model = load_model(options.model);
   const DataFile data = DataFile::load(options.data);
   LoadedModel reference;
   if (!options.reference.empty()) reference = load_model(options.reference);
   EvalParams params;
-  params.batch_size = options.batch_size;
-  params.output = options.output_index;
-  params.device = options.device;
+  params.batch_size = options.run.batch_size;
+  params.output = options.run.output_index;
+  params.device = compute.device;
   const EvalResult r = evaluate(model.module, options.reference.empty() ? nullptr : &reference.module, data, params,
                                 options.model);
   nlohmann::json j = r;

@@ -1,6 +1,5 @@
 #include "bayesq/pipeline/compare.h"
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -14,12 +13,14 @@
 #include "bayesq/common/atomic_file.h"
 #include "bayesq/common/errors.h"
 #include "bayesq/common/log.h"
+#include "bayesq/common/timer.h"
 #include "bayesq/data/data_file.h"
 #include "bayesq/eval/evaluate.h"
 #include "bayesq/export/model_writer.h"
 #include "bayesq/model/model_file.h"
 #include "bayesq/pipeline/device.h"
 #include "bayesq/pipeline/memory.h"
+#include "bayesq/pipeline/quantize_model.h"
 #include "bayesq/pipeline/session.h"
 
 namespace bayesq {
@@ -27,16 +28,6 @@ namespace bayesq {
 namespace fs = std::filesystem;
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
-
-std::vector<std::string> split(const std::string& text, char separator) {
-  std::vector<std::string> out;
-  std::stringstream in(text);
-  for (std::string part; std::getline(in, part, separator);) out.push_back(part);
-  return out;
-}
 
 std::string fixed(double v, int digits) {
   char buf[64];
@@ -75,57 +66,41 @@ std::vector<nlohmann::json> earlier_rows(const std::string& path, const nlohmann
   return rows;
 }
 
-// The earlier row of this method and budget, if it was made with the same configuration and distillation steps.
+// The earlier row of this method and budget, if it was made with the same result key (result_key: every setting
+// that changes this method's model, and nothing else). Infeasibility does not depend on distillation.
 const nlohmann::json* kept_row(const std::vector<nlohmann::json>& earlier, const std::string& method, double bits,
-                               const nlohmann::json& config, int distill_steps) {
+                               const nlohmann::json& key) {
+  nlohmann::json key_without_distill = key;
+  key_without_distill.erase("distill");
   for (const auto& r : earlier) {
-    if (r.value("method", "") != method || r.value("bits", -1.0) != bits || r.value("config", nlohmann::json()) != config)
-      continue;
-    if (r.value("infeasible", false)) return &r;  // infeasibility does not depend on distillation
-    const int steps = r.contains("distill") ? r["distill"].value("steps", -1) : 0;
-    if (steps == distill_steps) return &r;
+    if (r.value("method", "") != method || r.value("bits", -1.0) != bits || !r.contains("key")) continue;
+    if (r["key"] == key) return &r;
+    nlohmann::json other = r["key"];
+    other.erase("distill");
+    if (r.value("infeasible", false) && other == key_without_distill) return &r;
   }
   return nullptr;
 }
 
 }  // namespace
 
-QuantizeOptions method_options(const QuantizeOptions& base, const std::string& method) {
-  QuantizeOptions o = base;
-  const std::vector<std::string> distill_parts = split(method, '+');
-  BQ_CHECK(!distill_parts.empty() && distill_parts.size() <= 2, ExitCode::usage, "bad method '", method, "'");
-  if (distill_parts.size() == 2) {
-    BQ_CHECK(distill_parts[1] == "distill", ExitCode::usage, "bad method '", method, "' (only +distill follows)");
-    if (o.distill_steps == 0) o.distill_steps = 500;
-  } else {
-    o.distill_steps = 0;
-  }
-  const std::vector<std::string> parts = split(distill_parts[0], '/');
-  o.method = parts.at(0);
-  BQ_CHECK(o.method == "rtn" || o.method == "gptq" || o.method == "hawq" || o.method == "bayesq", ExitCode::usage,
-           "unknown method '", o.method, "' in '", method, "'");
-  for (std::size_t i = 1; i < parts.size(); ++i) {
-    const std::string& m = parts[i];
-    if (m == "act") o.act_order = true;
-    else if (m == "kfac" || m == "fisher" || m == "hutchinson") o.curvature = m;
-    else if (m == "lloyd" || m == "uniform") o.codebook = m;
-    else if (m == "tau1") o.tau = 1.0;
-    else if (m == "greedy" || m == "dp") o.allocator = m;
-    else if (m == "measured" || m == "expected") o.table_loss = m;
-    else BQ_FAIL(ExitCode::usage, "unknown modifier '", m, "' in method '", method, "'");
-  }
-  return o;
-}
-
 CompareOutcome run_compare(const CompareOptions& options) {
   const auto start = Clock::now();
-  BQ_CHECK(!options.base.model.empty() && !options.base.calib.empty() && !options.data.empty(), ExitCode::usage,
+  const QuantizeOptions& base = options.base;
+  BQ_CHECK(!base.model.empty() && !base.calib.empty() && !options.data.empty(), ExitCode::usage,
            "compare needs --model, --calib and --data");
-  BQ_CHECK(!options.methods.empty() && !options.base.bits.empty(), ExitCode::usage, "compare needs --methods and --bits");
+  BQ_CHECK(!options.methods.empty() && !base.bits.empty(), ExitCode::usage, "compare needs --methods and --bits");
   BQ_CHECK(!options.resume || !options.json_output.empty(), ExitCode::usage,
            "--resume needs --json-output (the file whose rows it keeps)");
-  std::vector<QuantizeOptions> per_method;
-  for (const auto& m : options.methods) per_method.push_back(method_options(options.base, m));
+  std::vector<MethodConfig> per_method;
+  for (const auto& m : options.methods) {
+    bool distilled = false;
+    MethodConfig c = parse_method_spec(base.method, m, &distilled);
+    if (!distilled) c.distill.steps = 0;
+    c.validate();
+    check_method_inputs(c, base.calib, "");
+    per_method.push_back(c.resolved(true));
+  }
   if (!options.json_output.empty()) check_output_path(options.json_output);
   if (!options.markdown_output.empty()) check_output_path(options.markdown_output);
 
@@ -136,12 +111,13 @@ CompareOutcome run_compare(const CompareOptions& options) {
   fs::create_directories(folder, ec);
   BQ_CHECK(!ec, ExitCode::io, "cannot create folder for the quantized models (", ec.message(), "): ", folder);
 
-  const torch::Device device = parse_device(options.base.device);
-  Session session(options.base);
-  // What makes two runs the same comparison, for --resume (the rows also carry each method's configuration).
-  const nlohmann::json run = {{"model_hash", session.model().hash}, {"calib", options.base.calib},
-                              {"data", options.data},                {"seed", options.base.seed},
-                              {"device", device_description(device)}};
+  const Compute compute = start_run(base.run);
+  const std::string device = device_description(compute.device);
+  Session session({base.model, base.calib, ""}, compute);
+  // What makes two runs the same comparison, for --resume; each row also carries its method's result key.
+  nlohmann::json run = base.run;
+  run.erase("threads");  // does not change results
+  run.update({{"model_hash", session.model().hash}, {"calib", base.calib}, {"data", options.data}, {"device", device}});
   const std::vector<nlohmann::json> earlier =
       options.resume ? earlier_rows(options.json_output, run) : std::vector<nlohmann::json>{};
   auto write_partial = [&](const nlohmann::json& rows) {
@@ -153,14 +129,14 @@ CompareOutcome run_compare(const CompareOptions& options) {
   const DataFile eval_data = DataFile::load(options.data);
   EvalParams eval_params;
   eval_params.batch_size = options.eval_batch_size;
-  eval_params.output = options.base.output_index;
-  eval_params.device = options.base.device;
+  eval_params.output = base.run.output_index;
+  eval_params.device = compute.device;
   torch::jit::Module reference = session.model().module.clone();
 
   nlohmann::json rows = nlohmann::json::array();
   {
     torch::jit::Module float_model = session.model().module.clone();
-    const EvalResult r = evaluate(float_model, nullptr, eval_data, eval_params, options.base.model);
+    const EvalResult r = evaluate(float_model, nullptr, eval_data, eval_params, base.model);
     nlohmann::json row = r;
     row["method"] = "float";
     row["file_bytes"] = session.model().file_bytes;
@@ -173,87 +149,70 @@ CompareOutcome run_compare(const CompareOptions& options) {
   // uniform methods actually use at each whole budget, so rows compare at equal file sizes.
   std::vector<double> matched;
   if (options.match_uniform)
-    for (double bits : options.base.bits) {
+    for (double bits : base.bits) {
       if (bits != std::floor(bits)) continue;
       int64_t cost = 0, weights = 0;
       for (const BlockInfo& info : session.index().blocks) {
         cost += block_cost(info.rows(), info.cols(), static_cast<int>(bits), CodebookKind::uniform_asymmetric,
-                           options.base.group_size).total();
+                           base.method.table.quantizer.group_size).total();
         weights += info.numel();
       }
       matched.push_back(std::floor(double(cost) / double(weights) * 1e4) / 1e4);
     }
 
   for (std::size_t m = 0; m < options.methods.size(); ++m) {
-    const QuantizeOptions& o = per_method[m];
-    const MethodConfig config = method_config(o);
-    std::vector<double> budgets = options.base.bits;
-    if (o.method == "bayesq" || o.method == "hawq") budgets.insert(budgets.end(), matched.begin(), matched.end());
+    const std::string& spec = options.methods[m];
+    const MethodConfig& config = per_method[m];
+    const bool whole = config.variant().whole_bits;
+    const nlohmann::json key = result_key(config);
+    std::vector<double> budgets = base.bits;
+    if (!whole) budgets.insert(budgets.end(), matched.begin(), matched.end());
     for (double bits : budgets) {
-      if ((o.method == "rtn" || o.method == "gptq") && bits != std::floor(bits)) continue;  // whole bits only
-      log::info("compare: ", options.methods[m], " at ", bits, " bits");
-      if (const nlohmann::json* kept = kept_row(earlier, options.methods[m], bits, config.to_json(), o.distill_steps)) {
-        log::info("compare: ", options.methods[m], " at ", bits, " bits: row kept from ", options.json_output);
+      if (whole && bits != std::floor(bits)) continue;  // whole bits only
+      log::info("compare: ", spec, " at ", bits, " bits");
+      if (const nlohmann::json* kept = kept_row(earlier, spec, bits, key)) {
+        log::info("compare: ", spec, " at ", bits, " bits: row kept from ", options.json_output);
         rows.push_back(*kept);
         write_partial(rows);
         continue;
       }
-      reset_peak_device_bytes(o.device);
-      nlohmann::json timings = nlohmann::json::object();
-      auto t = Clock::now();
-      std::optional<QuantizedModel> quantized_or_none;
+      reset_peak_device_bytes(compute.device);
+      const std::string path = (fs::path(folder) / file_tag(spec, bits)).string();
+      std::optional<BudgetResult> result;
       try {
-        quantized_or_none = session.quantize(config, bits);
+        result = run_budget(session, config, bits, path, OutputFormat::packed);
       } catch (const InfeasibleBudget& e) {
         // One budget below what this method can reach (its metadata, or --min-bits rules) should not cost the
         // rest of a long comparison: the row says so, and the run goes on.
-        log::warn("compare: ", options.methods[m], " at ", bits, " bits: ", e.what(), "; row left empty");
-        rows.push_back({{"method", options.methods[m]}, {"label", config.label()}, {"bits", bits},
-                        {"infeasible", true}, {"smallest_bits", e.smallest_bits()}, {"config", config.to_json()}});
+        log::warn("compare: ", spec, " at ", bits, " bits: ", e.what(), "; row left empty");
+        rows.push_back({{"method", spec}, {"label", config.label()}, {"bits", bits}, {"infeasible", true},
+                        {"smallest_bits", e.smallest_bits()}, {"config", config}, {"key", key}});
         write_partial(rows);
         continue;
       }
-      QuantizedModel& q = *quantized_or_none;
-      timings = q.timings;
-      timings["quantize_total"] = seconds_since(t);
-      torch::jit::Module to_write = session.model().module;
-      nlohmann::json distill_report;
-      if (o.distill_steps > 0) {
-        t = Clock::now();
-        DistillResult distilled = session.distill_quantized(o, config, q);
-        timings["distill"] = seconds_since(t);
-        to_write = distilled.module;
-        distill_report = std::move(distilled.report);  // held-out KL at step 0 and best, best step, curve
-      }
-      const int64_t peak = peak_device_bytes(o.device);
-      const std::string path = (fs::path(folder) / file_tag(options.methods[m], bits)).string();
-      const WriteStats written = write_quantized_model(to_write, session.index(), q.slots(), OutputFormat::packed, path);
-      t = Clock::now();
-      torch::jit::Module quantized = dequantized_module(to_write, session.index(), q.slots());
-      const EvalResult r = evaluate(quantized, &reference, eval_data, eval_params, o.model);
+      const BudgetResult& r = *result;
+      const int64_t peak = peak_device_bytes(compute.device);
+      nlohmann::json timings = r.timings;
+      auto t = Clock::now();
+      torch::jit::Module quantized = dequantized_module(r.module, session.index(), r.quantized.slots());
+      const EvalResult e = evaluate(quantized, &reference, eval_data, eval_params, base.model);
       timings["eval"] = seconds_since(t);
-      int64_t weights = 0, code = 0, meta = 0;
-      for (std::size_t b = 0; b < q.blocks.size(); ++b) {
-        if (!q.present[b]) continue;
-        const BlockCost c = q.blocks[b].cost();
-        weights += session.index().blocks[b].numel();
-        code += c.code_bits;
-        meta += c.metadata_bits;
-      }
-      nlohmann::json row = r;
-      row["method"] = options.methods[m];
-      row["label"] = config.label() + (o.distill_steps > 0 ? " + distill " + std::to_string(o.distill_steps) : "");
+      nlohmann::json row = e;
+      row["method"] = spec;
+      row["label"] = config.label() +
+                     (config.distill.steps > 0 ? " + distill " + std::to_string(config.distill.steps) : "");
       row["bits"] = bits;
-      row["average_bits"] = double(code + meta) / double(weights);
-      row["average_bits_without_metadata"] = double(code) / double(weights);
-      row["file_bytes"] = written.file_bytes;
+      row["average_bits"] = r.average_bits();
+      row["average_bits_without_metadata"] = r.average_code_bits();
+      row["file_bytes"] = r.written.file_bytes;
       row["timings"] = timings;
       row["peak_device_bytes"] = peak;
-      row["config"] = config.to_json();
-      if (!distill_report.is_null()) row["distill"] = distill_report;
-      if (q.allocation) {
+      row["config"] = config;
+      row["key"] = key;
+      if (!r.distillation.is_null()) row["distill"] = r.distillation;
+      if (r.quantized.allocation) {
         std::vector<int> chosen;
-        for (const auto& b : q.allocation->blocks) chosen.push_back(b.keep_fp ? 0 : b.bits);
+        for (const auto& b : r.quantized.allocation->blocks) chosen.push_back(b.keep_fp ? 0 : b.bits);
         row["bits_per_block"] = chosen;
       }
       rows.push_back(row);
@@ -264,12 +223,12 @@ CompareOutcome run_compare(const CompareOptions& options) {
   if (temporary) fs::remove_all(folder, ec);
 
   CompareOutcome out;
-  out.results = {{"model", options.base.model},
-                 {"calib", options.base.calib},
+  out.results = {{"model", base.model},
+                 {"calib", base.calib},
                  {"data", options.data},
-                 {"device", device_description(device)},
+                 {"device", device},
                  {"libtorch_version", TORCH_VERSION},
-                 {"seed", options.base.seed},
+                 {"seed", base.run.seed},
                  {"run", run},
                  {"shared_timings", session.timings()},
                  {"total_seconds", seconds_since(start)},
@@ -304,7 +263,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
   const nlohmann::json shared = session.timings();  // a copy: items() must not outlive it
   for (const auto& item : shared.items())
     md << " " << item.key() << " " << fixed(item.value().get<double>(), 1) << " s;";
-  md << " total " << fixed(seconds_since(start), 1) << " s (" << device_description(device) << ").\n";
+  md << " total " << fixed(seconds_since(start), 1) << " s (" << device << ").\n";
   out.markdown = md.str();
   if (!options.markdown_output.empty()) write_text_file(options.markdown_output, out.markdown);
   return out;

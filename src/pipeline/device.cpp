@@ -4,6 +4,7 @@
 #include <torch/cuda.h>
 
 #include "bayesq/common/errors.h"
+#include "bayesq/common/parallel.h"
 
 namespace bayesq {
 
@@ -29,9 +30,19 @@ torch::Device parse_device(const std::string& name) {
   BQ_FAIL(ExitCode::usage, "unknown device '", name, "' (expected cpu, cuda, cuda:N or auto)");
 }
 
-std::string device_description(const torch::Device& device) {
-  if (device.is_cpu()) return "cpu";
-  return device.str();
+Compute start_run(const RunContext& run) {
+  run.validate();
+  if (run.threads > 0) {
+    set_num_threads(run.threads);
+    torch::set_num_threads(run.threads);
+  }
+  Compute c;
+  c.device = parse_device(run.device);
+  c.seed = run.seed;
+  c.batch_size = run.batch_size;
+  c.max_examples = run.max_examples;
+  c.output = run.output_index;
+  return c;
 }
 
 }  // namespace bayesq

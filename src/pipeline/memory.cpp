@@ -3,7 +3,6 @@
 #include <fstream>
 #include <sstream>
 
-#include "bayesq/pipeline/device.h"
 
 #ifdef BAYESQ_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -25,29 +24,27 @@ int64_t peak_host_bytes() {
   return 0;
 }
 
-int64_t peak_device_bytes(const std::string& name) {
+int64_t peak_device_bytes(const torch::Device& device) {
 #ifdef BAYESQ_WITH_CUDA
-  const torch::Device device = parse_device(name);
   if (device.is_cuda()) {
     at::zeros({1}, at::TensorOptions().device(device));
     // allocated_bytes[0] is the aggregate over pool types in every libtorch version.
     return c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).allocated_bytes[0].peak;
   }
 #else
-  (void)name;
+  (void)device;
 #endif
   return 0;
 }
 
-void reset_peak_device_bytes(const std::string& name) {
+void reset_peak_device_bytes(const torch::Device& device) {
 #ifdef BAYESQ_WITH_CUDA
-  const torch::Device device = parse_device(name);
   if (device.is_cuda()) {
     at::zeros({1}, at::TensorOptions().device(device));  // the allocator initialises lazily
     c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
   }
 #else
-  (void)name;
+  (void)device;
 #endif
 }
 

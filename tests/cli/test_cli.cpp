@@ -10,8 +10,11 @@
 #include <iterator>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "bayesq/pipeline/methods.h"
 
 namespace fs = std::filesystem;
 
@@ -192,7 +195,8 @@ TEST(Cli, QuantizeEvalInspectAndJsonConfig) {
   ASSERT_EQ(q.code, 0) << q.err;
   const nlohmann::json r = nlohmann::json::parse(slurp(report));
   EXPECT_EQ(r["bits"].get<double>(), 5.0);
-  EXPECT_EQ(r["config"]["probes"].get<int>(), 2);
+  EXPECT_EQ(r["config"]["method"]["calibration"]["probes"].get<int>(), 2);
+  EXPECT_EQ(r["config"]["method"], r["method"]);  // one JSON form of the method configuration
   for (const auto& b : r["blocks"]) {
     if (b["name"] == "fc.weight") EXPECT_TRUE(b.value("keep_fp", false));
     if (b["name"] == "stem.weight") EXPECT_GE(b["bits"].get<int>(), 6);
@@ -377,4 +381,62 @@ TEST(Cli, CompareResumeKeepsEarlierRowsAndComputesTheRest) {
   EXPECT_EQ(other.err_lines(), 1) << other.err;
   EXPECT_NE(other.err.find(stopped), std::string::npos) << other.err;
   EXPECT_EQ(slurp(stopped), before);
+}
+
+// The help of both subcommands is generated from the method table: every variant, every modifier and the
+// distillation suffix a spec may use is named in `quantize --help` and in `compare --help`, and each variant is
+// accepted by `compare --methods` as written there.
+TEST(Cli, EveryMethodOfTheTableIsInBothHelps) {
+  const Result quantize = run("quantize --help"), compare = run("compare --help");
+  ASSERT_EQ(quantize.code, 0);
+  ASSERT_EQ(compare.code, 0);
+  std::vector<std::string> names{"+distill"};
+  for (const bayesq::MethodVariant& v : bayesq::method_variants()) names.push_back(v.spec);
+  for (const bayesq::MethodModifier& m : bayesq::method_modifiers()) names.push_back(m.name);
+  for (const std::string& name : names) {
+    EXPECT_NE(quantize.out.find(name), std::string::npos) << name << " missing from quantize --help";
+    EXPECT_NE(compare.out.find(name), std::string::npos) << name << " missing from compare --help";
+  }
+  for (const bayesq::MethodVariant& v : bayesq::method_variants()) {
+    // An unknown method fails with exit 2 before any file is read; a known one gets as far as the missing model.
+    const Result r = run("compare --model " + scratch("absent.pt") + " --calib " + scratch("absent.pt") +
+                         " --data " + scratch("absent.pt") + " --bits 3 --methods " + v.spec);
+    EXPECT_EQ(r.code, 3) << v.spec << ": " << r.err;
+    const Result q = run("quantize --model " + scratch("absent.pt") + " --calib " + scratch("absent.pt") +
+                         " --bits 3 -o " + scratch("never.pt") + " --method " + v.spec);
+    EXPECT_EQ(q.code, 3) << v.spec << ": " << q.err;
+  }
+  const Result bad = run("compare --model m.pt --calib c.pt --data d.pt --bits 3 --methods bayesq/nope");
+  EXPECT_EQ(bad.code, 2) << bad.err;
+  EXPECT_NE(bad.err.find("nope"), std::string::npos) << bad.err;
+}
+
+// --resume keeps a row only when every setting that changes that method's result is the same: another --probes
+// recomputes the rows of methods that read the curvature (bayesq) and keeps rtn's; another --distill-lr only the
+// distilled rows; another --measure-examples the rows of measured tables.
+TEST(Cli, CompareResumeRecomputesExactlyTheRowsASettingChanges) {
+  const std::string json = scratch("resume_settings.json");
+  const std::string command = "compare --model " + fixture("separable.pt") + " --calib " +
+                              fixture("separable_calib.pt") + " --data " + fixture("separable_eval.pt") +
+                              " --bits 3 --methods rtn,bayesq,bayesq+distill --distill-steps 5 --seed 0 --json-output " +
+                              json;
+  ASSERT_EQ(run(command + " --probes 2").code, 0);
+  auto kept_after = [&](const std::string& settings) {
+    const Result r = run(command + " --resume " + settings);
+    EXPECT_EQ(r.code, 0) << settings << ": " << r.err;
+    std::vector<std::string> kept;
+    const nlohmann::json rows = nlohmann::json::parse(slurp(json))["rows"];
+    EXPECT_EQ(rows.size(), 4u) << settings;
+    std::istringstream in(r.err);
+    for (std::string line; std::getline(in, line);)
+      if (line.find("row kept from") != std::string::npos)
+        kept.push_back(line.substr(line.find("compare: ") + 9, line.find(" at ") - line.find("compare: ") - 9));
+    return kept;
+  };
+  using Names = std::vector<std::string>;
+  EXPECT_EQ(kept_after("--probes 2"), (Names{"rtn", "bayesq", "bayesq+distill"}));
+  EXPECT_EQ(kept_after("--probes 3"), (Names{"rtn"}));
+  EXPECT_EQ(nlohmann::json::parse(slurp(json))["rows"][2]["key"]["calibration"]["probes"].get<int>(), 3);
+  EXPECT_EQ(kept_after("--probes 3 --distill-lr 0.001"), (Names{"rtn", "bayesq"}));
+  EXPECT_EQ(kept_after("--probes 3 --distill-lr 0.001 --measure-examples 32"), (Names{"rtn"}));
 }

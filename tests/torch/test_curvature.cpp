@@ -50,8 +50,9 @@ TEST(Curvature, HutchinsonMatchesTheLogisticRegressionClosedForm) {
   LogReg f;
   CurvatureParams params;
   params.probes = 64;
-  params.batch_size = 512;
-  const CurvatureSet set = estimate_curvature(f.model.module, f.index, f.data, params, "logreg.pt");
+  Compute compute;
+  compute.batch_size = 512;
+  const CurvatureSet set = estimate_curvature(f.model.module, f.index, f.data, params, compute, "logreg.pt");
   EXPECT_EQ(set.loss, "kl");
   EXPECT_EQ(set.examples, 32768);
   const torch::Tensor estimate = diagonal_of(set, "weight", {4, 6});
@@ -61,20 +62,22 @@ TEST(Curvature, HutchinsonMatchesTheLogisticRegressionClosedForm) {
 TEST(Curvature, FisherMatchesTheLogisticRegressionClosedForm) {
   LogReg f;
   CurvatureParams params;
-  params.estimator = "fisher";
-  params.batch_size = 512;
-  const CurvatureSet set = estimate_curvature(f.model.module, f.index, f.data, params, "logreg.pt");
+  params.estimator = CurvatureEstimator::fisher;
+  Compute compute;
+  compute.batch_size = 512;
+  const CurvatureSet set = estimate_curvature(f.model.module, f.index, f.data, params, compute, "logreg.pt");
   EXPECT_LT(relative_error(diagonal_of(set, "weight", {4, 6}), f.exact()), 0.05);
 }
 
 TEST(Curvature, StandardErrorShrinksLikeOneOverRootP) {
   LogReg f;
   CurvatureParams params;
-  params.batch_size = 512;
+  Compute compute;
+  compute.batch_size = 512;
   params.probes = 8;
-  const CurvatureSet few = estimate_curvature(f.model.module, f.index, f.data, params, "logreg.pt");
+  const CurvatureSet few = estimate_curvature(f.model.module, f.index, f.data, params, compute, "logreg.pt");
   params.probes = 32;
-  const CurvatureSet many = estimate_curvature(f.model.module, f.index, f.data, params, "logreg.pt");
+  const CurvatureSet many = estimate_curvature(f.model.module, f.index, f.data, params, compute, "logreg.pt");
   const double ratio = few.blocks[0].trace_standard_error / many.blocks[0].trace_standard_error;
   EXPECT_GT(ratio, 1.6);  // sqrt(32 / 8) = 2
   EXPECT_LT(ratio, 2.5);
@@ -88,8 +91,10 @@ TEST(Curvature, HutchinsonMatchesTheLinearRegressionHessian) {
   CurvatureParams params;
   params.loss = "mse";
   params.probes = 256;
-  params.batch_size = 256;
-  const CurvatureSet set = estimate_curvature(model.module, discover_blocks(model.module), data, params, "linreg.pt");
+  Compute compute;
+  compute.batch_size = 256;
+  const CurvatureSet set =
+      estimate_curvature(model.module, discover_blocks(model.module), data, params, compute, "linreg.pt");
   // Squared loss 1/2 ||W x - W_hat x||^2: H[(c, j), (c, j)] = 1/N sum_n x_nj^2 for every output c.
   const torch::Tensor x = data.input(0).to(torch::kFloat64);
   const torch::Tensor exact = x.pow(2).mean(0).unsqueeze(0).expand({3, 5});
@@ -107,8 +112,10 @@ TEST(Curvature, EveryBlockOfAConvNetAndATransformerIsFiniteAndNonNegative) {
     const BlockIndex index = discover_blocks(model.module);
     CurvatureParams params;
     params.probes = 4;
-    params.batch_size = 16;
-    const CurvatureSet set = estimate_curvature(model.module, index, DataFile::load(fixture(c.data)), params, c.model);
+    Compute compute;
+    compute.batch_size = 16;
+    const CurvatureSet set =
+        estimate_curvature(model.module, index, DataFile::load(fixture(c.data)), params, compute, c.model);
     ASSERT_EQ(set.blocks.size(), index.blocks.size());
     for (const auto& b : set.blocks) {
       EXPECT_TRUE(b.available) << c.model << " " << b.name;
@@ -130,7 +137,8 @@ TEST(Curvature, ABlockWithAlwaysZeroInputGetsTheFlaggedFallback) {
   LoadedModel model = load_model(fixture("dead_branch.pt"));
   const BlockIndex index = discover_blocks(model.module);
   const CurvatureSet set =
-      estimate_curvature(model.module, index, DataFile::load(fixture("dead_branch_calib.pt")), CurvatureParams{}, "m");
+      estimate_curvature(model.module, index, DataFile::load(fixture("dead_branch_calib.pt")), CurvatureParams{},
+                         Compute{}, "m");
   const BlockPosterior dead = fit_posterior(set.blocks.at(static_cast<std::size_t>(set.find("dead.weight"))),
                                             set.examples, PosteriorParams{});
   const BlockPosterior live = fit_posterior(set.blocks.at(static_cast<std::size_t>(set.find("live.weight"))),
@@ -144,7 +152,7 @@ TEST(Curvature, FusedOperatorBlocksAreReportedUnavailable) {
   LoadedModel model = load_model(fixture("transformer_fused.pt"));
   const BlockIndex index = discover_blocks(model.module);
   const CurvatureSet set = estimate_curvature(model.module, index, DataFile::load(fixture("transformer_calib.pt")),
-                                              CurvatureParams{}, "transformer_fused.pt");
+                                              CurvatureParams{}, Compute{}, "transformer_fused.pt");
   for (const auto& b : set.blocks) EXPECT_EQ(b.available, b.name == "head.weight") << b.name;
 }
 
@@ -154,11 +162,12 @@ TEST(Curvature, SameSeedIsBitIdenticalAndAnotherSeedIsNot) {
   const DataFile data = DataFile::load(fixture("separable_calib.pt"));
   CurvatureParams params;
   params.probes = 2;
-  params.seed = 11;
-  const CurvatureSet a = estimate_curvature(model.module, index, data, params, "m");
-  const CurvatureSet b = estimate_curvature(model.module, index, data, params, "m");
-  params.seed = 12;
-  const CurvatureSet c = estimate_curvature(model.module, index, data, params, "m");
+  Compute compute;
+  compute.seed = 11;
+  const CurvatureSet a = estimate_curvature(model.module, index, data, params, compute, "m");
+  const CurvatureSet b = estimate_curvature(model.module, index, data, params, compute, "m");
+  compute.seed = 12;
+  const CurvatureSet c = estimate_curvature(model.module, index, data, params, compute, "m");
   bool any_difference = false;
   for (std::size_t i = 0; i < a.blocks.size(); ++i) {
     EXPECT_EQ(a.blocks[i].diagonal, b.blocks[i].diagonal) << a.blocks[i].name;
@@ -171,7 +180,7 @@ TEST(Curvature, CrossEntropyNeedsLabels) {
   LogReg f;
   CurvatureParams params;
   params.loss = "ce";
-  EXPECT_THROW(estimate_curvature(f.model.module, f.index, f.data, params, "logreg.pt"), UserError);
+  EXPECT_THROW(estimate_curvature(f.model.module, f.index, f.data, params, Compute{}, "logreg.pt"), UserError);
 }
 
 TEST(PosteriorArtifact, ReusedForItsModelAndRefusedForAnother) {
@@ -179,7 +188,7 @@ TEST(PosteriorArtifact, ReusedForItsModelAndRefusedForAnother) {
   c.model = fixture("separable.pt");
   c.calib = fixture("separable_calib.pt");
   c.output = scratch("separable.bqp");
-  c.probes = 2;
+  c.curvature.probes = 2;
   run_calibrate(c);
   QuantizeOptions q;
   q.model = fixture("separable.pt");

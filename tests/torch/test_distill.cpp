@@ -12,6 +12,7 @@
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/model_file.h"
 #include "bayesq/pipeline/quantize.h"
+#include "bayesq/pipeline/quantize_model.h"
 #include "bayesq/pipeline/session.h"
 #include "fixtures.h"
 
@@ -26,11 +27,11 @@ QuantizeOptions options(const std::string& out, int64_t steps) {
   o.model = fixture("transformer.pt");
   o.calib = fixture("transformer_calib.pt");
   o.bits = {2.5};
-  o.probes = 2;
-  o.seed = 5;
-  o.distill_steps = steps;
-  o.distill_lr = 1e-3;
-  o.distill_eval_every = 10;
+  o.method.calibration.probes = 2;
+  o.run.seed = 5;
+  o.method.distill.steps = steps;
+  o.method.distill.lr = 1e-3;
+  o.method.distill.eval_every = 10;
   o.output = scratch(out);
   return o;
 }
@@ -92,7 +93,7 @@ TEST(Distill, SameSeedIsByteIdentical) {
 TEST(Distill, NeverWorseThanStepZeroOnTheHeldOutPart) {
   // A learning rate far too large makes every step worse; keep-best must return the starting point.
   QuantizeOptions o = options("too_fast.pt", 20);
-  o.distill_lr = 10.0;
+  o.method.distill.lr = 10.0;
   const QuantizeOutcome out = run_quantize(o);
   const nlohmann::json& report = out.report_json[0]["distillation"];
   EXPECT_EQ(report["best_step"].get<int>(), 0);
@@ -106,11 +107,11 @@ TEST(Distill, StudentIsNotAutogradLinkedToTheSessionModel) {
   // embedding (the one non-block matrix here) into the session's model, and on CUDA failed outright, since those
   // parameters had stayed on the CPU ("EmbeddingBackward0 returned an invalid gradient ... expected device cpu").
   QuantizeOptions o = options("unused.pt", 10);
-  o.curvature = "fisher";
-  Session session(o);
-  const MethodConfig config = method_config(o);
-  QuantizedModel q = session.quantize(config, 2.5);
-  const DistillResult result = session.distill_quantized(o, config, q);
+  o.method.curvature = Curvature::fisher;
+  Compute compute;
+  compute.seed = o.run.seed;
+  Session session({o.model, o.calib, ""}, compute);
+  const BudgetResult result = run_budget(session, o.method, 2.5, o.output, OutputFormat::packed);
   int checked = 0;
   for (const auto& p : session.model().module.named_parameters(true)) {
     EXPECT_FALSE(p.value.grad().defined()) << p.name << " received a gradient";

@@ -16,8 +16,9 @@
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/block_tensor.h"
 #include "bayesq/model/model_file.h"
-#include "bayesq/pipeline/feedback.h"
+#include "bayesq/gptq/feedback.h"
 #include "bayesq/pipeline/quantize.h"
+#include "bayesq/pipeline/quantize_model.h"
 #include "bayesq/pipeline/session.h"
 #include "fixtures.h"
 
@@ -39,10 +40,10 @@ struct Fixture {
     for (std::size_t b = 0; b < index.blocks.size(); ++b) all.push_back(b);
     CaptureParams p;
     p.output_gradients = gradients;
-    calib = capture_layer_stats(model.module, index, all, DataFile::load(fixture(calib_file)), p, name);
+    calib = capture_layer_stats(model.module, index, all, DataFile::load(fixture(calib_file)), p, Compute{}, name);
     if (!eval_file.empty())
       held_out = capture_layer_stats(model.module, index, all, DataFile::load(fixture(eval_file)), CaptureParams{},
-                                     name);
+                                     Compute{}, name);
   }
   std::size_t block(const std::string& name) const { return static_cast<std::size_t>(index.find(name)); }
   torch::Tensor rows(std::size_t b) const { return block_rows(find_tensor(model.module, index.blocks[b].name), index.blocks[b]); }
@@ -203,9 +204,9 @@ TEST(Gptq, CholeskyFailureHealsByDampingAndIsReported) {
   QuantizeOptions o;
   o.model = fixture("logreg.pt");
   o.calib = fixture("logreg_rank_deficient.pt");
-  o.method = "gptq";
+  o.method.method = Method::gptq;
   o.bits = {4.0};
-  o.percdamp = 0.0;
+  o.method.gptq.percdamp = 0.0;
   o.output = scratch("rank_deficient.pt");
   const nlohmann::json report = run_quantize(o).report_json.at(0);
   const nlohmann::json& block = report["details"]["gptq_blocks"][0];
@@ -283,26 +284,22 @@ TEST(Gptq, KfacBayesqLayerErrorIsNoWorseThanGptqAtEqualAverageBits) {
   for (const Case& c : {Case{"separable.pt", "separable_calib.pt", "separable_eval.pt"},
                         Case{"transformer.pt", "transformer_calib.pt", "transformer_eval.pt"}}) {
     Fixture f(c.model, c.calib, c.eval);
-    QuantizeOptions o;
-    o.model = fixture(c.model);
-    o.calib = fixture(c.calib);
-    o.output = scratch("unused.pt");
-    Session session(o);
+    Session session({fixture(c.model), fixture(c.calib), ""}, Compute{});
     MethodConfig gptq;
-    gptq.method = "gptq";
-    const QuantizedModel g = session.quantize(gptq, 3.0);
+    gptq.method = Method::gptq;
+    const QuantizedModel g = quantize_model(session, gptq, 3.0);
     int64_t bits = 0, weights = 0;
     for (std::size_t b = 0; b < g.blocks.size(); ++b) {
       bits += g.blocks[b].cost().total();
       weights += f.index.blocks[b].numel();
     }
     MethodConfig kfac;
-    kfac.method = "bayesq";
-    kfac.curvature = "kfac";
+    kfac.method = Method::bayesq;
+    kfac.curvature = Curvature::kfac;
     // The K-FAC loss model (the expected table) is what approximates layer output error; a measured table
     // optimises the network's KL instead, which is not what this criterion scores.
-    kfac.table_loss = "expected";
-    const QuantizedModel k = session.quantize(kfac, double(bits) / double(weights));
+    kfac.table_loss = TableLoss::expected;
+    const QuantizedModel k = quantize_model(session, kfac, double(bits) / double(weights));
     double e_gptq = 0.0, e_kfac = 0.0;
     int64_t kfac_bits = 0;
     for (std::size_t b = 0; b < g.blocks.size(); ++b) {

@@ -41,10 +41,10 @@ QuantizeOptions options(const std::string& model, const std::string& calib, cons
   o.calib = fixture(calib);
   o.output = scratch(out);
   o.report = scratch(out + ".json");
-  o.seed = 3;
+  o.run.seed = 3;
   // The measured table (the default) runs the model 14 times per block; its own test below checks it, and the
   // end-to-end tests keep the ResNet-18 fixture fast with the expected-loss table.
-  o.table_loss = "expected";
+  o.method.table_loss = TableLoss::expected;
   return o;
 }
 
@@ -59,14 +59,14 @@ TEST(Pipeline, BayesqBeatsRtnInKlAtNoLargerFile) {
   for (const Case& c : {Case{"resnet18.pt", "resnet18_calib.pt", "resnet18_eval.pt"},
                         Case{"transformer.pt", "transformer_calib.pt", "transformer_eval.pt"}}) {
     QuantizeOptions rtn = options(c.model, c.calib, std::string("rtn_") + c.model);
-    rtn.method = "rtn";
+    rtn.method.method = Method::rtn;
     rtn.bits = {3.0};
     const nlohmann::json rtn_report = run_quantize(rtn).report_json.at(0);
     // bayesq at 3.0 bits or, where metadata makes RTN's file larger than that, at RTN's own average.
     QuantizeOptions bq = options(c.model, c.calib, std::string("bayesq_") + c.model);
     bq.bits = {std::max(3.0, std::floor(rtn_report["totals"]["average_bits"].get<double>() * 1000) / 1000)};
-    bq.probes = 4;
-    if (std::string(c.model) == "transformer.pt") bq.table_loss = "measured";
+    bq.method.calibration.probes = 4;
+    if (std::string(c.model) == "transformer.pt") bq.method.table_loss = TableLoss::measured;
     const nlohmann::json bq_report = run_quantize(bq).report_json.at(0);
     const double kl_rtn = mean_kl(rtn.output, fixture(c.model), fixture(c.eval));
     const double kl_bq = mean_kl(bq.output, fixture(c.model), fixture(c.eval));
@@ -85,9 +85,9 @@ TEST(Pipeline, BayesqBeatsRtnInKlAtNoLargerFile) {
 // model on the measured examples.
 TEST(Pipeline, MeasuredTableEntriesAreTheCalibrationKlOfOneQuantizedBlock) {
   QuantizeOptions o = options("separable.pt", "separable_calib.pt", "measured.pt");
-  o.table_loss = "measured";
-  o.measure_examples = 96;  // the whole calibration file
-  o.probes = 2;
+  o.method.table_loss = TableLoss::measured;
+  o.method.measure.examples = 96;  // the whole calibration file
+  o.method.calibration.probes = 2;
   o.bits = {4.0};
   const nlohmann::json report = run_quantize(o).report_json.at(0);
   const nlohmann::json& table = report.at("loss_table");
@@ -104,13 +104,13 @@ TEST(Pipeline, MeasuredTableEntriesAreTheCalibrationKlOfOneQuantizedBlock) {
       const int bits = e.at("bits").get<int>();
       if (bits != 2 && (bits != 4 || std::string(block) == "dw1.weight")) continue;
       QuantizeOptions one = options("separable.pt", "separable_calib.pt", "one_block.pt");
-      one.table_loss = "expected";  // allocation is forced; no measuring on this path
-      one.probes = 2;
+      one.method.table_loss = TableLoss::expected;  // allocation is forced; no measuring on this path
+      one.method.calibration.probes = 2;
       one.format = "fake";
-      one.keep_fp = {std::string("^(?!") + block + "$)"};
-      one.rules = {BitsRule{std::string("^") + block + "$", bits, bits}};
-      one.codebook = e.at("kind").get<std::string>() == "lloyd" ? "lloyd" : "uniform";
-      one.candidates = {bits};
+      one.method.allocation.keep_fp = {std::string("^(?!") + block + "$)"};
+      one.method.allocation.rules = {BitsRule{std::string("^") + block + "$", bits, bits}};
+      one.method.table.kinds = {e.at("kind").get<std::string>() == "lloyd" ? CodebookKind::lloyd : CodebookKind::uniform_asymmetric};
+      one.method.table.candidates = {bits};
       one.bits = {16.0};
       run_quantize(one);
       const double kl = mean_kl(one.output, o.model, o.calib);
@@ -130,12 +130,12 @@ TEST(Pipeline, MeasuredTableEntriesAreTheCalibrationKlOfOneQuantizedBlock) {
 // per-row min-max round-to-nearest, the error computed here in plain torch.
 TEST(Pipeline, HawqTableIsTraceTimesRoundToNearestError) {
   QuantizeOptions o = options("separable.pt", "separable_calib.pt", "hawq.pt");
-  o.method = "hawq";
-  o.probes = 2;
-  Session session(o);
-  const MethodConfig config = method_config(o);
+  o.method.method = Method::hawq;
+  o.method.calibration.probes = 2;
+  Session session({o.model, o.calib, ""}, Compute{});
+  const MethodConfig config = o.method.resolved(true);
   const LossTable& table = session.table(config);
-  const CurvatureSet& curvature = session.curvature();
+  const CurvatureSet& curvature = session.curvature(config.curvature_params());
   int checked = 0;
   for (const BlockInfo& info : session.index().blocks) {
     const CurvatureStats& c = curvature.blocks[static_cast<std::size_t>(curvature.find(info.name))];
@@ -163,12 +163,12 @@ TEST(Pipeline, HawqTableIsTraceTimesRoundToNearestError) {
 TEST(Pipeline, SameSeedGivesByteIdenticalFiles) {
   QuantizeOptions a = options("separable.pt", "separable_calib.pt", "det.pt");
   a.bits = {5.0};
-  a.probes = 3;
+  a.method.calibration.probes = 3;
   run_quantize(a);
   const std::string first = read_bytes(a.output);
   run_quantize(a);
   EXPECT_EQ(first, read_bytes(a.output));
-  a.seed = 4;
+  a.run.seed = 4;
   run_quantize(a);
   EXPECT_NE(first, read_bytes(a.output)) << "another seed draws other probes";
 }
@@ -176,7 +176,7 @@ TEST(Pipeline, SameSeedGivesByteIdenticalFiles) {
 TEST(Pipeline, ReportAddsUpToTheFileAndMeetsTheBudget) {
   QuantizeOptions o = options("resnet18.pt", "resnet18_calib.pt", "budget.pt");
   o.bits = {2.5, 3.5};
-  o.probes = 2;
+  o.method.calibration.probes = 2;
   const QuantizeOutcome out = run_quantize(o);
   ASSERT_EQ(out.outputs.size(), 2u);
   EXPECT_EQ(out.outputs[0], scratch("budget-2.5b.pt"));
@@ -202,7 +202,7 @@ TEST(Pipeline, ReportAddsUpToTheFileAndMeetsTheBudget) {
 TEST(Pipeline, PythonLoadsPackedAndFakeAndAgreesWithCpp) {
   QuantizeOptions packed = options("transformer.pt", "transformer_calib.pt", "py_packed.pt");
   packed.bits = {4.0};
-  packed.probes = 2;
+  packed.method.calibration.probes = 2;
   run_quantize(packed);
   QuantizeOptions fake = packed;
   fake.format = "fake";

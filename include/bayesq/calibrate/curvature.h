@@ -17,26 +17,18 @@
 
 #include <torch/script.h>
 
+#include "bayesq/calibrate/curvature_params.h"
 #include "bayesq/data/data_file.h"
 #include "bayesq/index/block_index.h"
+#include "bayesq/model/compute.h"
 #include "bayesq/posterior/posterior.h"
 
 namespace bayesq {
 
-struct CurvatureParams {
-  std::string estimator = "hutchinson";  // hutchinson | fisher
-  std::string loss = "auto";             // auto | kl | ce | mse
-  int64_t probes = 8;
-  int64_t batch_size = 32;
-  int64_t max_examples = 0;              // 0: every example in the file
-  std::string output;                    // --output-index
-  std::string device = "cpu";
-  uint64_t seed = 0;
-};
-
 // Throws UserError(usage) on bad parameters (ce without labels, unknown names) and UserError(input) when the data
 // does not fit the model.
 CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& index, const DataFile& data,
-                                const CurvatureParams& params, const std::string& model_path);
+                                const CurvatureParams& params, const Compute& compute,
+                                const std::string& model_path);
 
 }  // namespace bayesq

@@ -22,16 +22,12 @@
 
 #include "bayesq/data/data_file.h"
 #include "bayesq/index/block_index.h"
+#include "bayesq/model/compute.h"
 
 namespace bayesq {
 
 struct CaptureParams {
-  int64_t batch_size = 32;
-  int64_t max_examples = 0;  // 0: all
-  std::string output;        // --output-index
-  std::string device = "cpu";
-  bool output_gradients = false;
-  uint64_t seed = 0;
+  bool output_gradients = false;  // also G (K-FAC), with labels sampled from the model (compute.seed)
 };
 
 struct LayerStats {
@@ -49,7 +45,8 @@ struct LayerStats {
 // or transposed convolutions are returned with captured = false and the reason.
 std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const BlockIndex& index,
                                             const std::vector<std::size_t>& blocks, const DataFile& data,
-                                            const CaptureParams& params, const std::string& model_path);
+                                            const CaptureParams& params, const Compute& compute,
+                                            const std::string& model_path);
 
 // The activation rows one convolution or matmul multiplies its weight with, [samples, cols] per group; exposed
 // for tests (layer output errors).

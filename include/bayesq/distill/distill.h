@@ -15,22 +15,12 @@
 
 #include "bayesq/codebook/block_quantizer.h"
 #include "bayesq/data/data_file.h"
+#include "bayesq/distill/distill_params.h"
 #include "bayesq/index/block_index.h"
+#include "bayesq/model/compute.h"
 #include "bayesq/posterior/posterior.h"
 
 namespace bayesq {
-
-struct DistillParams {
-  int64_t steps = 500;
-  double lr = 1e-4;              // Adam learning rate (tables, scales, biases are in weight units)
-  int64_t teacher_samples = 1;
-  double holdout = 0.1;          // fraction of the calibration examples held out for keep-best
-  int64_t eval_every = 25;
-  int64_t batch_size = 32;
-  std::string output;            // --output-index
-  std::string device = "cpu";
-  uint64_t seed = 0;
-};
 
 struct DistillResult {
   torch::jit::Module module;     // the input module with its distilled biases and norm parameters
@@ -41,6 +31,7 @@ struct DistillResult {
 // 1) give the weight-sampling variances 1 / pi.
 DistillResult distill(const torch::jit::Module& module, const BlockIndex& index, std::vector<QuantizedBlock>& blocks,
                       const std::vector<bool>& present, const std::vector<BlockPosterior>& posteriors,
-                      const DataFile& calibration, const DistillParams& params, const std::string& model_path);
+                      const DataFile& calibration, const DistillParams& params, const Compute& compute,
+                     const std::string& model_path);
 
 }  // namespace bayesq

@@ -14,7 +14,7 @@ namespace bayesq {
 struct EvalParams {
   int64_t batch_size = 256;
   std::string output;  // --output-index
-  std::string device = "cpu";
+  torch::Device device{torch::kCPU};
   int ece_bins = 15;
 };
 

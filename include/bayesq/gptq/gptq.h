@@ -15,14 +15,9 @@
 
 #include <torch/script.h>
 
-namespace bayesq {
+#include "bayesq/gptq/gptq_params.h"
 
-struct GptqParams {
-  double percdamp = 0.01;
-  bool act_order = false;
-  int64_t block_size = 128;
-  int max_damp_steps = 8;
-};
+namespace bayesq {
 
 struct GptqStats {
   double percdamp_used = 0.0;

@@ -7,19 +7,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bayesq/pipeline/config.h"
+
 namespace bayesq {
 
 struct CalibrateOptions {
   std::string model, calib, output;
-  std::string curvature = "hutchinson";
-  std::string curvature_loss = "auto";
-  int64_t probes = 8;
-  int64_t batch_size = 32;
-  int64_t max_examples = 0;
-  std::string output_index;
-  std::string device = "cpu";
-  uint64_t seed = 0;
-  int threads = 0;
+  CurvatureParams curvature;
+  RunContext run;
 };
 
 // Writes the posterior artifact; returns per-block curvature stats and provenance.
@@ -27,10 +22,9 @@ nlohmann::json run_calibrate(const CalibrateOptions& options);
 
 struct EvalOptions {
   std::string model, data, reference;
-  int64_t batch_size = 256;
-  std::string output_index;
-  std::string device = "cpu";
-  int threads = 0;
+  RunContext run;  // its batch_size is the evaluation batch (256 unless set)
+
+  EvalOptions() { run.batch_size = 256; }
 };
 
 nlohmann::json run_eval(const EvalOptions& options);

@@ -2,13 +2,14 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
+
+#include <torch/script.h>
 
 namespace bayesq {
 
 int64_t peak_host_bytes();
 // 0 on CPU devices or CPU-only builds.
-int64_t peak_device_bytes(const std::string& device);
-void reset_peak_device_bytes(const std::string& device);
+int64_t peak_device_bytes(const torch::Device& device);
+void reset_peak_device_bytes(const torch::Device& device);
 
 }  // namespace bayesq

@@ -8,52 +8,23 @@
 
 #include <nlohmann/json.hpp>
 
-#include "bayesq/allocate/allocation.h"
+#include "bayesq/pipeline/config.h"
 
 namespace bayesq {
 
 struct QuantizeOptions {
-  std::string model, output, calib, report, posterior;
-  std::string method = "bayesq";          // bayesq | rtn | gptq | hawq
-  std::vector<double> bits{3.0};          // one output per budget
-  std::string format = "packed";          // packed | fake
-  std::string device = "cpu";
-  uint64_t seed = 0;
-  int64_t batch_size = 32;
-  std::string output_index;
-  int64_t group_size = 0;
-  // Calibration
-  std::string curvature = "hutchinson";   // hutchinson | fisher | kfac (bayesq); hawq always uses hutchinson
-  std::string curvature_loss = "auto";
-  int64_t probes = 8;
-  int64_t max_examples = 0;
-  double damp = 0.01;
-  // Tables
-  std::vector<int> candidates{1, 2, 3, 4, 5, 6, 8};  // 1 bit included so budgets near 2.0 stay feasible with metadata
-  std::string codebook = "auto";          // lloyd | uniform | uniform-symmetric | auto (lloyd and uniform)
-  double tau = 0.0;
-  std::string table_loss = "measured";    // measured | expected (see Note [Measured tables] in session.cpp)
-  int64_t measure_examples = 128;         // calibration examples a measured table scores
-  // GPTQ (gptq, and the error feedback of bayesq with kfac)
-  double percdamp = 0.01;
-  bool act_order = false;
-  int64_t gptq_block_size = 128;
-  bool one_shot = false;                  // gptq: all layer inputs from the float model instead of sequentially
-  // Distillation (0 steps: off)
-  int64_t distill_steps = 0;
-  double distill_lr = 1e-4;
-  int64_t teacher_samples = 1;
-  double distill_holdout = 0.1;
-  int64_t distill_eval_every = 25;
-  // Allocation
-  std::string allocator = "dp";           // dp (exact or finely coarsened knapsack) | greedy (the paper's)
-  bool certify = false;
-  std::vector<std::string> keep_fp;
-  std::vector<BitsRule> rules;
-  int threads = 0;
+  std::string model, calib, posterior;  // inputs: the model, calibration data, a saved posterior (.bqp)
+  std::string output, report;           // outputs; "{bits}" is replaced by the budget (see output_name)
+  std::vector<double> bits{3.0};        // one output per budget
+  std::string format = "packed";        // packed | fake
+  RunContext run;
+  MethodConfig method;
   std::vector<std::string> command_line;
   std::string config_file;
 };
+
+// Everything but the command line, as the report's "config" states it (the method resolved as it ran).
+nlohmann::json options_json(const QuantizeOptions& o);
 
 struct QuantizeOutcome {
   std::vector<std::string> outputs;
@@ -69,5 +40,9 @@ std::string output_name(const std::string& pattern, double bits, bool several);
 // Allowed range of --bits (average bits per weight, metadata included).
 constexpr double kMinBudget = 1.0;
 constexpr double kMaxBudget = 16.0;
+
+// Usage checks that need no file: the method's needs against the inputs given, budgets, ranges. Throws
+// UserError(usage).
+void check_method_inputs(const MethodConfig& method, const std::string& calib, const std::string& posterior);
 
 }  // namespace bayesq

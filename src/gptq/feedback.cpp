@@ -1,4 +1,4 @@
-#include "bayesq/pipeline/feedback.h"
+#include "bayesq/gptq/feedback.h"
 
 #include <limits>
 

@@ -1,0 +1,44 @@
+// BayesQ in the K-FAC metric (METHOD.md §2 K-FAC): the per-weight precision that codebooks are designed with,
+// the options of one block (codebooks from that precision, codes chosen with GPTQ-style error feedback along A),
+// and the expected-loss entries of a block scored in the K-FAC metric.
+#pragma once
+
+#include <utility>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "bayesq/capture/layer_capture.h"
+#include "bayesq/codebook/block_quantizer.h"
+#include "bayesq/gptq/gptq_params.h"
+#include "bayesq/index/block_index.h"
+#include "bayesq/table/loss_table.h"
+
+namespace bayesq {
+
+// Diagonal K-FAC precision of every weight, [rows, cols] row-major:
+//   pi_rj = N G_rr A_g(r),jj + lambda,  lambda = damp * mean(N G_rr A_jj)  (1 where that mean is 0),
+// all ones for a block without statistics (plain squared error).
+std::vector<float> kfac_precision(const LayerStats& stats, const BlockInfo& info, double damp);
+
+struct KfacOptionTimes {
+  double design_seconds = 0.0;    // codebook design in the diagonal metric
+  double feedback_seconds = 0.0;  // the stacked error-feedback pass
+};
+
+// The block at each (bits, kind) option: codebooks designed on `weights` (with the K-FAC precision) by the core
+// quantizer, then, where the block has statistics, its codes re-chosen by quantize_with_feedback_options (all
+// options in one stacked pass) on `device`. plugin_loss stays the codebook fit's.
+std::vector<QuantizedBlock> kfac_option_blocks(const BlockWeights& weights, const BlockInfo& info,
+                                               const LayerStats& stats,
+                                               const std::vector<std::pair<int, CodebookKind>>& choices,
+                                               const QuantizerParams& quantizer, const GptqParams& gptq,
+                                               const torch::Device& device, KfacOptionTimes* times = nullptr);
+
+// Scores a block's table entries (in entry order, as `blocks`) by the K-FAC metric of their weight error
+// (kfac_loss in feedback.h), or by the codebook's own expected loss where the block has no statistics, and sets
+// `monotone`.
+void score_kfac_entries(BlockLosses& losses, const std::vector<QuantizedBlock>& blocks, const BlockWeights& weights,
+                        const BlockInfo& info, const LayerStats& stats, double damp, const torch::Device& device);
+
+}  // namespace bayesq

@@ -1,0 +1,46 @@
+// Measured loss tables: every entry of a LossTable scored by the model itself on calibration data.
+//
+// Note [Measured tables]: the expected loss is a local quadratic model of the calibration KL. It is accurate for
+// small weight errors and off for large ones (at 1-2 bits it can miss by several times either way), which is where
+// the allocator's decisions matter most. A measured table replaces each entry by N times the calibration KL of the
+// model with that one block quantized as the final pass quantizes it (the same option function; for K-FAC the
+// stacked pass may round differently from a one-option pass in the last float bit), every other block in floating
+// point: still additive across blocks, but exact within each block.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "bayesq/codebook/block_quantizer.h"
+#include "bayesq/data/data_file.h"
+#include "bayesq/index/block_index.h"
+#include "bayesq/measure/measure_params.h"
+#include "bayesq/model/compute.h"
+#include "bayesq/table/loss_table.h"
+
+namespace bayesq {
+
+// The quantized block at each (bits, kind) option of index block `block`, in the order asked.
+using OptionBlocks =
+    std::function<std::vector<QuantizedBlock>(std::size_t block, const std::vector<std::pair<int, CodebookKind>>&)>;
+
+struct MeasureStats {
+  double seconds = 0.0;
+  double quantize_seconds = 0.0;  // inside `options` and swapping weights in
+  double forward_seconds = 0.0;   // forward passes and KL
+};
+
+// Fills every entry's expected_loss with N x the mean KL(float || one block quantized) over the first
+// params.examples calibration examples (N: the file's examples), plugin_loss and lloyd_fallbacks from the option,
+// and each block's `monotone`. The model is not modified (a copy runs on compute.device). Forward passes run in
+// batches of max(compute.batch_size, 128) without gradients; `options` runs with autograd as it was, since it may
+// compute statistics on first use.
+MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
+                                const OptionBlocks& options, const MeasureParams& params, const Compute& compute,
+                                const std::string& model_path, LossTable& table);
+
+}  // namespace bayesq

@@ -1,0 +1,59 @@
+// What each method does with a session's artifacts, for one budget: the dispatch from a MethodConfig to the
+// stages (tables from table/, gptq/ and measure/, allocation from allocate/, GPTQ from gptq/, distillation from
+// distill/, the writer from export/), and the per-budget runner that `quantize` and `compare` share.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/script.h>
+
+#include "bayesq/allocate/allocation.h"
+#include "bayesq/codebook/block_quantizer.h"
+#include "bayesq/export/model_writer.h"
+#include "bayesq/pipeline/config.h"
+#include "bayesq/pipeline/session.h"
+
+namespace bayesq {
+
+struct QuantizedModel {
+  std::vector<QuantizedBlock> blocks;  // one per index block; unused where kept in floating point
+  std::vector<bool> present;
+  std::optional<Allocation> allocation;
+  nlohmann::json details = nlohmann::json::object();  // method specifics (per-block GPTQ damping, fallbacks)
+  nlohmann::json timings = nlohmann::json::object();
+  std::vector<const QuantizedBlock*> slots() const;
+};
+
+// The block at each (bits, kind) option exactly as the final pass quantizes it: the one place that decides how
+// a block is quantized for bayesq and hawq (tables, measurements and the final pass all come through here).
+std::vector<QuantizedBlock> option_blocks(Session& session, const MethodConfig& config, std::size_t block,
+                                          const std::vector<std::pair<int, CodebookKind>>& choices);
+
+// The loss table of a (resolved) configuration, built from the session's artifacts. Session::table caches it.
+LossTable build_table(Session& session, const MethodConfig& config);
+
+// Every block for one budget (average bits per weight, metadata included). Throws InfeasibleBudget when the
+// table and rules cannot meet it, UserError(usage) for a fractional budget of a whole-bit method.
+QuantizedModel quantize_model(Session& session, const MethodConfig& config, double bits);
+
+// The outcome of one budget: quantized, distilled where the configuration asks, written.
+struct BudgetResult {
+  QuantizedModel quantized;
+  torch::jit::Module module;     // what was written: the session's model, or its distilled copy
+  nlohmann::json distillation;   // the distillation report (null without distillation)
+  WriteStats written;
+  nlohmann::json timings;        // the method's stages, "distill", "write"
+  int64_t weights = 0, code_bits = 0, metadata_bits = 0;  // over the quantized blocks
+  double average_bits() const { return weights ? double(code_bits + metadata_bits) / double(weights) : 0.0; }
+  double average_code_bits() const { return weights ? double(code_bits) / double(weights) : 0.0; }
+};
+
+// quantize_model -> distill (config.distill.steps > 0) -> write `path` in `format`.
+BudgetResult run_budget(Session& session, const MethodConfig& config, double bits, const std::string& path,
+                        OutputFormat format);
+
+}  // namespace bayesq

@@ -1,0 +1,269 @@
+#include "bayesq/pipeline/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+#include "bayesq/common/errors.h"
+
+namespace bayesq {
+
+namespace {
+
+std::vector<std::string> split(const std::string& text, char separator) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string part; std::getline(in, part, separator);) out.push_back(part);
+  if (!text.empty() && text.back() == separator) out.push_back("");
+  return out;
+}
+
+nlohmann::json rules_json(const std::vector<BitsRule>& rules) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& r : rules) out.push_back({{"pattern", r.pattern}, {"min_bits", r.min_bits}, {"max_bits", r.max_bits}});
+  return out;
+}
+
+std::vector<BitsRule> rules_from_json(const nlohmann::json& j) {
+  std::vector<BitsRule> out;
+  for (const auto& r : j) out.push_back({r.at("pattern").get<std::string>(), r.at("min_bits").get<int>(), r.at("max_bits").get<int>()});
+  return out;
+}
+
+}  // namespace
+
+void RunContext::validate() const {
+  BQ_CHECK(batch_size > 0, ExitCode::usage, "--batch-size must be positive");
+  BQ_CHECK(max_examples >= 0, ExitCode::usage, "--max-examples must be >= 0 (0: all)");
+  BQ_CHECK(threads >= 0, ExitCode::usage, "--threads must be >= 0 (0: all cores)");
+}
+
+void to_json(nlohmann::json& j, const RunContext& r) {
+  j = nlohmann::json{{"device", r.device},         {"seed", r.seed},
+                     {"threads", r.threads},       {"batch_size", r.batch_size},
+                     {"max_examples", r.max_examples}, {"output_index", r.output_index}};
+}
+
+void from_json(const nlohmann::json& j, RunContext& r) {
+  r = RunContext{};
+  r.device = j.value("device", r.device);
+  r.seed = j.value("seed", r.seed);
+  r.threads = j.value("threads", r.threads);
+  r.batch_size = j.value("batch_size", r.batch_size);
+  r.max_examples = j.value("max_examples", r.max_examples);
+  r.output_index = j.value("output_index", r.output_index);
+}
+
+LossTableParams MethodConfig::default_table() {
+  LossTableParams t;
+  t.candidates = {1, 2, 3, 4, 5, 6, 8};  // 1 bit included so budgets near 2.0 stay feasible with metadata
+  t.kinds = {CodebookKind::lloyd, CodebookKind::uniform_asymmetric};
+  return t;
+}
+
+DistillParams MethodConfig::no_distill() {
+  DistillParams d;
+  d.steps = 0;
+  return d;
+}
+
+CurvatureParams MethodConfig::curvature_params() const {
+  CurvatureParams p = calibration;
+  p.estimator = curvature == Curvature::fisher ? CurvatureEstimator::fisher : CurvatureEstimator::hutchinson;
+  return p;
+}
+
+std::string MethodConfig::label() const {
+  const std::string measured = table_loss == TableLoss::measured ? ", measured" : "";
+  if (method == Method::gptq) return gptq.act_order ? "gptq (act-order)" : "gptq";
+  if (method == Method::bayesq) {
+    std::string label = "bayesq (" + std::string(curvature == Curvature::hutchinson ? "diag" : curvature_name(curvature));
+    if (table.kinds.size() == 1) label += std::string(", ") + codebook_kind_name(table.kinds[0]);
+    if (table.quantizer.tau > 0) label += ", tau " + std::to_string(table.quantizer.tau).substr(0, 4);
+    if (allocation.allocator == AllocatorKind::greedy) label += ", greedy";
+    return label + measured + ")";
+  }
+  return method_name(method);
+}
+
+MethodConfig MethodConfig::resolved(bool has_calibration) const {
+  MethodConfig c = *this;
+  // A measured table runs the model on calibration data; with only a saved posterior (--posterior, no --calib)
+  // the expected-loss model is what there is.
+  if (!has_calibration) c.table_loss = TableLoss::expected;
+  if (c.method == Method::hawq) {  // HAWQ is defined by its trace-times-error sensitivity: never a measured table
+    c.table.kinds = {CodebookKind::uniform_asymmetric};
+    c.table_loss = TableLoss::expected;
+  }
+  return c;
+}
+
+void MethodConfig::validate() const {
+  BQ_CHECK(table.quantizer.group_size >= 0, ExitCode::usage, "--group-size must be >= 0 (0: one codebook per row)");
+  BQ_CHECK(posterior.damp >= 0.0, ExitCode::usage, "--damp must be >= 0");
+  BQ_CHECK(gptq.percdamp >= 0.0, ExitCode::usage, "--percdamp must be >= 0");
+  BQ_CHECK(gptq.block_size >= 1, ExitCode::usage, "--gptq-block-size must be >= 1");
+  BQ_CHECK(table.quantizer.tau >= 0.0 && table.quantizer.tau <= 1.0, ExitCode::usage,
+           "--posterior-temp must be in [0, 1]");
+  BQ_CHECK(calibration.probes >= 1, ExitCode::usage, "--probes must be >= 1");
+  BQ_CHECK(!table.candidates.empty(), ExitCode::usage, "--candidates must name at least one bit-width");
+  for (int b : table.candidates)
+    BQ_CHECK(b >= kMinBits && b <= kMaxBits, ExitCode::usage, "--candidates: ", b, " is outside ", kMinBits, "..",
+             kMaxBits);
+  BQ_CHECK(distill.steps >= 0, ExitCode::usage, "--distill-steps must be >= 0");
+  if (distill.steps > 0) {
+    BQ_CHECK(distill.lr > 0.0, ExitCode::usage, "--distill-lr must be positive");
+    BQ_CHECK(distill.teacher_samples >= 1, ExitCode::usage, "--teacher-samples must be >= 1");
+    BQ_CHECK(distill.teacher_samples == 1 || (method == Method::bayesq && curvature != Curvature::kfac),
+             ExitCode::usage,
+             "--teacher-samples > 1 samples the diagonal posterior: use --method bayesq with hutchinson or fisher");
+    BQ_CHECK(distill.holdout >= 0.0 && distill.holdout < 1.0, ExitCode::usage, "--distill-holdout must be in [0, 1)");
+    BQ_CHECK(distill.eval_every >= 1, ExitCode::usage, "--distill-eval-every must be >= 1");
+  }
+}
+
+void to_json(nlohmann::json& j, const CurvatureParams& p) {
+  j = nlohmann::json{{"estimator", curvature_estimator_name(p.estimator)}, {"loss", p.loss}, {"probes", p.probes}};
+}
+
+void to_json(nlohmann::json& j, const PosteriorParams& p) { j = nlohmann::json{{"damp", p.damp}}; }
+
+void to_json(nlohmann::json& j, const MethodConfig& c) {
+  std::vector<std::string> kinds;
+  for (CodebookKind k : c.table.kinds) kinds.push_back(codebook_kind_name(k));
+  j = nlohmann::json{
+      {"label", c.label()},
+      {"method", method_name(c.method)},
+      {"curvature", curvature_name(c.curvature)},
+      {"calibration", c.curvature_params()},  // the estimator as `curvature` implies it
+      {"posterior", c.posterior},
+      {"table",
+       {{"candidates", c.table.candidates},
+        {"codebooks", kinds},
+        {"group_size", c.table.quantizer.group_size},
+        {"posterior_temp", c.table.quantizer.tau},
+        {"loss", table_loss_name(c.table_loss)},
+        {"measure_examples", c.measure.examples}}},
+      {"allocation",
+       {{"allocator", allocator_kind_name(c.allocation.allocator)},
+        {"certify", c.allocation.certify},
+        {"keep_fp", c.allocation.keep_fp},
+        {"rules", rules_json(c.allocation.rules)}}},
+      {"gptq",
+       {{"percdamp", c.gptq.percdamp},
+        {"act_order", c.gptq.act_order},
+        {"block_size", c.gptq.block_size},
+        {"max_damp_steps", c.gptq.max_damp_steps},
+        {"sequential", c.sequential}}},
+      {"distill",
+       {{"steps", c.distill.steps},
+        {"lr", c.distill.lr},
+        {"teacher_samples", c.distill.teacher_samples},
+        {"holdout", c.distill.holdout},
+        {"eval_every", c.distill.eval_every}}}};
+}
+
+void from_json(const nlohmann::json& j, MethodConfig& c) {
+  c = MethodConfig{};
+  c.method = method_from_name(j.at("method").get<std::string>());
+  c.curvature = curvature_from_name(j.at("curvature").get<std::string>());
+  const auto& cal = j.at("calibration");
+  c.calibration.loss = cal.at("loss").get<std::string>();
+  c.calibration.probes = cal.at("probes").get<int64_t>();
+  c.posterior.damp = j.at("posterior").at("damp").get<double>();
+  const auto& t = j.at("table");
+  c.table.candidates = t.at("candidates").get<std::vector<int>>();
+  c.table.kinds.clear();
+  for (const auto& k : t.at("codebooks")) c.table.kinds.push_back(codebook_kind_from_name(k.get<std::string>()));
+  c.table.quantizer.group_size = t.at("group_size").get<int64_t>();
+  c.table.quantizer.tau = t.at("posterior_temp").get<double>();
+  c.table_loss = table_loss_from_name(t.at("loss").get<std::string>());
+  c.measure.examples = t.at("measure_examples").get<int64_t>();
+  const auto& a = j.at("allocation");
+  c.allocation.allocator = allocator_kind_from_name(a.at("allocator").get<std::string>());
+  c.allocation.certify = a.at("certify").get<bool>();
+  c.allocation.keep_fp = a.at("keep_fp").get<std::vector<std::string>>();
+  c.allocation.rules = rules_from_json(a.at("rules"));
+  const auto& g = j.at("gptq");
+  c.gptq.percdamp = g.at("percdamp").get<double>();
+  c.gptq.act_order = g.at("act_order").get<bool>();
+  c.gptq.block_size = g.at("block_size").get<int64_t>();
+  c.gptq.max_damp_steps = g.at("max_damp_steps").get<int>();
+  c.sequential = g.at("sequential").get<bool>();
+  const auto& d = j.at("distill");
+  c.distill.steps = d.at("steps").get<int64_t>();
+  c.distill.lr = d.at("lr").get<double>();
+  c.distill.teacher_samples = d.at("teacher_samples").get<int64_t>();
+  c.distill.holdout = d.at("holdout").get<double>();
+  c.distill.eval_every = d.at("eval_every").get<int64_t>();
+}
+
+nlohmann::json result_key(const MethodConfig& c) {
+  nlohmann::json j = c;
+  j.erase("label");
+  const MethodVariant& v = c.variant();
+  if (!v.needs_curvature) j.erase("calibration");
+  if (c.method != Method::bayesq) j.erase("posterior");  // K-FAC's damping is the posterior's damp
+  if (v.whole_bits) {
+    // One bit-width everywhere: of the table settings only the grid granularity, of the allocation only the
+    // blocks kept in floating point.
+    j["table"] = {{"group_size", c.table.quantizer.group_size}};
+    j["allocation"] = {{"keep_fp", c.allocation.keep_fp}};
+  } else if (c.table_loss != TableLoss::measured) {
+    j["table"].erase("measure_examples");
+  }
+  if (!v.needs_layer_stats) j.erase("gptq");
+  else if (c.method != Method::gptq) j["gptq"].erase("sequential");  // K-FAC's feedback is one-shot
+  if (c.method == Method::rtn || c.method == Method::gptq) j.erase("curvature");
+  if (c.distill.steps == 0) j["distill"] = {{"steps", 0}};
+  return j;
+}
+
+nlohmann::json table_key(const MethodConfig& c) {
+  nlohmann::json j = result_key(c);
+  j.erase("allocation");
+  j.erase("distill");
+  return j;
+}
+
+MethodConfig parse_method_spec(const MethodConfig& base, const std::string& spec, bool* distilled) {
+  MethodConfig c = base;
+  const std::vector<std::string> distill_parts = split(spec, '+');
+  BQ_CHECK(!distill_parts.empty() && distill_parts.size() <= 2, ExitCode::usage, "bad method '", spec, "'");
+  const bool distill = distill_parts.size() == 2;
+  if (distill) {
+    BQ_CHECK(distill_parts[1] == "distill", ExitCode::usage, "bad method '", spec, "' (only +distill follows)");
+    if (c.distill.steps == 0) c.distill.steps = 500;
+  }
+  if (distilled) *distilled = distill;
+  const std::vector<std::string> parts = split(distill_parts[0], '/');
+  BQ_CHECK(!parts.empty(), ExitCode::usage, "bad method '", spec, "'");
+  std::string bases;
+  bool known = false;
+  for (const MethodVariant& v : method_variants()) {
+    if (v.spec != std::string(method_name(v.method))) continue;  // the base rows: rtn, gptq, hawq, bayesq
+    bases += std::string(bases.empty() ? "" : ", ") + v.spec;
+    known = known || parts[0] == v.spec;
+  }
+  BQ_CHECK(known, ExitCode::usage, "unknown method '", parts[0], "' in '", spec, "' (expected ", bases, ")");
+  c.method = method_from_name(parts[0]);
+  for (std::size_t i = 1; i < parts.size(); ++i) {
+    const std::string& m = parts[i];
+    const auto row = std::find_if(method_modifiers().begin(), method_modifiers().end(),
+                                  [&](const MethodModifier& r) { return m == r.name; });
+    BQ_CHECK(row != method_modifiers().end(), ExitCode::usage, "unknown modifier '", m, "' in method '", spec, "'");
+    BQ_CHECK(std::find(row->methods.begin(), row->methods.end(), c.method) != row->methods.end(), ExitCode::usage,
+             "modifier '", m, "' does not apply to ", method_name(c.method), " (in method '", spec, "')");
+    if (m == "act") c.gptq.act_order = true;
+    else if (m == "hutchinson" || m == "fisher" || m == "kfac") c.curvature = curvature_from_name(m);
+    else if (m == "lloyd") c.table.kinds = {CodebookKind::lloyd};
+    else if (m == "uniform") c.table.kinds = {CodebookKind::uniform_asymmetric};
+    else if (m == "tau1") c.table.quantizer.tau = 1.0;
+    else if (m == "greedy" || m == "dp") c.allocation.allocator = allocator_kind_from_name(m);
+    else if (m == "measured" || m == "expected") c.table_loss = table_loss_from_name(m);
+    else BQ_ASSERT(false, "modifier row '", m, "' has no effect written in parse_method_spec");
+  }
+  return c;
+}
+
+}  // namespace bayesq

@@ -1,0 +1,236 @@
+#include "bayesq/pipeline/quantize_model.h"
+
+#include <cmath>
+#include <regex>
+
+#include "bayesq/common/errors.h"
+#include "bayesq/common/timer.h"
+#include "bayesq/distill/distill.h"
+#include "bayesq/gptq/kfac.h"
+#include "bayesq/gptq/model_gptq.h"
+#include "bayesq/measure/measured_table.h"
+#include "bayesq/table/hawq_table.h"
+
+namespace bayesq {
+
+namespace {
+
+// Blocks whose names match a --keep-fp pattern (for the whole-bit methods; allocate() applies the same rule).
+std::vector<bool> kept_fp(const BlockIndex& index, const std::vector<std::string>& patterns) {
+  std::vector<bool> kept(index.blocks.size(), false);
+  for (const auto& pattern : patterns) {
+    std::regex re;
+    try {
+      re = std::regex(pattern);
+    } catch (const std::regex_error& e) {
+      BQ_FAIL(ExitCode::usage, "invalid regular expression '", pattern, "': ", e.what());
+    }
+    for (std::size_t b = 0; b < kept.size(); ++b)
+      if (std::regex_search(index.blocks[b].name, re)) kept[b] = true;
+  }
+  return kept;
+}
+
+// Options and costs of every block, no losses yet.
+LossTable unscored_table(const BlockIndex& index, const MethodConfig& config) {
+  LossTable table;
+  table.tau = config.table.quantizer.tau;
+  table.group_size = config.table.quantizer.group_size;
+  for (const BlockInfo& info : index.blocks) {
+    BlockLosses losses;
+    losses.name = info.name;
+    losses.rows = info.rows();
+    losses.cols = info.cols();
+    for (CodebookKind kind : config.table.kinds)
+      for (int bits : config.table.candidates) {
+        LossEntry e;
+        e.bits = bits;
+        e.kind = kind;
+        e.cost = block_cost(info.rows(), info.cols(), bits, kind, config.table.quantizer.group_size);
+        losses.entries.push_back(e);
+      }
+    table.blocks.push_back(std::move(losses));
+  }
+  return table;
+}
+
+std::vector<std::pair<int, CodebookKind>> entry_choices(const BlockLosses& losses) {
+  std::vector<std::pair<int, CodebookKind>> choices;
+  for (const LossEntry& e : losses.entries) choices.emplace_back(e.bits, e.kind);
+  return choices;
+}
+
+void check_whole_bits(const MethodConfig& config, double bits) {
+  BQ_CHECK(bits == std::floor(bits) && bits >= 2 && bits <= 8, ExitCode::usage, "--bits ", bits, ": ",
+           method_name(config.method), " uses one bit-width for every block, a whole number from 2 to 8");
+}
+
+}  // namespace
+
+std::vector<const QuantizedBlock*> QuantizedModel::slots() const {
+  std::vector<const QuantizedBlock*> out(blocks.size(), nullptr);
+  for (std::size_t b = 0; b < blocks.size(); ++b)
+    if (present[b]) out[b] = &blocks[b];
+  return out;
+}
+
+std::vector<QuantizedBlock> option_blocks(Session& session, const MethodConfig& config, std::size_t b,
+                                          const std::vector<std::pair<int, CodebookKind>>& choices) {
+  std::vector<QuantizedBlock> out;
+  const QuantizerParams& qp = config.table.quantizer;
+  switch (config.variant().table) {
+    case TableKind::hawq_trace:
+      for (std::size_t i = 0; i < choices.size(); ++i)
+        out.push_back(quantize_block_rtn(session.weights(b), choices[i].first, qp.group_size));
+      return out;
+    case TableKind::posterior: {
+      const BlockWeights w = session.weights(b, &session.posterior_rows(config)[b]);
+      QuantizerParams p = qp;
+      for (const auto& [bits, kind] : choices) {
+        p.kind = kind;
+        out.push_back(quantize_block(w, bits, p));
+      }
+      return out;
+    }
+    case TableKind::kfac: {
+      const LayerStats& stats = session.kfac_stats()[b];
+      const BlockWeights w = session.weights(b, &session.kfac_precision(config.posterior.damp)[b]);
+      KfacOptionTimes times;
+      out = kfac_option_blocks(w, session.index().blocks[b], stats, choices, qp, config.gptq,
+                               session.compute().device, &times);
+      const nlohmann::json& t = session.timings();
+      session.add_time("kfac_codebook_design", t.value("kfac_codebook_design", 0.0) + times.design_seconds);
+      session.add_time("kfac_error_feedback", t.value("kfac_error_feedback", 0.0) + times.feedback_seconds);
+      return out;
+    }
+    case TableKind::none: break;
+  }
+  BQ_ASSERT(false, method_name(config.method), " quantizes no block options");
+}
+
+LossTable build_table(Session& session, const MethodConfig& config) {
+  const BlockIndex& index = session.index();
+  const TableKind kind = config.variant().table;
+  BQ_ASSERT(kind != TableKind::none, method_name(config.method), " has no loss table");
+  if (kind == TableKind::hawq_trace) {
+    std::vector<BlockTableInput> inputs;
+    for (std::size_t b = 0; b < index.blocks.size(); ++b) inputs.push_back({index.blocks[b].name, session.weights(b)});
+    return build_hawq_table(inputs, session.curvature(config.curvature_params()), config.table.candidates,
+                            config.table.quantizer.group_size);
+  }
+  if (config.table_loss == TableLoss::measured) {
+    // Every entry is measured from the blocks quantized there: scoring them with the loss model first would
+    // design every codebook (and, for K-FAC, run every feedback pass) twice.
+    LossTable table = unscored_table(index, config);
+    const OptionBlocks options = [&](std::size_t b, const std::vector<std::pair<int, CodebookKind>>& choices) {
+      return option_blocks(session, config, b, choices);
+    };
+    const MeasureStats stats = measure_loss_table(session.model().module, index, session.calibration(), options,
+                                                  config.measure, session.compute(), session.inputs().model, table);
+    session.add_time("measure_table", stats.seconds);
+    session.add_time("measure_table_quantize", stats.quantize_seconds);
+    session.add_time("measure_table_forward", stats.forward_seconds);
+    return table;
+  }
+  if (kind == TableKind::kfac) {
+    LossTable table = unscored_table(index, config);
+    for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+      const std::vector<QuantizedBlock> blocks = option_blocks(session, config, b, entry_choices(table.blocks[b]));
+      score_kfac_entries(table.blocks[b], blocks, session.weights(b), index.blocks[b], session.kfac_stats()[b],
+                         config.posterior.damp, session.compute().device);
+    }
+    return table;
+  }
+  const auto& precision = session.posterior_rows(config);
+  std::vector<BlockTableInput> inputs;
+  for (std::size_t b = 0; b < index.blocks.size(); ++b) inputs.push_back({index.blocks[b].name, session.weights(b, &precision[b])});
+  return build_loss_table(inputs, config.table);
+}
+
+QuantizedModel quantize_model(Session& session, const MethodConfig& config, double bits) {
+  const auto start = Clock::now();
+  const BlockIndex& index = session.index();
+  QuantizedModel out;
+  if (config.variant().whole_bits) {
+    check_whole_bits(config, bits);
+    const std::vector<bool> kept = kept_fp(index, config.allocation.keep_fp);
+    const int64_t group_size = config.table.quantizer.group_size;
+    if (config.method == Method::gptq) {
+      std::vector<bool> quantize(index.blocks.size());
+      for (std::size_t b = 0; b < quantize.size(); ++b) quantize[b] = !kept[b];
+      ModelGptqParams params;
+      params.bits = static_cast<int>(bits);
+      params.group_size = group_size;
+      params.sequential = config.sequential;
+      params.gptq = config.gptq;
+      ModelGptqResult r = quantize_model_gptq(session.model().module, index, session.rows(), quantize,
+                                              session.calibration(), params, session.compute(), session.inputs().model);
+      out.blocks = std::move(r.blocks);
+      out.present = std::move(r.present);
+      out.details["gptq_blocks"] = std::move(r.details);
+    } else {
+      out.blocks.resize(index.blocks.size());
+      out.present.assign(index.blocks.size(), false);
+      for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+        if (kept[b]) continue;
+        out.blocks[b] = quantize_block_rtn(session.weights(b), static_cast<int>(bits), group_size);
+        out.present[b] = true;
+      }
+    }
+    out.timings["quantize"] = seconds_since(start);
+    return out;
+  }
+  auto t = Clock::now();
+  const LossTable& loss_table = session.table(config);
+  out.timings["table"] = seconds_since(t);
+  t = Clock::now();
+  AllocationParams ap = config.allocation;
+  ap.bits_per_weight = bits;
+  out.allocation = allocate(loss_table, ap);
+  out.timings["allocate"] = seconds_since(t);
+  t = Clock::now();
+  out.blocks.resize(index.blocks.size());
+  out.present.assign(index.blocks.size(), false);
+  for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+    const BlockChoice& choice = out.allocation->blocks[b];
+    if (choice.keep_fp) continue;
+    out.blocks[b] = std::move(option_blocks(session, config, b, {{choice.bits, choice.kind}}).front());
+    out.present[b] = true;
+  }
+  out.timings["quantize"] = seconds_since(t);
+  return out;
+}
+
+BudgetResult run_budget(Session& session, const MethodConfig& config, double bits, const std::string& path,
+                        OutputFormat format) {
+  BudgetResult r;
+  auto t = Clock::now();
+  r.quantized = quantize_model(session, config, bits);
+  r.timings = r.quantized.timings;
+  r.timings["quantize_total"] = seconds_since(t);
+  r.module = session.model().module;
+  if (config.distill.steps > 0) {
+    t = Clock::now();
+    static const std::vector<BlockPosterior> none;
+    const std::vector<BlockPosterior>& teacher = config.distill.teacher_samples > 1 ? session.posteriors(config) : none;
+    DistillResult d = distill(session.model().module, session.index(), r.quantized.blocks, r.quantized.present,
+                              teacher, session.calibration(), config.distill, session.compute(),
+                              session.inputs().model);
+    r.module = d.module;
+    r.distillation = std::move(d.report);  // held-out KL at step 0 and best, best step, curve
+    r.timings["distill"] = seconds_since(t);
+  }
+  t = Clock::now();
+  r.written = write_quantized_model(r.module, session.index(), r.quantized.slots(), format, path);
+  r.timings["write"] = seconds_since(t);
+  for (std::size_t b = 0; b < r.quantized.blocks.size(); ++b) {
+    if (!r.quantized.present[b]) continue;
+    const BlockCost c = r.quantized.blocks[b].cost();
+    r.weights += session.index().blocks[b].numel();
+    r.code_bits += c.code_bits;
+    r.metadata_bits += c.metadata_bits;
+  }
+  return r;
+}
+
+}  // namespace bayesq
