@@ -5,6 +5,10 @@ set(BAYESQ_FIXTURES_DIR ${CMAKE_CURRENT_BINARY_DIR}/fixtures)
 add_test(NAME make_fixtures
          COMMAND ${BAYESQ_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/fixtures/make_fixtures.py ${BAYESQ_FIXTURES_DIR})
 set_tests_properties(make_fixtures PROPERTIES FIXTURES_SETUP bayesq_fixtures LABELS torch)
+# Hostile inputs (out-of-bounds tensor views, malformed pickles, fuzzed data files) made from the fixtures.
+add_test(NAME make_hostile
+         COMMAND ${BAYESQ_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/fixtures/make_hostile.py ${BAYESQ_FIXTURES_DIR})
+set_tests_properties(make_hostile PROPERTIES FIXTURES_SETUP bayesq_fixtures DEPENDS make_fixtures LABELS cli)
 
 add_executable(bayesq_torch_tests
   torch/test_model_io.cpp
@@ -24,7 +28,7 @@ gtest_discover_tests(bayesq_torch_tests DISCOVERY_TIMEOUT 120
                      PROPERTIES FIXTURES_REQUIRED bayesq_fixtures LABELS torch)
 
 # The command line, as a user runs it: exit codes, one-line errors, no partial outputs. No libtorch headers here.
-add_executable(bayesq_cli_tests cli/test_cli.cpp)
+add_executable(bayesq_cli_tests cli/test_cli.cpp cli/test_reliability.cpp)
 # bayesq_core for the method table (no libtorch): the help test loops over its rows.
 target_link_libraries(bayesq_cli_tests PRIVATE bayesq_core GTest::gtest GTest::gtest_main nlohmann_json::nlohmann_json)
 target_compile_features(bayesq_cli_tests PRIVATE cxx_std_17)

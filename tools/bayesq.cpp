@@ -3,10 +3,13 @@
 
 #include <cstdio>
 #include <iostream>
+#include <sstream>
 #include <string>
+#include <type_traits>
 
 #include <CLI/CLI.hpp>
 
+#include "bayesq/common/atomic_file.h"
 #include "bayesq/common/errors.h"
 #include "bayesq/common/log.h"
 #include "bayesq/common/progress.h"
@@ -16,9 +19,46 @@
 #include "bayesq/pipeline/quantize.h"
 #include "json_config.h"
 
+#include <torch/version.h>
+
 namespace {
 
 using bayesq::ExitCode;
+
+// Errors are one line: a newline in a path or a library message would split them.
+std::string one_line(std::string text) {
+  for (std::size_t at = 0; (at = text.find('\n', at)) != std::string::npos; at += 2) text.replace(at, 1, "\\n");
+  return text;
+}
+
+// A comma-separated list option ("3,3.5", or a config file's [3, 3.5]) parsed strictly: an empty item ("3,,4")
+// or one that is not wholly a number is a usage error, not a value dropped or read as 0.
+template <typename T>
+std::vector<T> parse_list(const std::vector<std::string>& texts, const char* option) {
+  std::vector<T> out;
+  for (const std::string& text : texts) {
+    std::stringstream in(text);
+    std::string item;
+    bool any = false;
+    while (std::getline(in, item, ',')) {
+      any = true;
+      std::size_t used = 0;
+      T value{};
+      try {
+        if constexpr (std::is_integral_v<T>) value = static_cast<T>(std::stoi(item, &used));
+        else value = static_cast<T>(std::stod(item, &used));
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      BQ_CHECK(!item.empty() && used == item.size(), ExitCode::usage, option, ": '", text,
+               "' is not a comma-separated list of numbers");
+      out.push_back(value);
+    }
+    BQ_CHECK(any && text.back() != ',', ExitCode::usage, option, ": '", text,
+             "' is not a comma-separated list of numbers");
+  }
+  return out;
+}
 
 // "REGEX=N" for --min-bits / --max-bits.
 bayesq::BitsRule parse_rule(const std::string& text, bool minimum) {
@@ -111,10 +151,13 @@ struct QuantizeExtras {
   std::string allocator = "dp";
   bool one_shot = false;
   std::vector<std::string> min_rules, max_rules;
+  std::vector<std::string> bits, candidates{"1,2,3,4,5,6,8"};
   bool distill_default = false;
 
   void apply(bayesq::QuantizeOptions& o, bool with_method_spec) const {
     bayesq::MethodConfig& m = o.method;
+    o.bits = parse_list<double>(bits, "--bits");
+    m.table.candidates = parse_list<int>(candidates, "--candidates");
     m.curvature = bayesq::curvature_from_name(curvature);
     if (codebook == "auto") m.table.kinds = {bayesq::CodebookKind::lloyd, bayesq::CodebookKind::uniform_asymmetric};
     else m.table.kinds = {bayesq::codebook_kind_from_name(codebook)};
@@ -133,7 +176,9 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
   bayesq::MethodConfig& m = q.method;
   app->add_option("--calib", q.calib, "Calibration data file (torch.save format, see README)");
   app->add_option("--device", run.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  app->add_option("--seed", run.seed, "Seed for probes and sampling")->capture_default_str();
+  app->add_option("--seed", run.seed, "Seed for probes and sampling")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app->add_option("--batch-size", run.batch_size, "Calibration batch size")->capture_default_str();
   app->add_option("--output-index", run.output_index, "Which model output is the logits (index or dict key)");
   app->add_option("--threads", run.threads, "CPU threads (0: all cores)")->capture_default_str();
@@ -152,7 +197,7 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
   app->add_option("--probes", m.calibration.probes, "Hutchinson probes per batch")->capture_default_str();
   app->add_option("--damp", m.posterior.damp, "Prior precision as a fraction of the mean data precision")
       ->capture_default_str();
-  app->add_option("--candidates", m.table.candidates, "Candidate bit-widths")->delimiter(',')->capture_default_str();
+  app->add_option("--candidates", x.candidates, "Candidate bit-widths")->capture_default_str();
   app->add_option("--codebook", x.codebook, "lloyd, uniform, uniform-symmetric, or auto (lloyd and uniform)")
       ->check(CLI::IsMember({"lloyd", "uniform", "uniform-symmetric", "auto"}))
       ->capture_default_str();
@@ -202,6 +247,9 @@ int main(int argc, char** argv) {
   CLI::App app{"bayesq: Bayesian post-training quantization of PyTorch (TorchScript) models"};
   app.require_subcommand(1);
   app.fallthrough();
+  bayesq::install_output_cleanup();
+  app.allow_config_extras(CLI::config_extras_mode::error);  // before the subcommands, which inherit it
+  app.set_version_flag("--version", std::string("bayesq 0.1.0 (libtorch ") + TORCH_VERSION + ")");
   app.config_formatter(std::make_shared<bayesq_cli::JsonConfig>(&app));
   app.set_config("--config", "", "JSON file of option values (keys as the long options); the command line wins");
   bool quiet = false, verbose = false;
@@ -216,8 +264,7 @@ int main(int argc, char** argv) {
   quantize->add_option("-o,--output", q.output,
                        "Output model; with several --bits, '{bits}' in the name is replaced (else -<bits>b is added)")
       ->required();
-  quantize->add_option("--bits", q.bits, "Average bits per weight, metadata included (a list writes one model each)")
-      ->delimiter(',')
+  quantize->add_option("--bits", qx.bits, "Average bits per weight, metadata included (a list writes one model each)")
       ->required();
   quantize->add_option("--method", qx.method, bayesq::methods_help())->capture_default_str();
   quantize->add_option("--posterior", q.posterior, "Posterior from `bayesq calibrate` (skips calibration)");
@@ -226,6 +273,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"packed", "fake"}))
       ->capture_default_str();
   add_shared_options(quantize, q, qx);
+  quantize->footer("Options may also come from a JSON file: bayesq quantize --config FILE ... (keys are the long "
+                   "option names; the command line wins; examples in configs/).");
 
   // compare
   bayesq::CompareOptions cmp;
@@ -235,9 +284,7 @@ int main(int argc, char** argv) {
                                                 "and tabulate accuracy, KL, size and time");
   compare->add_option("--model", cmp.base.model, "TorchScript model")->required();
   compare->add_option("--data", cmp.data, "Evaluation data file")->required();
-  compare->add_option("--bits", cmp.base.bits, "Budgets (rtn and gptq run the whole-bit ones)")
-      ->delimiter(',')
-      ->required();
+  compare->add_option("--bits", cx.bits, "Budgets (rtn and gptq run the whole-bit ones)")->required();
   compare->add_option("--methods", cmp.methods, "Comma-separated methods. " + bayesq::methods_help())
       ->delimiter(',')
       ->capture_default_str();
@@ -273,7 +320,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   calibrate->add_option("--output-index", c.run.output_index, "Which model output is the logits");
   calibrate->add_option("--device", c.run.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  calibrate->add_option("--seed", c.run.seed, "Seed")->capture_default_str();
+  calibrate->add_option("--seed", c.run.seed, "Seed")->check(CLI::NonNegativeNumber)->capture_default_str();
   calibrate->add_option("--threads", c.run.threads, "CPU threads (0: all cores)")->capture_default_str();
 
   // eval
@@ -300,7 +347,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& err) {
     if (err.get_exit_code() == 0) return app.exit(err);
-    std::fprintf(stderr, "bayesq: error: %s (see --help)\n", err.what());
+    std::fprintf(stderr, "bayesq: error: %s (see --help)\n", one_line(err.what()).c_str());
     return static_cast<int>(ExitCode::usage);
   }
 
@@ -337,10 +384,10 @@ int main(int argc, char** argv) {
       else print_inspect(r);
     }
   } catch (const bayesq::UserError& err) {
-    std::fprintf(stderr, "bayesq: error: %s\n", err.what());
+    std::fprintf(stderr, "bayesq: error: %s\n", one_line(err.what()).c_str());
     return static_cast<int>(err.code());
   } catch (const bayesq::InternalError& err) {
-    std::fprintf(stderr, "bayesq: %s (please report this bug)\n", err.what());
+    std::fprintf(stderr, "bayesq: %s (please report this bug)\n", one_line(err.what()).c_str());
     return static_cast<int>(ExitCode::internal);
   } catch (const std::exception& err) {
     std::string what = err.what();

@@ -59,10 +59,15 @@ bool rewrite_single_item_opcodes(std::string& pickle) {
         case '}': case ']': case ')': case 'N': case 0x88: case 0x89:        // empty containers, None, bools
           stack.push_back({next, false});
           break;
-        case 'c':                                                            // GLOBAL module\nname\n
-          next = pickle.find('\n', pickle.find('\n', pos + 1) + 1) + 1;
+        case 'c': {                                                          // GLOBAL module\nname\n
+          const std::size_t first = pickle.find('\n', pos + 1);
+          if (first == std::string::npos) return false;
+          const std::size_t second = pickle.find('\n', first + 1);
+          if (second == std::string::npos) return false;
+          next = second + 1;
           stack.push_back({next, false});
           break;
+        }
         case 'X': case 'B': next = pos + 5 + u32(pos + 1); stack.push_back({next, false}); break;
         case 0x8c: case 'C': case 'U':
           next = pos + 2 + static_cast<unsigned char>(pickle.at(pos + 1));
@@ -100,6 +105,7 @@ bool rewrite_single_item_opcodes(std::string& pickle) {
         case '.': next = pickle.size(); break;                               // STOP
         default: return false;
       }
+      if (next <= pos) return false;  // every opcode moves forward: a scan never revisits a byte
       pos = next;
     }
   } catch (const std::out_of_range&) {
@@ -161,9 +167,16 @@ torch::jit::IValue unpickle(const std::string& path) {
         if (patched) return torch::pickle_load(fixed);
       } catch (const c10::Error& e) {
         BQ_FAIL(ExitCode::input, "cannot read data file (", first_line(e.what_without_backtrace()), "): ", path);
+      } catch (const UserError&) {
+        throw;
+      } catch (const std::exception& e) {
+        BQ_FAIL(ExitCode::input, "cannot read data file (malformed pickle: ", first_line(e.what()), "): ", path);
       }
     }
     BQ_FAIL(ExitCode::input, "cannot read data file (", what, "): ", path);
+  } catch (const std::exception& e) {
+    // libtorch's unpickler indexes its tables with .at(): a malformed pickle ends in std::out_of_range.
+    BQ_FAIL(ExitCode::input, "cannot read data file (malformed pickle: ", first_line(e.what()), "): ", path);
   }
 }
 
@@ -218,6 +231,9 @@ DataFile DataFile::load(const std::string& path) {
   } else {
     data.inputs_ = tensors_of(root, path, "data");
   }
+  for (std::size_t i = 0; i < data.inputs_.size(); ++i)
+    check_tensor_extent(data.inputs_[i], "input " + std::to_string(i), path);
+  check_tensor_extent(data.labels_, "\"labels\"", path);
   for (std::size_t i = 0; i < data.inputs_.size(); ++i) {
     torch::Tensor& t = data.inputs_[i];
     BQ_CHECK(t.dim() >= 1, ExitCode::input, "input ", i, " is a scalar; examples must run along dim 0: ", path);

@@ -25,7 +25,7 @@ struct TrainableBlock {
   CodebookKind kind = CodebookKind::lloyd;
   torch::Tensor codes;   // int64 [rows, cols]
   torch::Tensor group;   // int64 [cols]: the group of each column
-  torch::Tensor table;   // lloyd: [rows, groups * K]; uniform: scale [rows, groups]
+  torch::Tensor table;   // lloyd: [rows, groups * K]; uniform: log(scale) [rows, groups] (Note [Scales in log space])
   torch::Tensor offset;  // uniform_asymmetric: [rows, groups]
   torch::Tensor like;    // the original weight (shape, dtype, device)
 
@@ -34,7 +34,7 @@ struct TrainableBlock {
     auto r = [&](const torch::Tensor& t) { return stored ? t.to(torch::kHalf).to(torch::kFloat32) : t; };
     if (kind == CodebookKind::lloyd)
       return torch::gather(r(table), 1, codes + group.unsqueeze(0) * (int64_t{1} << bits));
-    const torch::Tensor s = r(table).index_select(1, group);
+    const torch::Tensor s = r(table.exp()).index_select(1, group);
     if (kind == CodebookKind::uniform_symmetric)
       return (codes.to(torch::kFloat32) - 0.5f * static_cast<float>((1 << bits) - 1)) * s;
     return codes.to(torch::kFloat32) * s + r(offset).index_select(1, group);
@@ -62,7 +62,7 @@ TrainableBlock make_trainable(std::size_t b, const QuantizedBlock& q, const torc
     if (q.kind == CodebookKind::lloyd) {
       table.insert(table.end(), cb.levels.begin(), cb.levels.end());
     } else {
-      table.push_back(cb.scale);
+      table.push_back(std::log(std::max(cb.scale, 1e-30f)));  // a zero scale (an all-zero row) stays ~0
       offset.push_back(cb.offset);
     }
   }
@@ -87,9 +87,9 @@ void write_back(const TrainableBlock& t, QuantizedBlock& q) {
         for (int64_t k = 0; k < levels; ++k) values[static_cast<std::size_t>(k)] = table[r][g * levels + k].item<float>();
         cb = Codebook::from_table(q.bits, values);
       } else if (q.kind == CodebookKind::uniform_asymmetric) {
-        cb = Codebook::uniform_asymmetric(q.bits, table[r][g].item<float>(), offset[r][g].item<float>());
+        cb = Codebook::uniform_asymmetric(q.bits, std::exp(table[r][g].item<float>()), offset[r][g].item<float>());
       } else {
-        cb = Codebook::uniform_symmetric(q.bits, table[r][g].item<float>());
+        cb = Codebook::uniform_symmetric(q.bits, std::exp(table[r][g].item<float>()));
       }
     }
 }
@@ -252,11 +252,6 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
     optimizer.zero_grad();
     loss.backward();
     optimizer.step();
-    {
-      torch::NoGradGuard no_grad;
-      for (auto& t : trainable)
-        if (t.kind != CodebookKind::lloyd) t.table.clamp_min_(1e-8);  // scales stay positive
-    }
     nlohmann::json point{{"step", step}, {"train_kl", loss.item<double>()}};
     if (step % params.eval_every == 0 || step == params.steps) {
       const double kl = holdout_kl();
@@ -290,6 +285,7 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
                    {"teacher_samples", params.teacher_samples}, {"holdout_examples", held},
                    {"initial_heldout_kl", initial},   {"best_heldout_kl", best},
                    {"best_step", best_step},          {"seconds", seconds},
+                   {"holdout_indices", std::vector<int64_t>(all.end() - held, all.end())},
                    {"curve", curve}};
   log::info("distillation: held-out KL ", initial, " -> ", best, " (best at step ", best_step, " of ", params.steps,
             ", ", std::round(seconds * 10) / 10, " s)");

@@ -40,6 +40,9 @@ EvalResult evaluate(torch::jit::Module& model, torch::jit::Module* reference, co
       check_labels(data, classes);
     }
     logits = logits.to(torch::kFloat64);
+    // NaN logits (from NaN or overflowing weights) would make every figure NaN and the run look successful.
+    BQ_CHECK(!torch::isnan(logits).any().item<bool>(), ExitCode::input, "the model's outputs contain NaN (are its "
+             "weights finite?): ", model_path);
     const int64_t per_example = logits.numel() / (classes * (end - begin));
     const torch::Tensor log_p = torch::log_softmax(logits.reshape({-1, classes}), 1);
     const torch::Tensor prediction = log_p.argmax(1);

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/api/function_impl.h>
@@ -225,7 +226,10 @@ WriteStats write_quantized_model(const torch::jit::Module& module, const BlockIn
   check_output_path(path);
   WriteStats stats;
   stats.format = output_format_name(format);
-  const std::string temporary = temporary_path_for(path);
+  // Serialised in memory, then written through AtomicFile: libtorch 1.13's file writer aborts the process when a
+  // write fails (its destructor throws again), and an archive written to a stream is named "archive" whatever the
+  // output is called, so the bytes depend on the model alone.
+  std::ostringstream archive;
   try {
     if (format == OutputFormat::fake) {
       torch::jit::Module fake = dequantized_module(module, index, quantized);
@@ -235,7 +239,7 @@ WriteStats write_quantized_model(const torch::jit::Module& module, const BlockIn
         stats.blocks.push_back({index.blocks[b].name, w.numel() * static_cast<int64_t>(w.element_size()), 0});
       }
       attach_metadata(fake, metadata_json(index, quantized, format));
-      fake.save(temporary);
+      fake.save(archive);
     } else {
       // Rewrite the clone's inlined forward graph: every read of a quantized weight now reads its rebuild from
       // packed attributes; then freeze, keeping those attributes, so the float weights drop out of the file.
@@ -293,16 +297,13 @@ WriteStats write_quantized_model(const torch::jit::Module& module, const BlockIn
       for (const auto& a : frozen.named_attributes(false))
         if (a.value.isTensor() && !packed_attributes.count(a.name)) count(a.value.toTensor());
       attach_metadata(frozen, metadata_json(index, quantized, format));
-      frozen.save(temporary);
+      frozen.save(archive);
     }
-    commit_temporary(temporary, path);
   } catch (const c10::Error& e) {
-    remove_temporary(temporary);
-    BQ_FAIL(ExitCode::io, "cannot write model (", e.what_without_backtrace(), "): ", path);
-  } catch (...) {
-    remove_temporary(temporary);
-    throw;
+    std::string what = e.what_without_backtrace();
+    BQ_FAIL(ExitCode::io, "cannot write model (", what.substr(0, what.find('\n')), "): ", path);
   }
+  write_binary_file(path, archive.str());
   stats = finish_stats(stats, path);
   if (format == OutputFormat::fake) {
     for (const auto& b : stats.blocks) stats.quantized_bytes += b.code_bytes;

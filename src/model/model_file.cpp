@@ -63,8 +63,28 @@ LoadedModel load_model(const std::string& path) {
   } catch (const std::exception& e) {
     BQ_FAIL(ExitCode::input, "cannot load TorchScript model (", first_line(e.what()), "): ", path);
   }
+  for (const auto& a : model.module.named_attributes(true))
+    if (a.value.isTensor()) check_tensor_extent(a.value.toTensor(), "model tensor '" + a.name + "'", path);
   model.hash = file_hash(path);
   return model;
+}
+
+void check_tensor_extent(const torch::Tensor& t, const std::string& what, const std::string& path) {
+  if (!t.defined()) return;
+  BQ_CHECK(t.layout() == torch::kStrided && !t.is_quantized(), ExitCode::input, what,
+           " is not a dense tensor (sparse and quantized tensors are not supported): ", path);
+  if (t.numel() == 0) return;
+  BQ_CHECK(t.storage_offset() >= 0, ExitCode::input, what, " has a negative storage offset: ", path);
+  // Offset of the last element, in elements; 128-bit so that no crafted size or stride can wrap it.
+  unsigned __int128 last = static_cast<unsigned __int128>(t.storage_offset());
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    BQ_CHECK(t.stride(d) >= 0, ExitCode::input, what, " has a negative stride: ", path);
+    last += static_cast<unsigned __int128>(t.size(d) - 1) * static_cast<unsigned __int128>(t.stride(d));
+  }
+  const unsigned __int128 needed = (last + 1) * static_cast<unsigned __int128>(t.element_size());
+  BQ_CHECK(t.storage().data() != nullptr && needed <= static_cast<unsigned __int128>(t.storage().nbytes()),
+           ExitCode::input, what, " (shape ", t.sizes(), ", strides ", t.strides(), ", offset ", t.storage_offset(),
+           ") reaches past its storage of ", t.storage().nbytes(), " bytes: ", path);
 }
 
 void check_finite_weights(const torch::jit::Module& module, const std::string& path) {

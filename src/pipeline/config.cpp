@@ -105,7 +105,8 @@ void MethodConfig::validate() const {
   BQ_CHECK(gptq.block_size >= 1, ExitCode::usage, "--gptq-block-size must be >= 1");
   BQ_CHECK(table.quantizer.tau >= 0.0 && table.quantizer.tau <= 1.0, ExitCode::usage,
            "--posterior-temp must be in [0, 1]");
-  BQ_CHECK(calibration.probes >= 1, ExitCode::usage, "--probes must be >= 1");
+  BQ_CHECK(calibration.probes >= 1 && calibration.probes <= kMaxProbes, ExitCode::usage, "--probes must be in 1..",
+           kMaxProbes);
   BQ_CHECK(!table.candidates.empty(), ExitCode::usage, "--candidates must name at least one bit-width");
   for (int b : table.candidates)
     BQ_CHECK(b >= kMinBits && b <= kMaxBits, ExitCode::usage, "--candidates: ", b, " is outside ", kMinBits, "..",

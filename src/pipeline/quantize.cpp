@@ -1,6 +1,7 @@
 #include "bayesq/pipeline/quantize.h"
 
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 
 #include <torch/script.h>
@@ -43,10 +44,14 @@ void validate(const QuantizeOptions& o) {
   o.run.validate();
   o.method.validate();
   check_method_inputs(o.method, o.calib, o.posterior);
+  // Every output a new name or a regular file, no two the same file, none an input.
+  std::vector<std::pair<std::string, std::string>> outputs;
   for (std::size_t i = 0; i < o.bits.size(); ++i) {
-    check_output_path(output_name(o.output, o.bits[i], o.bits.size() > 1));
-    if (!o.report.empty()) check_output_path(output_name(o.report, o.bits[i], o.bits.size() > 1));
+    outputs.emplace_back("-o", output_name(o.output, o.bits[i], o.bits.size() > 1));
+    if (!o.report.empty()) outputs.emplace_back("--report", output_name(o.report, o.bits[i], o.bits.size() > 1));
   }
+  for (const auto& out : outputs) check_output_path(out.second);
+  check_distinct_files(outputs, {{"--model", o.model}, {"--calib", o.calib}, {"--posterior", o.posterior}});
 }
 
 nlohmann::json quantized_model_report(Session& session, const MethodConfig& config, const BudgetResult& r,
@@ -105,6 +110,43 @@ nlohmann::json quantized_model_report(Session& session, const MethodConfig& conf
   return report;
 }
 
+void quantize_every_budget(const QuantizeOptions& options, Session& session, const MethodConfig& config,
+                           const Compute& compute, OutputFormat format, Clock::time_point start,
+                           QuantizeOutcome& outcome, std::vector<std::string>& written) {
+  const bool several = options.bits.size() > 1;
+  for (double budget : options.bits) {
+    const std::string path = output_name(options.output, budget, several);
+    const BudgetResult r = run_budget(session, config, budget, path, format);
+    written.push_back(path);
+    nlohmann::json timings = session.timings();
+    for (const auto& item : r.timings.items()) timings[item.key()] = item.value();
+    timings["total"] = seconds_since(start);
+    outcome.outputs.push_back(path);
+
+    nlohmann::json report = quantized_model_report(session, config, r, budget);
+    report["bayesq_version"] = "0.1.0";
+    report["command_line"] = options.command_line;
+    report["config"] = options_json(options);
+    report["seed"] = options.run.seed;
+    report["libtorch_version"] = TORCH_VERSION;
+    report["device"] = device_description(compute.device);
+    report["model"] = {{"path", options.model}, {"hash", session.model().hash}, {"bytes", session.model().file_bytes}};
+    report["output"] = path;
+    report["timings"] = timings;
+    report["peak_memory"] = {{"host_bytes", peak_host_bytes()}, {"device_bytes", peak_device_bytes(compute.device)}};
+    if (!session.skipped().empty()) report["left_in_floating_point"] = session.skipped();
+    log::info("wrote ", path, " (", r.written.file_bytes, " bytes, ", r.average_bits(),
+              " bits per weight with metadata)");
+    if (!options.report.empty()) {
+      const std::string report_path = output_name(options.report, budget, several);
+      write_text_file(report_path, report.dump(2) + "\n");
+      written.push_back(report_path);
+      outcome.reports.push_back(report_path);
+    }
+    outcome.report_json.push_back(std::move(report));
+  }
+}
+
 }  // namespace
 
 void check_method_inputs(const MethodConfig& method, const std::string& calib, const std::string& posterior) {
@@ -151,37 +193,17 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
   Session session({options.model, options.calib, options.posterior}, compute);
   const MethodConfig config = options.method.resolved(session.has_calibration());
   const OutputFormat format = output_format_from_name(options.format);
+  check_budgets(session, config, options.bits);  // every budget before any file is written
 
   QuantizeOutcome outcome;
-  const bool several = options.bits.size() > 1;
-  for (double budget : options.bits) {
-    const std::string path = output_name(options.output, budget, several);
-    const BudgetResult r = run_budget(session, config, budget, path, format);
-    nlohmann::json timings = session.timings();
-    for (const auto& item : r.timings.items()) timings[item.key()] = item.value();
-    timings["total"] = seconds_since(start);
-    outcome.outputs.push_back(path);
-
-    nlohmann::json report = quantized_model_report(session, config, r, budget);
-    report["bayesq_version"] = "0.1.0";
-    report["command_line"] = options.command_line;
-    report["config"] = options_json(options);
-    report["seed"] = options.run.seed;
-    report["libtorch_version"] = TORCH_VERSION;
-    report["device"] = device_description(compute.device);
-    report["model"] = {{"path", options.model}, {"hash", session.model().hash}, {"bytes", session.model().file_bytes}};
-    report["output"] = path;
-    report["timings"] = timings;
-    report["peak_memory"] = {{"host_bytes", peak_host_bytes()}, {"device_bytes", peak_device_bytes(compute.device)}};
-    if (!session.skipped().empty()) report["left_in_floating_point"] = session.skipped();
-    log::info("wrote ", path, " (", r.written.file_bytes, " bytes, ", r.average_bits(),
-              " bits per weight with metadata)");
-    if (!options.report.empty()) {
-      const std::string report_path = output_name(options.report, budget, several);
-      write_text_file(report_path, report.dump(2) + "\n");
-      outcome.reports.push_back(report_path);
-    }
-    outcome.report_json.push_back(std::move(report));
+  // What this run wrote, removed again if a later budget fails: a failed run leaves no output.
+  std::vector<std::string> written;
+  try {
+    quantize_every_budget(options, session, config, compute, format, start, outcome, written);
+  } catch (...) {
+    std::error_code ec;
+    for (const std::string& path : written) std::filesystem::remove(path, ec);
+    throw;
   }
   return outcome;
 }

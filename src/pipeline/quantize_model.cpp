@@ -1,5 +1,6 @@
 #include "bayesq/pipeline/quantize_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <regex>
 
@@ -59,6 +60,11 @@ std::vector<std::pair<int, CodebookKind>> entry_choices(const BlockLosses& losse
   for (const LossEntry& e : losses.entries) choices.emplace_back(e.bits, e.kind);
   return choices;
 }
+
+// Note [fp16 range]: code tables and uniform scales and offsets are stored in fp16 (largest finite value 65504). A
+// uniform grid's scale and offset reach up to the weights' range, 2 max|w|, so blocks are quantized only while
+// max|w| <= 65504 / 2; beyond that the stored tables would overflow to infinity.
+constexpr double kMaxQuantizableWeight = 65504.0 / 2.0;
 
 void check_whole_bits(const MethodConfig& config, double bits) {
   BQ_CHECK(bits == std::floor(bits) && bits >= 2 && bits <= 8, ExitCode::usage, "--bits ", bits, ": ",
@@ -199,6 +205,32 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
   }
   out.timings["quantize"] = seconds_since(t);
   return out;
+}
+
+void check_budgets(Session& session, const MethodConfig& config, const std::vector<double>& budgets) {
+  const BlockIndex& index = session.index();
+  const std::vector<bool> kept = kept_fp(index, config.allocation.keep_fp);
+  BQ_CHECK(std::find(kept.begin(), kept.end(), false) != kept.end(), ExitCode::usage,
+           "--keep-fp keeps every block in floating point: nothing to quantize");
+  for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+    if (kept[b]) continue;
+    float largest = 0.0f;
+    for (float w : session.rows()[b]) largest = std::max(largest, std::fabs(w));
+    BQ_CHECK(largest <= kMaxQuantizableWeight, ExitCode::input, "block ", index.blocks[b].name,
+             " has weights up to ", largest, ", beyond the fp16 code tables' range (|w| <= ", kMaxQuantizableWeight,
+             "); rescale the model or keep the block with --keep-fp: ", session.inputs().model);
+  }
+  if (config.variant().whole_bits) {
+    for (double bits : budgets) check_whole_bits(config, bits);
+    return;
+  }
+  const LossTable costs = unscored_table(index, config);  // feasibility depends on the costs alone
+  for (double bits : budgets) {
+    AllocationParams ap = config.allocation;
+    ap.bits_per_weight = bits;
+    ap.certify = false;
+    allocate(costs, ap);
+  }
 }
 
 BudgetResult run_budget(Session& session, const MethodConfig& config, double bits, const std::string& path,

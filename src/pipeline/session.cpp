@@ -77,10 +77,11 @@ const std::vector<BlockPosterior>& Session::posteriors(const MethodConfig& confi
   std::vector<std::vector<float>> rows;
   for (const BlockInfo& info : index_.blocks) {
     const int at = set.find(info.name);
-    BQ_CHECK(at >= 0, ExitCode::input, "the posterior has no block '", info.name, "'");
+    const std::string file = loaded_curvature_ ? inputs_.posterior : inputs_.calib;
+    BQ_CHECK(at >= 0, ExitCode::input, "the posterior has no block '", info.name, "': ", file);
     const CurvatureStats& c = set.blocks[static_cast<std::size_t>(at)];
     BQ_CHECK(static_cast<int64_t>(c.diagonal.size()) == info.numel(), ExitCode::input, "posterior block '",
-             info.name, "' has ", c.diagonal.size(), " entries, the model's ", info.numel());
+             info.name, "' has ", c.diagonal.size(), " entries, the model's ", info.numel(), ": ", file);
     out.push_back(fit_posterior(c, set.examples, config.posterior));
     if (out.back().fallback)
       log::warn("block ", info.name, ": posterior fallback (", out.back().fallback_reason, ")");

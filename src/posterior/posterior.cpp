@@ -102,12 +102,13 @@ constexpr char kMagic[4] = {'B', 'Q', 'P', '1'};
 }
 
 void save_curvature(const CurvatureSet& set, const std::string& path) {
+  // No wall-clock time here: the artifact must be byte-reproducible (times go to the report).
   nlohmann::json header{{"format", "bayesq-posterior"},  {"version", 1},
                         {"examples", set.examples},      {"estimator", set.estimator},
                         {"loss", set.loss},              {"probes", set.probes},
                         {"seed", set.seed},              {"model_hash", set.model_hash},
                         {"data_hash", set.data_hash},    {"device", set.device},
-                        {"seconds", set.seconds},        {"notes", set.notes}};
+                        {"notes", set.notes}};
   nlohmann::json blocks = nlohmann::json::array();
   uint64_t offset = 0;
   for (const auto& b : set.blocks) {
@@ -130,18 +131,26 @@ void save_curvature(const CurvatureSet& set, const std::string& path) {
 CurvatureSet load_curvature(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   BQ_CHECK(in.good(), ExitCode::input, "cannot open posterior file: ", path);
+  in.seekg(0, std::ios::end);
+  const uint64_t file_bytes = static_cast<uint64_t>(std::max<std::streamoff>(0, in.tellg()));
+  in.seekg(0);
   char magic[4] = {};
   uint64_t length = 0;
   in.read(magic, sizeof magic);
   in.read(reinterpret_cast<char*>(&length), sizeof length);
-  BQ_CHECK(in.good() && std::memcmp(magic, kMagic, sizeof kMagic) == 0 && length < (uint64_t{1} << 32),
-           ExitCode::input, "not a bayesq posterior file (bad header): ", path);
+  const uint64_t data_start = sizeof kMagic + sizeof length;
+  BQ_CHECK(in.good() && std::memcmp(magic, kMagic, sizeof kMagic) == 0, ExitCode::input,
+           "not a bayesq posterior file (bad header): ", path);
+  // Sizes from the file are checked against the file's length before anything is allocated.
+  BQ_CHECK(length <= file_bytes - data_start, ExitCode::input, "truncated posterior file (header of ", length,
+           " bytes in a file of ", file_bytes, "): ", path);
   std::string text(length, '\0');
   in.read(&text[0], static_cast<std::streamsize>(length));
   BQ_CHECK(in.good(), ExitCode::input, "truncated posterior file: ", path);
-  nlohmann::json header;
+  const uint64_t arrays_start = data_start + length, array_bytes = file_bytes - arrays_start;
   try {
-    header = nlohmann::json::parse(text);
+    const nlohmann::json header = nlohmann::json::parse(text);
+    BQ_CHECK(header.is_object(), ExitCode::input, "malformed posterior file header (not an object): ", path);
     CurvatureSet set;
     set.examples = header.at("examples").get<int64_t>();
     set.estimator = header.at("estimator").get<std::string>();
@@ -151,9 +160,9 @@ CurvatureSet load_curvature(const std::string& path) {
     set.model_hash = header.at("model_hash").get<std::string>();
     set.data_hash = header.at("data_hash").get<std::string>();
     set.device = header.value("device", "");
-    set.seconds = header.value("seconds", 0.0);
     set.notes = header.value("notes", "");
-    const std::streamoff data_start = static_cast<std::streamoff>(sizeof kMagic + sizeof length + length);
+    BQ_CHECK(set.examples > 0, ExitCode::input, "malformed posterior file header (examples ", set.examples, "): ",
+             path);
     for (const auto& entry : header.at("blocks")) {
       CurvatureStats c;
       c.name = entry.at("name").get<std::string>();
@@ -163,10 +172,17 @@ CurvatureSet load_curvature(const std::string& path) {
       c.trace = entry.at("trace").get<double>();
       c.trace_standard_error = entry.at("trace_standard_error").get<double>();
       c.trace_samples = entry.at("trace_samples").get<int64_t>();
-      const uint64_t numel = entry.at("numel").get<uint64_t>();
-      const uint64_t offset = entry.at("offset").get<uint64_t>();
+      const nlohmann::json& numel_json = entry.at("numel");
+      const nlohmann::json& offset_json = entry.at("offset");
+      BQ_CHECK(numel_json.is_number_unsigned() && offset_json.is_number_unsigned(), ExitCode::input,
+               "malformed posterior file header (block '", c.name, "': numel and offset must be non-negative "
+               "integers): ", path);
+      const uint64_t numel = numel_json.get<uint64_t>(), offset = offset_json.get<uint64_t>();
+      BQ_CHECK(numel <= array_bytes / sizeof(float) && offset <= array_bytes - numel * sizeof(float),
+               ExitCode::input, "truncated posterior file (block '", c.name, "' holds ", numel, " values at offset ",
+               offset, ", past the file's ", array_bytes, " bytes of arrays): ", path);
       c.diagonal.resize(numel);
-      in.seekg(data_start + static_cast<std::streamoff>(offset));
+      in.seekg(static_cast<std::streamoff>(arrays_start + offset));
       in.read(reinterpret_cast<char*>(c.diagonal.data()), static_cast<std::streamsize>(numel * sizeof(float)));
       BQ_CHECK(in.good(), ExitCode::input, "truncated posterior file: ", path);
       set.blocks.push_back(std::move(c));

@@ -15,71 +15,13 @@
 #include <nlohmann/json.hpp>
 
 #include "bayesq/pipeline/methods.h"
+#include "cli_helpers.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string out, err;
-  // Lines bayesq itself writes for a failure ("bayesq: error: ..."); log lines ("info: ...", "warning: ...") that
-  // came before it do not count. Anything else on stderr (a stack trace, an abort message) is a stray line.
-  int err_lines() const { return count_lines(true); }
-  int stray_lines() const { return count_lines(false); }
-
- private:
-  int count_lines(bool errors) const {
-    std::istringstream in(err);
-    int n = 0;
-    for (std::string line; std::getline(in, line);) {
-      const bool error = line.rfind("bayesq:", 0) == 0;
-      const bool log = line.rfind("info: ", 0) == 0 || line.rfind("warning: ", 0) == 0;
-      n += errors ? error : (!error && !log);
-    }
-    return n;
-  }
-};
-
-std::string fixture(const std::string& name) { return (fs::path(BAYESQ_FIXTURES_DIR) / name).string(); }
-
-fs::path scratch_dir() {
-  static const fs::path dir = fs::temp_directory_path() / ("bayesq_cli_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir;
-}
-
-std::string scratch(const std::string& name) { return (scratch_dir() / name).string(); }
-
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-Result run(const std::string& args) {
-  const std::string out = scratch("stdout.txt"), err = scratch("stderr.txt");
-  const std::string command = std::string(BAYESQ_BINARY) + " " + args + " > " + out + " 2> " + err;
-  const int status = std::system(command.c_str());
-  Result r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
-}
-
-// Every failure: the documented code, exactly one line on stderr that names `file`, and nothing written.
-void expect_failure(const std::string& args, int code, const std::string& file, const std::string& output) {
-  const Result r = run(args);
-  EXPECT_EQ(r.code, code) << args << "\n" << r.err;
-  EXPECT_EQ(r.err_lines(), 1) << r.err;
-  EXPECT_EQ(r.stray_lines(), 0) << r.err;
-  EXPECT_NE(r.err.find(file), std::string::npos) << "the error should name " << file << ": " << r.err;
-  if (!output.empty()) {
-    EXPECT_FALSE(fs::exists(output)) << "partial output left behind: " << output;
-    for (const auto& e : fs::directory_iterator(fs::path(output).parent_path()))
-      EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << "temporary left: " << e.path();
-  }
-}
+using namespace bayesq_cli_test;
 
 const std::string kRtn = " --method rtn --bits 3 ";
 

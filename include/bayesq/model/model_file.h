@@ -21,6 +21,11 @@ LoadedModel load_model(const std::string& path);
 // 64-bit FNV-1a of the file's bytes, as 16 hex digits. Throws UserError(input) when the file cannot be read.
 std::string file_hash(const std::string& path);
 
+// Throws UserError(input) naming `what` and the file unless every element of `t` lies inside its storage: a crafted
+// file can describe a view (sizes, strides, offset) that reaches past the bytes it holds, and reading it would run
+// off the end. Python's torch.load refuses such files; libtorch's loaders do not check.
+void check_tensor_extent(const torch::Tensor& t, const std::string& what, const std::string& path);
+
 // Every parameter and buffer tensor of the module must be finite; throws UserError(input) naming the first
 // offending tensor and the file otherwise.
 void check_finite_weights(const torch::jit::Module& module, const std::string& path);

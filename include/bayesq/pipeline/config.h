@@ -37,6 +37,10 @@ struct RunContext {
 void to_json(nlohmann::json& j, const RunContext& r);
 void from_json(const nlohmann::json& j, RunContext& r);
 
+// Hutchinson probes per batch: the standard error falls as 1/sqrt(P), so past a few hundred more probes buy
+// almost nothing and a typo (1e11) would run for days.
+constexpr int64_t kMaxProbes = 4096;
+
 struct MethodConfig {
   Method method = Method::bayesq;
   Curvature curvature = Curvature::hutchinson;

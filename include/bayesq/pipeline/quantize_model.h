@@ -36,6 +36,11 @@ std::vector<QuantizedBlock> option_blocks(Session& session, const MethodConfig& 
 // The loss table of a (resolved) configuration, built from the session's artifacts. Session::table caches it.
 LossTable build_table(Session& session, const MethodConfig& config);
 
+// Fails before any table is built or file written when a budget cannot be met (InfeasibleBudget, from the
+// options' costs alone), when --keep-fp leaves nothing to quantize, or when a block's weights exceed what fp16
+// code tables can hold (UserError(input)).
+void check_budgets(Session& session, const MethodConfig& config, const std::vector<double>& budgets);
+
 // Every block for one budget (average bits per weight, metadata included). Throws InfeasibleBudget when the
 // table and rules cannot meet it, UserError(usage) for a fractional budget of a whole-bit method.
 QuantizedModel quantize_model(Session& session, const MethodConfig& config, double bits);
