@@ -145,7 +145,7 @@ void print_quantize(const bayesq::QuantizeOutcome& outcome) {
 // the flags (--method bayesq/kfac is --method bayesq --curvature kfac).
 struct QuantizeExtras {
   std::string method = "bayesq";
-  std::string curvature = "hutchinson";
+  std::string curvature = "auto";
   std::string codebook = "auto";
   std::string table_loss = "measured";
   std::string allocator = "dp";
@@ -188,8 +188,10 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
                   "Codebook per group of this many inputs (0: per output row)")
       ->capture_default_str();
   app->add_option("--curvature", x.curvature,
-                  "hutchinson, fisher, or kfac (K-FAC metric with GPTQ-style error feedback)")
-      ->check(CLI::IsMember({"hutchinson", "fisher", "kfac"}))
+                  "auto (kfac with --calib, hutchinson with only --posterior, data-free with neither), kfac (K-FAC "
+                  "metric with GPTQ-style error feedback), hutchinson or fisher (the paper's diagonal posterior), "
+                  "data-free")
+      ->check(CLI::IsMember({"auto", "hutchinson", "fisher", "kfac", "data-free"}))
       ->capture_default_str();
   app->add_option("--curvature-loss", m.calibration.loss, "auto (=kl), kl, ce (needs labels) or mse")
       ->check(CLI::IsMember({"auto", "kl", "ce", "mse"}))
@@ -262,8 +264,8 @@ int main(int argc, char** argv) {
   auto* quantize = app.add_subcommand("quantize", "Quantize a model to an average bit budget");
   quantize->add_option("--model", q.model, "TorchScript model (scripted or traced)")->required();
   quantize->add_option("-o,--output", q.output,
-                       "Output model; with several --bits, '{bits}' in the name is replaced (else -<bits>b is added)")
-      ->required();
+                       "Output model; with several --bits, '{bits}' in the name is replaced (else -<bits>b is added). "
+                       "Default: beside the model, named for the budget (rn50.pt at 3 bits: rn50.bq3.0.pt)");
   quantize->add_option("--bits", qx.bits, "Average bits per weight, metadata included (a list writes one model each)")
       ->required();
   quantize->add_option("--method", qx.method, bayesq::methods_help())->capture_default_str();

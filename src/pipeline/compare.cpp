@@ -95,11 +95,11 @@ CompareOutcome run_compare(const CompareOptions& options) {
   std::vector<MethodConfig> per_method;
   for (const auto& m : options.methods) {
     bool distilled = false;
-    MethodConfig c = parse_method_spec(base.method, m, &distilled);
+    MethodConfig c = parse_method_spec(base.method, m, &distilled).resolved(true);
     if (!distilled) c.distill.steps = 0;
     c.validate();
     check_method_inputs(c, base.calib, "");
-    per_method.push_back(c.resolved(true));
+    per_method.push_back(c);
   }
   if (!options.json_output.empty()) check_output_path(options.json_output);
   if (!options.markdown_output.empty()) check_output_path(options.markdown_output);

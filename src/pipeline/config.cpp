@@ -86,11 +86,18 @@ std::string MethodConfig::label() const {
   return method_name(method);
 }
 
-MethodConfig MethodConfig::resolved(bool has_calibration) const {
+Curvature default_curvature(bool has_calibration, bool has_posterior) {
+  if (has_calibration) return Curvature::kfac;  // the lowest KL measured (BENCHMARKS.md)
+  return has_posterior ? Curvature::hutchinson : Curvature::data_free;
+}
+
+MethodConfig MethodConfig::resolved(bool has_calibration, bool has_posterior) const {
   MethodConfig c = *this;
+  if (c.curvature == Curvature::automatic)
+    c.curvature = c.method == Method::bayesq ? default_curvature(has_calibration, has_posterior) : Curvature::hutchinson;
   // A measured table runs the model on calibration data; with only a saved posterior (--posterior, no --calib)
-  // the expected-loss model is what there is.
-  if (!has_calibration) c.table_loss = TableLoss::expected;
+  // the expected-loss model is what there is, and data-free means no data at all.
+  if (!has_calibration || c.curvature == Curvature::data_free) c.table_loss = TableLoss::expected;
   if (c.method == Method::hawq) {  // HAWQ is defined by its trace-times-error sensitivity: never a measured table
     c.table.kinds = {CodebookKind::uniform_asymmetric};
     c.table_loss = TableLoss::expected;
@@ -241,10 +248,9 @@ MethodConfig parse_method_spec(const MethodConfig& base, const std::string& spec
   BQ_CHECK(!parts.empty(), ExitCode::usage, "bad method '", spec, "'");
   std::string bases;
   bool known = false;
-  for (const MethodVariant& v : method_variants()) {
-    if (v.spec != std::string(method_name(v.method))) continue;  // the base rows: rtn, gptq, hawq, bayesq
-    bases += std::string(bases.empty() ? "" : ", ") + v.spec;
-    known = known || parts[0] == v.spec;
+  for (Method m : {Method::rtn, Method::gptq, Method::hawq, Method::bayesq}) {
+    bases += std::string(bases.empty() ? "" : ", ") + method_name(m);
+    known = known || parts[0] == method_name(m);
   }
   BQ_CHECK(known, ExitCode::usage, "unknown method '", parts[0], "' in '", spec, "' (expected ", bases, ")");
   c.method = method_from_name(parts[0]);
@@ -256,7 +262,7 @@ MethodConfig parse_method_spec(const MethodConfig& base, const std::string& spec
     BQ_CHECK(std::find(row->methods.begin(), row->methods.end(), c.method) != row->methods.end(), ExitCode::usage,
              "modifier '", m, "' does not apply to ", method_name(c.method), " (in method '", spec, "')");
     if (m == "act") c.gptq.act_order = true;
-    else if (m == "hutchinson" || m == "fisher" || m == "kfac") c.curvature = curvature_from_name(m);
+    else if (m == "hutchinson" || m == "fisher" || m == "kfac" || m == "data-free") c.curvature = curvature_from_name(m);
     else if (m == "lloyd") c.table.kinds = {CodebookKind::lloyd};
     else if (m == "uniform") c.table.kinds = {CodebookKind::uniform_asymmetric};
     else if (m == "tau1") c.table.quantizer.tau = 1.0;

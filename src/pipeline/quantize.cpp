@@ -1,6 +1,7 @@
 #include "bayesq/pipeline/quantize.h"
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <sstream>
 
@@ -30,24 +31,27 @@ std::string format_bits(double bits) {
 
 void validate(const QuantizeOptions& o) {
   BQ_CHECK(!o.model.empty(), ExitCode::usage, "--model is required");
-  BQ_CHECK(!o.output.empty(), ExitCode::usage, "-o/--output is required");
   BQ_CHECK(!o.bits.empty(), ExitCode::usage, "--bits is required");
-  const bool whole = o.method.variant().whole_bits;
+  const MethodConfig method = o.method.resolved(!o.calib.empty(), !o.posterior.empty());
+  const bool whole = method.variant().whole_bits;
   for (double b : o.bits) {
     BQ_CHECK(std::isfinite(b) && b >= kMinBudget && b <= kMaxBudget, ExitCode::usage, "--bits ", b,
              " is outside the allowed range ", kMinBudget, "..", kMaxBudget);
     if (whole)
       BQ_CHECK(b == std::floor(b) && b >= 2 && b <= 8, ExitCode::usage, "--bits ", b, ": ",
-               method_name(o.method.method), " uses one bit-width for every block, a whole number from 2 to 8");
+               method_name(method.method), " uses one bit-width for every block, a whole number from 2 to 8");
   }
   output_format_from_name(o.format);
   o.run.validate();
-  o.method.validate();
-  check_method_inputs(o.method, o.calib, o.posterior);
+  method.validate();
+  check_method_inputs(method, o.calib, o.posterior);
+  BQ_CHECK(method.curvature != Curvature::kfac || method.calibration.loss == "auto", ExitCode::usage,
+           "--curvature-loss applies to the diagonal curvature (hutchinson, fisher); K-FAC samples its labels from "
+           "the model: drop it, or add --curvature hutchinson");
   // Every output a new name or a regular file, no two the same file, none an input.
   std::vector<std::pair<std::string, std::string>> outputs;
   for (std::size_t i = 0; i < o.bits.size(); ++i) {
-    outputs.emplace_back("-o", output_name(o.output, o.bits[i], o.bits.size() > 1));
+    outputs.emplace_back("-o", output_path(o, o.bits[i]));
     if (!o.report.empty()) outputs.emplace_back("--report", output_name(o.report, o.bits[i], o.bits.size() > 1));
   }
   for (const auto& out : outputs) check_output_path(out.second);
@@ -100,7 +104,7 @@ nlohmann::json quantized_model_report(Session& session, const MethodConfig& conf
     report["posterior_temp"] = config.table.quantizer.tau;
     report["loss_table"] = session.table(config);  // cached: what the allocator read
   }
-  if (config.variant().table == TableKind::posterior) {
+  if (config.variant().table == TableKind::posterior && config.curvature != Curvature::data_free) {
     const CurvatureSet& c = session.curvature(config.curvature_params());
     report["curvature"] = {{"estimator", c.estimator}, {"loss", c.loss},       {"examples", c.examples},
                            {"probes", c.probes},       {"seconds", c.seconds}, {"data_hash", c.data_hash},
@@ -115,7 +119,7 @@ void quantize_every_budget(const QuantizeOptions& options, Session& session, con
                            QuantizeOutcome& outcome, std::vector<std::string>& written) {
   const bool several = options.bits.size() > 1;
   for (double budget : options.bits) {
-    const std::string path = output_name(options.output, budget, several);
+    const std::string path = output_path(options, budget);
     const BudgetResult r = run_budget(session, config, budget, path, format);
     written.push_back(path);
     nlohmann::json timings = session.timings();
@@ -170,8 +174,19 @@ nlohmann::json options_json(const QuantizeOptions& o) {
                         {"bits", o.bits},
                         {"format", o.format},
                         {"run", o.run},
-                        {"method", o.method.resolved(!o.calib.empty())},
+                        {"method", o.method.resolved(!o.calib.empty(), !o.posterior.empty())},
                         {"config_file", o.config_file}};
+}
+
+std::string default_output_name(const std::string& model, double bits) {
+  char tag[32];
+  std::snprintf(tag, sizeof tag, bits == std::floor(bits) ? "%.1f" : "%g", bits);
+  const std::filesystem::path path(model);
+  return (path.parent_path() / (path.stem().string() + ".bq" + tag + ".pt")).string();
+}
+
+std::string output_path(const QuantizeOptions& o, double bits) {
+  return o.output.empty() ? default_output_name(o.model, bits) : output_name(o.output, bits, o.bits.size() > 1);
 }
 
 std::string output_name(const std::string& pattern, double bits, bool several) {
@@ -191,7 +206,10 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
   const Compute compute = start_run(options.run);
   reset_peak_device_bytes(compute.device);
   Session session({options.model, options.calib, options.posterior}, compute);
-  const MethodConfig config = options.method.resolved(session.has_calibration());
+  const MethodConfig config = options.method.resolved(session.has_calibration(), !options.posterior.empty());
+  if (config.curvature == Curvature::data_free)
+    log::warn("no calibration data: data-free mode (each weight's precision from its block's weights alone); "
+              "--calib FILE gives better models");
   const OutputFormat format = output_format_from_name(options.format);
   check_budgets(session, config, options.bits);  // every budget before any file is written
 

@@ -17,6 +17,7 @@ namespace {
 // Cache keys: the JSON forms of the settings each artifact depends on (config.h).
 std::string curvature_key(const CurvatureParams& p) { return nlohmann::json(p).dump(); }
 std::string posterior_key(const MethodConfig& config) {
+  if (config.curvature == Curvature::data_free) return "data-free";
   return nlohmann::json{{"curvature", config.curvature_params()}, {"posterior", config.posterior}}.dump();
 }
 }  // namespace
@@ -72,6 +73,16 @@ const std::vector<BlockPosterior>& Session::posteriors(const MethodConfig& confi
   const std::string key = posterior_key(config);
   auto it = posteriors_.find(key);
   if (it != posteriors_.end()) return it->second;
+  if (config.curvature == Curvature::data_free) {
+    std::vector<BlockPosterior> out;
+    std::vector<std::vector<float>> rows;
+    for (std::size_t b = 0; b < index_.blocks.size(); ++b) {
+      out.push_back(data_free_posterior(index_.blocks[b].name, rows_[b]));
+      rows.push_back(out.back().precision);  // constant within the block: the layout does not matter
+    }
+    posterior_rows_[key] = std::move(rows);
+    return posteriors_[key] = std::move(out);
+  }
   const CurvatureSet& set = curvature(config.curvature_params());
   std::vector<BlockPosterior> out;
   std::vector<std::vector<float>> rows;

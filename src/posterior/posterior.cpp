@@ -101,6 +101,18 @@ namespace {
 constexpr char kMagic[4] = {'B', 'Q', 'P', '1'};
 }
 
+BlockPosterior data_free_posterior(const std::string& name, const std::vector<float>& weights) {
+  double energy = 0.0;
+  for (float w : weights) energy += double(w) * double(w);
+  const double pi = energy > 0.0 && std::isfinite(energy) ? 1.0 / energy : 1.0;
+  BlockPosterior p;
+  p.name = name;
+  p.precision.assign(weights.size(), static_cast<float>(pi));
+  p.prior_precision = pi;
+  p.mean_precision = p.min_precision = p.max_precision = pi;
+  return p;
+}
+
 void save_curvature(const CurvatureSet& set, const std::string& path) {
   // No wall-clock time here: the artifact must be byte-reproducible (times go to the report).
   nlohmann::json header{{"format", "bayesq-posterior"},  {"version", 1},

@@ -96,7 +96,7 @@ TEST(Cli, LabelsOutsideTheOutputRange) {
   EXPECT_NE(r.err.find("bad_labels.pt"), std::string::npos) << r.err;
   const std::string out = scratch("labels.pt");
   expect_failure("quantize --model " + fixture("resnet18.pt") + " --calib " + fixture("bad_labels.pt") +
-                     " --curvature-loss ce --bits 4 -o " + out,
+                     " --curvature hutchinson --curvature-loss ce --bits 4 -o " + out,
                  3, "bad_labels.pt", out);
 }
 
@@ -360,7 +360,8 @@ TEST(Cli, CompareResumeRecomputesExactlyTheRowsASettingChanges) {
   const std::string json = scratch("resume_settings.json");
   const std::string command = "compare --model " + fixture("separable.pt") + " --calib " +
                               fixture("separable_calib.pt") + " --data " + fixture("separable_eval.pt") +
-                              " --bits 3 --methods rtn,bayesq,bayesq+distill --distill-steps 5 --seed 0 --json-output " +
+                              " --bits 3 --methods rtn,bayesq/hutchinson,bayesq/hutchinson+distill --distill-steps 5" +
+                              " --seed 0 --json-output " +
                               json;
   ASSERT_EQ(run(command + " --probes 2").code, 0);
   auto kept_after = [&](const std::string& settings) {
@@ -376,9 +377,40 @@ TEST(Cli, CompareResumeRecomputesExactlyTheRowsASettingChanges) {
     return kept;
   };
   using Names = std::vector<std::string>;
-  EXPECT_EQ(kept_after("--probes 2"), (Names{"rtn", "bayesq", "bayesq+distill"}));
+  EXPECT_EQ(kept_after("--probes 2"), (Names{"rtn", "bayesq/hutchinson", "bayesq/hutchinson+distill"}));
   EXPECT_EQ(kept_after("--probes 3"), (Names{"rtn"}));
   EXPECT_EQ(nlohmann::json::parse(slurp(json))["rows"][2]["key"]["calibration"]["probes"].get<int>(), 3);
-  EXPECT_EQ(kept_after("--probes 3 --distill-lr 0.001"), (Names{"rtn", "bayesq"}));
+  EXPECT_EQ(kept_after("--probes 3 --distill-lr 0.001"), (Names{"rtn", "bayesq/hutchinson"}));
   EXPECT_EQ(kept_after("--probes 3 --distill-lr 0.001 --measure-examples 32"), (Names{"rtn"}));
+}
+
+// The design card's command, exactly as written: no -o, no --calib. The default method runs data-free (one warning
+// line says --calib does better), the output lands beside the model with the budget in its name, the name is
+// printed, and stock torch loads and runs the result.
+TEST(Cli, TheDesignCardCommandWorksAsWritten) {
+  const fs::path dir = scratch_dir() / "design_card";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string model = (dir / "rn50.pt").string();
+  fs::copy_file(fixture("separable.pt"), model);
+  const Result r = run("quantize --model " + model + " --bits 3.0");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string out = (dir / "rn50.bq3.0.pt").string();
+  EXPECT_TRUE(fs::exists(out));
+  EXPECT_NE(r.out.find(out), std::string::npos) << r.out;
+  int warnings = 0;
+  std::istringstream err(r.err);
+  for (std::string line; std::getline(err, line);) warnings += line.rfind("warning: ", 0) == 0;
+  EXPECT_EQ(warnings, 1) << r.err;
+  EXPECT_NE(r.err.find("--calib"), std::string::npos) << r.err;
+  const std::string check = std::string(BAYESQ_PYTHON) +
+                            " -c \"import torch,sys; m=torch.jit.load(sys.argv[1]); y=m(torch.randn(2,1,16,16)); "
+                            "assert y.shape==(2,10) and torch.isfinite(y).all()\" " + out;
+  EXPECT_EQ(std::system(check.c_str()), 0);
+  // The same command again finds the output and replaces it (never the model), and a second budget gets its
+  // own name.
+  const Result again = run("quantize --model " + model + " --bits 3.0,4.5");
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_TRUE(fs::exists(dir / "rn50.bq4.5.pt"));
+  EXPECT_TRUE(fs::exists(model));
 }

@@ -94,7 +94,7 @@ TEST(Config, JsonRoundTripsEveryField) {
 
 TEST(Config, ResultKeyChangesExactlyWithTheSettingsAMethodReads) {
   auto key = [](const std::string& spec, void (*change)(MethodConfig&)) {
-    MethodConfig c = parse_method_spec(MethodConfig{}, spec);
+    MethodConfig c = parse_method_spec(MethodConfig{}, spec).resolved(true);  // as compare resolves its rows
     const nlohmann::json before = result_key(c);
     change(c);
     return before != result_key(c);
@@ -107,8 +107,10 @@ TEST(Config, ResultKeyChangesExactlyWithTheSettingsAMethodReads) {
   EXPECT_FALSE(key("rtn", probes));
   EXPECT_FALSE(key("gptq", probes));
   EXPECT_TRUE(key("hawq", probes));
-  EXPECT_TRUE(key("bayesq", probes));
+  EXPECT_TRUE(key("bayesq/hutchinson", probes));
   EXPECT_FALSE(key("bayesq/kfac", probes));
+  EXPECT_FALSE(key("bayesq/data-free", probes));
+  EXPECT_FALSE(key("bayesq/data-free", measure));  // data-free tables are never measured (resolved())
   EXPECT_FALSE(key("rtn", measure));
   EXPECT_TRUE(key("bayesq", measure));
   EXPECT_FALSE(key("bayesq/expected", measure));
@@ -116,6 +118,6 @@ TEST(Config, ResultKeyChangesExactlyWithTheSettingsAMethodReads) {
   EXPECT_TRUE(key("bayesq+distill", distill_lr));
   EXPECT_TRUE(key("gptq", percdamp));
   EXPECT_TRUE(key("bayesq/kfac", percdamp));
-  EXPECT_FALSE(key("bayesq", percdamp));
+  EXPECT_FALSE(key("bayesq/hutchinson", percdamp));
   for (const MethodVariant& v : method_variants()) EXPECT_TRUE(key(v.spec, group)) << v.spec;
 }

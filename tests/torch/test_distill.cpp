@@ -28,6 +28,7 @@ QuantizeOptions options(const std::string& out, int64_t steps) {
   o.calib = fixture("transformer_calib.pt");
   o.bits = {2.5};
   o.method.calibration.probes = 2;
+  o.method.curvature = Curvature::hutchinson;
   o.run.seed = 5;
   o.method.distill.steps = steps;
   o.method.distill.lr = 1e-3;

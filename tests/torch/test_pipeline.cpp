@@ -45,6 +45,7 @@ QuantizeOptions options(const std::string& model, const std::string& calib, cons
   // The measured table (the default) runs the model 14 times per block; its own test below checks it, and the
   // end-to-end tests keep the ResNet-18 fixture fast with the expected-loss table.
   o.method.table_loss = TableLoss::expected;
+  o.method.curvature = Curvature::hutchinson;  // the paper's diagonal pipeline (the default is K-FAC)
   return o;
 }
 

@@ -18,7 +18,7 @@ namespace bayesq {
 struct CompareOptions {
   QuantizeOptions base;              // model, calib, device, seed, batch size, calibration and allocation defaults
   std::string data;                  // evaluation file
-  std::vector<std::string> methods{"rtn", "gptq", "gptq/act", "hawq", "bayesq", "bayesq/kfac"};  // specs
+  std::vector<std::string> methods{"rtn", "gptq", "gptq/act", "hawq", "bayesq/hutchinson", "bayesq/kfac"};  // specs
   std::string keep_models;           // folder for the quantized files ("" : a temporary folder, removed)
   std::string json_output;           // write the full results here too
   std::string markdown_output;

@@ -43,7 +43,7 @@ constexpr int64_t kMaxProbes = 4096;
 
 struct MethodConfig {
   Method method = Method::bayesq;
-  Curvature curvature = Curvature::hutchinson;
+  Curvature curvature = Curvature::automatic;  // resolved() picks the best the inputs allow
   CurvatureParams calibration;   // loss and probes; the estimator follows `curvature` (curvature_params())
   PosteriorParams posterior;     // damp: the diagonal prior precision, and K-FAC's damping
   LossTableParams table = default_table();  // candidates, codebook kinds, group size, posterior temperature
@@ -61,7 +61,7 @@ struct MethodConfig {
   // What a method reads of the configuration is fixed by its variant; resolved() also fixes what the inputs
   // allow: without calibration data a table cannot be measured, and HAWQ's table is always its own
   // trace-times-error with uniform grids.
-  MethodConfig resolved(bool has_calibration) const;
+  MethodConfig resolved(bool has_calibration, bool has_posterior = false) const;
   void validate() const;         // ranges; throws UserError(usage)
 
   static LossTableParams default_table();
@@ -73,6 +73,10 @@ void to_json(nlohmann::json& j, const MethodConfig& c);
 void to_json(nlohmann::json& j, const CurvatureParams& p);
 void to_json(nlohmann::json& j, const PosteriorParams& p);
 void from_json(const nlohmann::json& j, MethodConfig& c);
+
+// The curvature `automatic` stands for: K-FAC with calibration data, Hutchinson's diagonal from a saved posterior,
+// data-free with neither.
+Curvature default_curvature(bool has_calibration, bool has_posterior);
 
 // The settings that change this method's result, and nothing else (rtn's key has no probes; gptq's no table):
 // two runs whose keys and run contexts agree compute the same model. `compare --resume` keeps a row only then.

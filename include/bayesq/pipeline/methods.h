@@ -13,9 +13,12 @@
 namespace bayesq {
 
 enum class Method { rtn, gptq, hawq, bayesq };
-// The curvature behind bayesq's posterior: the diagonal from Hutchinson probes or the Monte-Carlo Fisher, or the
-// K-FAC metric with GPTQ-style error feedback. HAWQ's trace sensitivity uses the diagonal estimators too.
-enum class Curvature { hutchinson, fisher, kfac };
+// The curvature behind bayesq's posterior: the diagonal from Hutchinson probes or the Monte-Carlo Fisher, the
+// K-FAC metric with GPTQ-style error feedback, or none (data-free: a precision from the weights alone, Note
+// [Data-free posterior] in posterior/posterior.h). `automatic`, the default, is the best the inputs allow
+// (MethodConfig::resolved): K-FAC with calibration data, the saved posterior's diagonal with only --posterior,
+// data-free with neither. HAWQ's trace sensitivity uses the diagonal estimators.
+enum class Curvature { automatic, hutchinson, fisher, kfac, data_free };
 // Where a loss table's entries come from: the posterior's expected-loss model, or N x the calibration KL with
 // that one block quantized (Note [Measured tables] in measure/measured_table.h).
 enum class TableLoss { expected, measured };

@@ -36,6 +36,11 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options);
 
 // "{bits}" in `pattern` becomes the budget; without it, several budgets get "-<bits>b" before the extension.
 std::string output_name(const std::string& pattern, double bits, bool several);
+// Without -o: beside the model, its name with ".bq<bits>" before the extension (bits with at least one decimal:
+// rn50.pt at 3 bits is rn50.bq3.0.pt), which is never the model's own name.
+std::string default_output_name(const std::string& model, double bits);
+// The model file a budget of this run writes.
+std::string output_path(const QuantizeOptions& o, double bits);
 
 // Allowed range of --bits (average bits per weight, metadata included).
 constexpr double kMinBudget = 1.0;

@@ -62,6 +62,13 @@ struct BlockPosterior {
 
 BlockPosterior fit_posterior(const CurvatureStats& curvature, int64_t examples, const PosteriorParams& params);
 
+// Note [Data-free posterior]: without calibration data there is no curvature, only the weights. Every weight of a
+// block gets the same precision pi = 1 / mean_i(w_i^2) (1 for an all-zero block), so a block's expected loss is
+// its squared quantization error relative to its own weights' power, times its size: scale-free (a layer followed
+// by batch norm loses nothing by being scaled) and comparable across blocks, which is what the allocator needs.
+// Codebooks are then the weighted Lloyd / range-optimised designs of plain squared error.
+BlockPosterior data_free_posterior(const std::string& name, const std::vector<float>& weights);
+
 // Stats only (no per-weight arrays): what reports carry.
 void to_json(nlohmann::json& j, const CurvatureStats& c);
 void to_json(nlohmann::json& j, const BlockPosterior& p);
