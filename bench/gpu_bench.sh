@@ -58,23 +58,23 @@ torch.save({'inputs': x[i].clone(), 'labels': y[i].clone()}, '$W/data/fmnist_cal
       python3 bench/posterior_agreement.py $W/post_cpu.bqp $W/post_cuda.bqp | tee "$OUT/agreement.txt" ;;
     compare-mobilenet)
       compare mobilenet_v2 $W/models/mobilenet_v2.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits ${BITS:-2,2.5,3,3.5,4} \
-        --match-uniform --methods ${METHODS:-rtn,gptq,gptq/act,hawq,bayesq,bayesq/kfac} ;;
+        --match-uniform --methods ${METHODS:-rtn,gptq,gptq/act,hawq,bayesq/hutchinson,bayesq/kfac} ;;
     distill-mobilenet)
       compare mobilenet_v2_distill $W/models/mobilenet_v2.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits 2,2.5,3 \
-        --methods bayesq,bayesq+distill,bayesq/kfac,bayesq/kfac+distill ;;
+        --methods bayesq/hutchinson,bayesq/hutchinson+distill,bayesq/kfac,bayesq/kfac+distill ;;
     sweep)
       for n in ${SWEEP:-16 32 64 128 256 1024}; do
-        compare sweep_calib$n $W/models/mobilenet_v2.pt $W/data/fmnist_calib$n.pt $W/data/fmnist_eval.pt --bits 3 --methods bayesq,bayesq/kfac
+        compare sweep_calib$n $W/models/mobilenet_v2.pt $W/data/fmnist_calib$n.pt $W/data/fmnist_eval.pt --bits 3 --methods bayesq/hutchinson,bayesq/kfac
       done ;;
     ablation)
       compare ablation $W/models/mobilenet_v2.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits 2.5 \
-        --methods ${METHODS_ABLATION:-bayesq,bayesq/expected,bayesq/kfac,bayesq/kfac/expected,bayesq/lloyd,bayesq/uniform,bayesq/tau1,bayesq/greedy} ;;
+        --methods ${METHODS_ABLATION:-bayesq/hutchinson,bayesq/hutchinson/expected,bayesq/kfac,bayesq/kfac/expected,bayesq/hutchinson/lloyd,bayesq/hutchinson/uniform,bayesq/hutchinson/tau1,bayesq/hutchinson/greedy} ;;
     compare-resnet50)
       compare resnet50 $W/models/resnet50.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits 2,2.5,3,3.5,4 \
-        --match-uniform --one-shot --methods ${METHODS_RN50:-rtn,gptq,bayesq,bayesq/kfac} ;;
+        --match-uniform --one-shot --methods ${METHODS_RN50:-rtn,gptq,bayesq/hutchinson,bayesq/kfac} ;;
     compare-bert)
       compare bert $W/models/bert.pt $W/data/wordnet_calib512.pt $W/data/wordnet_eval.pt --bits ${BITS_BERT:-2,2.5,3,3.5,4} \
-        --match-uniform --batch-size 16 --methods ${METHODS_BERT:-rtn,gptq,bayesq,bayesq/kfac} ;;
+        --match-uniform --batch-size 16 --methods ${METHODS_BERT:-rtn,gptq,bayesq/hutchinson,bayesq/kfac} ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
