@@ -165,6 +165,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
     const MethodConfig& config = per_method[m];
     const bool whole = config.variant().whole_bits;
     const nlohmann::json key = result_key(config);
+    check_budgets(session, config, {});  // --keep-fp and the fp16 range; each budget's feasibility is its row's
     std::vector<double> budgets = base.bits;
     if (!whole) budgets.insert(budgets.end(), matched.begin(), matched.end());
     for (double bits : budgets) {

@@ -285,6 +285,9 @@ TEST(Reliability, WeightsBeyondFp16AreRefusedUnlessKeptInFloat) {
   const Result kept = run("quantize --model " + fixture("huge_weights.pt") + " --method rtn --bits 4 --keep-fp fc1 -o " +
                           out);
   EXPECT_EQ(kept.code, 0) << kept.err;
+  expect_failure("compare --model " + fixture("huge_weights.pt") + " --calib " + fixture("huge_weights_calib.pt") +
+                     " --data " + fixture("huge_weights_calib.pt") + " --bits 4 --methods rtn",
+                 3, "huge_weights.pt", "");
 }
 
 TEST(Reliability, NamesAndPathsAUserMayType) {
