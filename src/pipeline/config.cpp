@@ -122,7 +122,8 @@ void MethodConfig::validate() const {
   if (distill.steps > 0) {
     BQ_CHECK(distill.lr > 0.0, ExitCode::usage, "--distill-lr must be positive");
     BQ_CHECK(distill.teacher_samples >= 1, ExitCode::usage, "--teacher-samples must be >= 1");
-    BQ_CHECK(distill.teacher_samples == 1 || (method == Method::bayesq && curvature != Curvature::kfac),
+    BQ_CHECK(distill.teacher_samples == 1 ||
+                 (method == Method::bayesq && (curvature == Curvature::hutchinson || curvature == Curvature::fisher)),
              ExitCode::usage,
              "--teacher-samples > 1 samples the diagonal posterior: use --method bayesq with hutchinson or fisher");
     BQ_CHECK(distill.holdout >= 0.0 && distill.holdout < 1.0, ExitCode::usage, "--distill-holdout must be in [0, 1)");
