@@ -71,4 +71,29 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
   return stats;
 }
 
+double mean_kl(const torch::jit::Module& reference, const torch::jit::Module& model, const DataFile& data,
+               int64_t examples, const Compute& compute, const std::string& model_path) {
+  torch::NoGradGuard no_grad;
+  const int64_t n = examples > 0 ? std::min<int64_t>(examples, data.size()) : data.size();
+  const int64_t batch = std::max<int64_t>(compute.batch_size, 128);
+  torch::jit::Module a = reference.clone(), b = model.clone();
+  for (torch::jit::Module* m : {&a, &b}) {
+    m->eval();
+    m->to(compute.device);
+  }
+  double kl = 0.0;
+  int64_t rows = 0;
+  for (int64_t begin = 0; begin < n; begin += batch) {
+    const int64_t end = std::min(n, begin + batch);
+    auto log_p = [&](torch::jit::Module& m) {
+      const torch::Tensor z = select_output(forward_batch(m, data, begin, end, compute.device, model_path), compute.output);
+      return torch::log_softmax(z.to(torch::kFloat64).reshape({-1, z.size(-1)}), 1);
+    };
+    const torch::Tensor p = log_p(a), q = log_p(b);
+    kl += (p.exp() * (p - q)).sum().item<double>();
+    rows += p.size(0);
+  }
+  return rows ? kl / double(rows) : 0.0;
+}
+
 }  // namespace bayesq

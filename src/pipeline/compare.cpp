@@ -211,6 +211,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
       row["config"] = config;
       row["key"] = key;
       if (!r.distillation.is_null()) row["distill"] = r.distillation;
+      if (!r.joint_calibration_kl.is_null()) row["joint_calibration_kl"] = r.joint_calibration_kl;
       if (r.quantized.allocation) {
         std::vector<int> chosen;
         for (const auto& b : r.quantized.allocation->blocks) chosen.push_back(b.keep_fp ? 0 : b.bits);

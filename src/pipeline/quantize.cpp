@@ -111,6 +111,7 @@ nlohmann::json quantized_model_report(Session& session, const MethodConfig& conf
                            {"notes", c.notes}};
   }
   if (!r.distillation.is_null()) report["distillation"] = r.distillation;
+  if (!r.joint_calibration_kl.is_null()) report["joint_calibration_kl"] = r.joint_calibration_kl;
   return report;
 }
 

@@ -262,6 +262,19 @@ BudgetResult run_budget(Session& session, const MethodConfig& config, double bit
     r.code_bits += c.code_bits;
     r.metadata_bits += c.metadata_bits;
   }
+  if (r.quantized.allocation && session.has_calibration()) {
+    t = Clock::now();
+    const DataFile& data = session.calibration();
+    const int64_t n = std::min<int64_t>(data.size(), config.measure.examples > 0 ? config.measure.examples : data.size());
+    const torch::jit::Module written = dequantized_module(r.module, session.index(), r.quantized.slots());
+    const double measured =
+        mean_kl(session.model().module, written, data, n, session.compute(), session.inputs().model);
+    r.joint_calibration_kl = {{"predicted", r.quantized.allocation->expected_loss / double(data.size())},
+                              {"measured", measured},
+                              {"examples", n},
+                              {"table", table_loss_name(config.table_loss)}};
+    r.timings["joint_kl"] = seconds_since(t);
+  }
   return r;
 }
 

@@ -224,3 +224,26 @@ TEST(Pipeline, PythonLoadsPackedAndFakeAndAgreesWithCpp) {
                               fixture("transformer_eval.pt") + " " + expected;
   EXPECT_EQ(std::system(command.c_str()), 0) << command;
 }
+
+// The report's joint KL of the whole allocation is the written file's: `bayesq eval` of the file on the same
+// calibration examples gives the same figure; the table's prediction (its entries summed) sits beside it.
+TEST(Pipeline, JointCalibrationKlIsTheWrittenModels) {
+  QuantizeOptions o;
+  o.model = fixture("separable.pt");
+  o.calib = fixture("separable_calib.pt");
+  o.bits = {3.5};
+  o.output = scratch("joint.pt");  // the default method: K-FAC with a measured table
+  o.method.measure.examples = 64;
+  const QuantizeOutcome out = run_quantize(o);
+  const nlohmann::json& joint = out.report_json.at(0)["joint_calibration_kl"];
+  ASSERT_TRUE(joint.is_object()) << out.report_json.at(0).dump();
+  EXPECT_EQ(joint["examples"].get<int64_t>(), 64);
+  EXPECT_EQ(joint["table"], "measured");
+  EXPECT_GT(joint["predicted"].get<double>(), 0.0);
+  std::vector<int64_t> first(64);
+  for (int64_t i = 0; i < 64; ++i) first[static_cast<std::size_t>(i)] = i;
+  LoadedModel q = load_model(out.outputs[0]), f = load_model(o.model);
+  const double file_kl =
+      evaluate(q.module, &f.module, DataFile::load(o.calib).subset(first), EvalParams{}, out.outputs[0]).mean_kl;
+  EXPECT_NEAR(joint["measured"].get<double>(), file_kl, 1e-9 + 1e-6 * file_kl);
+}

@@ -43,4 +43,10 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
                                 const OptionBlocks& options, const MeasureParams& params, const Compute& compute,
                                 const std::string& model_path, LossTable& table);
 
+// Mean KL(reference || model) per example over the first `examples` examples of `data` (all when 0 or more), in
+// double precision as evaluate() computes it: how far a whole quantized model is from the float one, where a
+// table entry measures one block at a time.
+double mean_kl(const torch::jit::Module& reference, const torch::jit::Module& model, const DataFile& data,
+               int64_t examples, const Compute& compute, const std::string& model_path);
+
 }  // namespace bayesq

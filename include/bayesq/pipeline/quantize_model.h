@@ -51,7 +51,11 @@ struct BudgetResult {
   torch::jit::Module module;     // what was written: the session's model, or its distilled copy
   nlohmann::json distillation;   // the distillation report (null without distillation)
   WriteStats written;
-  nlohmann::json timings;        // the method's stages, "distill", "write"
+  // With a loss table and calibration data: the table's prediction for the whole allocation (its entries summed,
+  // per example) against the written model's measured KL on the calibration examples the table scored. Each entry
+  // is measured with every other block in float, so the sum misses the blocks' interactions; this says by how much.
+  nlohmann::json joint_calibration_kl;
+  nlohmann::json timings;        // the method's stages, "distill", "write", "joint_kl"
   int64_t weights = 0, code_bits = 0, metadata_bits = 0;  // over the quantized blocks
   double average_bits() const { return weights ? double(code_bits + metadata_bits) / double(weights) : 0.0; }
   double average_code_bits() const { return weights ? double(code_bits) / double(weights) : 0.0; }
