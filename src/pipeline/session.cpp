@@ -9,6 +9,7 @@
 #include "bayesq/gptq/kfac.h"
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/block_tensor.h"
+#include "bayesq/model/forward.h"
 #include "bayesq/pipeline/quantize_model.h"
 
 namespace bayesq {
@@ -52,6 +53,14 @@ const DataFile& Session::calibration() {
   if (!calibration_) {
     BQ_CHECK(!inputs_.calib.empty(), ExitCode::usage, "this method needs calibration data (--calib)");
     calibration_ = std::make_unique<DataFile>(DataFile::load(inputs_.calib));
+    if (calibration_->has_labels()) {
+      // Labels are checked against the model's classes whatever uses them (a file is hostile until checked):
+      // one forward pass of one example gives the number of classes.
+      torch::NoGradGuard no_grad;
+      const torch::Tensor z = select_output(
+          forward_batch(model_.module, *calibration_, 0, 1, torch::kCPU, inputs_.model), compute_.output);
+      check_labels(*calibration_, z.size(-1));
+    }
   }
   return *calibration_;
 }

@@ -383,3 +383,16 @@ TEST(Reliability, SignalsAtAnyStageLeaveNothing) {
       EXPECT_EQ(temporaries_in(dir), 0) << "signal " << sig << " after " << delay_ms << " ms";
     }
 }
+
+// Labels in a calibration file are checked against the model's outputs whatever the method (was: only for
+// --curvature-loss ce and in eval).
+TEST(Reliability, CalibrationLabelsOutsideTheOutputsAreRefusedByEveryMethod) {
+  const fs::path dir = folder_for("labels");
+  const std::string out = (dir / "q.pt").string();
+  for (const char* method : {"bayesq", "gptq --bits 4", "hawq"}) {
+    const std::string bits = std::string(method).find("--bits") == std::string::npos ? " --bits 4" : "";
+    expect_failure("quantize --model " + fixture("resnet18.pt") + " --calib " + fixture("bad_labels.pt") +
+                       " --method " + method + bits + " -o " + out,
+                   3, "bad_labels.pt", out);
+  }
+}
