@@ -3,7 +3,8 @@
 #
 #   scripts/identical_outputs.sh MANIFEST [BAYESQ_BINARY]
 #
-# Runs every method (rtn, gptq, gptq/act, hawq, bayesq, bayesq/kfac, bayesq/expected), each without and with
+# Runs every method (rtn, gptq, gptq/act, hawq, bayesq/hutchinson, bayesq/kfac, the expected-loss table,
+# bayesq/data-free), each without and with
 # --distill-steps 50, at 2.5 and 3 bits (whole-bit methods at 2 and 3), in the packed and the fake format, plus
 # `calibrate`, and writes one "sha256  file" line per output to MANIFEST. Record a manifest before a change and one
 # after it, then `diff` them:
@@ -43,9 +44,10 @@ run rtn 2,3 --method rtn --calib "$calib"
 run gptq 2,3 --method gptq --calib "$calib"
 run gptq_act 2,3 --method gptq --act-order --calib "$calib"
 run hawq 2.5,3 --method hawq --calib "$calib"
-run bayesq 2.5,3 --method bayesq --calib "$calib"
-run bayesq_kfac 2.5,3 --method bayesq --curvature kfac --calib "$calib"
-run bayesq_expected 2.5,3 --method bayesq --table-loss expected --calib "$calib"
+run bayesq 2.5,3 --method bayesq/hutchinson --calib "$calib"
+run bayesq_kfac 2.5,3 --method bayesq/kfac --calib "$calib"
+run bayesq_expected 2.5,3 --method bayesq/hutchinson --table-loss expected --calib "$calib"
+run bayesq_data_free 2.5,3 --method bayesq/data-free --calib "$calib"  # the calibration file only for distillation
 "$bayesq" calibrate --model "$model" --calib "$calib" --threads 2 --seed 0 -o "$out/posterior.bqp" > /dev/null
 
 {
