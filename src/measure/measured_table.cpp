@@ -11,33 +11,55 @@
 
 namespace bayesq {
 
+namespace {
+
+// log softmax of the model's logits on the first n examples, in batches, in double precision (as in evaluate():
+// small KLs are differences of nearly equal log-probabilities). No gradients, so batches can be larger than the
+// calibration pass's: fewer, fuller kernel launches.
+std::vector<torch::Tensor> log_probabilities(torch::jit::Module& module, const DataFile& data, int64_t n,
+                                             const Compute& compute, const std::string& model_path) {
+  torch::NoGradGuard no_grad;
+  const int64_t batch = std::max<int64_t>(compute.batch_size, 128);
+  std::vector<torch::Tensor> out;
+  for (int64_t begin = 0; begin < n; begin += batch) {
+    const int64_t end = std::min(n, begin + batch);
+    const torch::Tensor z =
+        select_output(forward_batch(module, data, begin, end, compute.device, model_path), compute.output);
+    out.push_back(torch::log_softmax(z.to(torch::kFloat64).reshape({-1, z.size(-1)}), 1));
+  }
+  return out;
+}
+
+// sum over examples of KL(p || q), from the batches of log_probabilities.
+double kl_sum(const std::vector<torch::Tensor>& log_p, const std::vector<torch::Tensor>& log_q) {
+  double kl = 0.0;
+  for (std::size_t k = 0; k < log_p.size(); ++k) kl += (log_p[k].exp() * (log_p[k] - log_q[k])).sum().item<double>();
+  return kl;
+}
+
+torch::jit::Module eval_copy(const torch::jit::Module& model, const torch::Device& device) {
+  torch::jit::Module copy = model.clone();
+  copy.eval();
+  copy.to(device);
+  return copy;
+}
+
+}  // namespace
+
 MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
                                 const OptionBlocks& options, const MeasureParams& params, const Compute& compute,
                                 const std::string& model_path, LossTable& table) {
   const auto t = Clock::now();
   MeasureStats stats;
-  const torch::Device device = compute.device;
   const int64_t n = std::min<int64_t>(data.size(), params.examples > 0 ? params.examples : data.size());
-  torch::jit::Module work = model.clone();
-  work.eval();
-  work.to(device);
-  // No gradients here, so batches can be larger than the calibration pass's (fewer, fuller kernel launches).
-  const int64_t batch = std::max<int64_t>(compute.batch_size, 128);
-  auto log_probabilities = [&]() {
-    torch::NoGradGuard no_grad;
+  torch::jit::Module work = eval_copy(model, compute.device);
+  auto forward = [&]() {
     const auto start = Clock::now();
-    std::vector<torch::Tensor> out;
-    for (int64_t begin = 0; begin < n; begin += batch) {
-      const int64_t end = std::min(n, begin + batch);
-      const torch::Tensor z =
-          select_output(forward_batch(work, data, begin, end, device, model_path), compute.output);
-      // Double precision, as in evaluate(): small KLs are differences of nearly equal log-probabilities.
-      out.push_back(torch::log_softmax(z.to(torch::kFloat64).reshape({-1, z.size(-1)}), 1));
-    }
+    std::vector<torch::Tensor> out = log_probabilities(work, data, n, compute, model_path);
     stats.forward_seconds += seconds_since(start);
     return out;
   };
-  const std::vector<torch::Tensor> reference = log_probabilities();
+  const std::vector<torch::Tensor> reference = forward();
   for (std::size_t b = 0; b < index.blocks.size(); ++b) {
     const BlockInfo& info = index.blocks[b];
     const torch::Tensor original = find_tensor(work, info.name);
@@ -51,10 +73,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
       start = Clock::now();
       assign_tensor(work, info.name, dequantized_tensor(blocks[i], info, original));
       stats.quantize_seconds += seconds_since(start);
-      const std::vector<torch::Tensor> quantized = log_probabilities();
-      double kl = 0.0;
-      for (std::size_t k = 0; k < reference.size(); ++k)
-        kl += (reference[k].exp() * (reference[k] - quantized[k])).sum().item<double>();
+      const double kl = kl_sum(reference, forward());
       e.expected_loss = kl * double(data.size()) / double(n);  // N x mean KL: the scale of the expected loss
       e.plugin_loss = blocks[i].plugin_loss;
       e.lloyd_fallbacks = blocks[i].lloyd_fallbacks;
@@ -73,27 +92,12 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
 
 double mean_kl(const torch::jit::Module& reference, const torch::jit::Module& model, const DataFile& data,
                int64_t examples, const Compute& compute, const std::string& model_path) {
-  torch::NoGradGuard no_grad;
   const int64_t n = examples > 0 ? std::min<int64_t>(examples, data.size()) : data.size();
-  const int64_t batch = std::max<int64_t>(compute.batch_size, 128);
-  torch::jit::Module a = reference.clone(), b = model.clone();
-  for (torch::jit::Module* m : {&a, &b}) {
-    m->eval();
-    m->to(compute.device);
-  }
-  double kl = 0.0;
-  int64_t rows = 0;
-  for (int64_t begin = 0; begin < n; begin += batch) {
-    const int64_t end = std::min(n, begin + batch);
-    auto log_p = [&](torch::jit::Module& m) {
-      const torch::Tensor z = select_output(forward_batch(m, data, begin, end, compute.device, model_path), compute.output);
-      return torch::log_softmax(z.to(torch::kFloat64).reshape({-1, z.size(-1)}), 1);
-    };
-    const torch::Tensor p = log_p(a), q = log_p(b);
-    kl += (p.exp() * (p - q)).sum().item<double>();
-    rows += p.size(0);
-  }
-  return rows ? kl / double(rows) : 0.0;
+  torch::jit::Module a = eval_copy(reference, compute.device), b = eval_copy(model, compute.device);
+  const std::vector<torch::Tensor> log_p = log_probabilities(a, data, n, compute, model_path);
+  int64_t rows = 0;  // per scored position, as evaluate() averages (examples x positions for sequence outputs)
+  for (const torch::Tensor& t : log_p) rows += t.size(0);
+  return rows ? kl_sum(log_p, log_probabilities(b, data, n, compute, model_path)) / double(rows) : 0.0;
 }
 
 }  // namespace bayesq
