@@ -4,7 +4,8 @@
 #   bench/gpu_queue.sh SECONDS [WORKERS]        WORKERS (default 3) share bench/gpu_jobs.txt
 #   bench/gpu_queue.sh SECONDS JOBS_FILE...     one worker per jobs file
 # A jobs file holds lines "NAME MODEL CALIB_SIZE BITS METHODS [compare options]" in priority order (see
-# bench/gpu_jobs.txt); a line "# threads N" sets its worker's CPU threads (default: 16 / workers).
+# bench/gpu_jobs.txt); a line "# threads N" sets its worker's CPU threads (default: 16 / workers), a line
+# "# gpu N" the GPU it runs on (CUDA_VISIBLE_DEVICES; default: all, so the first).
 # First the build, the data and the models the jobs need (each skipped when its output exists; training runs in
 # the background), then every worker takes the next job of its file that is not done, not taken by another worker
 # and whose model and data exist. A job stopped at the limit keeps its rows (compare writes its JSON after every
@@ -89,6 +90,9 @@ worker() {  # worker JOBS_FILE
   local file=$1
   threads=$(awk '$1 == "#" && $2 == "threads" {print $3}' "$file" | head -1)
   threads=${threads:-$((16 / ${#files[@]}))}
+  local gpu
+  gpu=$(awk '$1 == "#" && $2 == "gpu" {print $3}' "$file" | head -1)
+  [ -n "$gpu" ] && export CUDA_VISIBLE_DEVICES=$gpu
   while [ "$(left)" -gt 20 ]; do
     local took=0 waiting=0
     while read -r name model calib bits methods rest; do

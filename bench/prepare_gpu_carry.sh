@@ -3,6 +3,7 @@
 # machine: Fashion-MNIST's IDX files and WordNet's data files, gzipped (about 37 MB together).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup.sh wordnet-base
 mkdir -p .gpu/raw/fashion .gpu/raw/wordnet
 cp -u /usr/share/datasets/fashion-mnist/*.gz .gpu/raw/fashion/
 for pos in noun verb adj adv; do

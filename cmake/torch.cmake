@@ -21,6 +21,7 @@ add_library(bayesq_torch STATIC
   src/gptq/feedback.cpp
   src/gptq/kfac.cpp
   src/gptq/model_gptq.cpp
+  src/measure/joint_allocation.cpp
   src/measure/measured_table.cpp
   src/distill/distill.cpp
   src/export/model_writer.cpp

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything bayesq needs on Debian 12 with apt. Idempotent: does nothing when all is installed.
+#   scripts/setup.sh [EXTRA_PACKAGE...]   also these (the GPU benchmark's carry needs wordnet-base)
 set -euo pipefail
 
 packages=(
@@ -7,6 +8,7 @@ packages=(
   libtorch-dev libeigen3-dev libcli11-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
   python3-torch python3-torchvision
   dataset-fashion-mnist
+  "$@"
 )
 
 missing=()

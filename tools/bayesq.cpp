@@ -184,6 +184,14 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
   app->add_option("--threads", run.threads, "CPU threads (0: all cores)")->capture_default_str();
   app->add_option("--max-examples", run.max_examples, "Use at most this many calibration examples (0: all)")
       ->capture_default_str();
+  app->add_option("--holdout", run.holdout,
+                  "Fraction of the calibration examples held out (spread over the file): never fitted to, the "
+                  "report scores the quantized model on them (0: none)")
+      ->capture_default_str();
+  app->add_option("--measure-disjoint", run.measure_disjoint,
+                  "Keep this many fit examples for the measured tables and joint refinement alone, apart from "
+                  "those the curvature and feedback are fitted on (0: off)")
+      ->capture_default_str();
   app->add_option("--group-size", m.table.quantizer.group_size,
                   "Codebook per group of this many inputs (0: per output row)")
       ->capture_default_str();
@@ -211,6 +219,14 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
       ->check(CLI::IsMember({"expected", "measured"}))
       ->capture_default_str();
   app->add_option("--measure-examples", m.measure.examples, "Calibration examples a measured table scores")
+      ->capture_default_str();
+  app->add_option("--joint-rounds", m.joint.rounds,
+                  "Rounds refining a measured table's allocation by the KL of the whole quantized model: each "
+                  "re-measures every block's nearby options with the others quantized, re-allocates, and is kept "
+                  "only if the joint KL falls (0: the additive allocation)")
+      ->capture_default_str();
+  app->add_option("--joint-window", m.joint.window,
+                  "Candidate bit-widths either side of a block's current one that a joint round re-measures")
       ->capture_default_str();
   app->add_option("--allocator", x.allocator,
                   "dp (exact knapsack; finely coarsened for very large models) or greedy (the paper's max-heap)")

@@ -216,6 +216,13 @@ double KfacMetric::loss(const torch::Tensor& delta_rows) const {
   return 0.5 * static_cast<double>(examples_) * (g_ * per_row).sum().item<double>();
 }
 
+torch::Tensor KfacMetric::row_losses(const torch::Tensor& delta_rows) const {
+  torch::NoGradGuard no_grad;
+  const int64_t groups = h_.size(0), cols = h_.size(1);
+  const torch::Tensor d = delta_rows.to(h_.device(), torch::kFloat64).reshape({groups, -1, cols});
+  return (torch::bmm(d, h_) * d).sum(2).reshape({-1});
+}
+
 double kfac_loss(const torch::Tensor& delta_rows, const BlockInfo& info, const LayerStats& stats, double damp) {
   (void)info;
   return KfacMetric(stats, delta_rows.size(0), damp, delta_rows.device()).loss(delta_rows);

@@ -46,11 +46,42 @@ std::vector<QuantizedBlock> kfac_option_blocks(const BlockWeights& weights, cons
   }
   if (times) times->design_seconds += seconds_since(start);
   if (!stats.captured) return out;
+  // Note [Two grids]: a uniform grid designed for the weights as they are (range-optimised in the diagonal
+  // metric) clips their extremes; the feedback then moves later weights by the earlier errors, beyond the clipped
+  // range at 2-3 bits, where GPTQ's min-max grid keeps room for them. Each uniform option is therefore also fed
+  // back on the min-max grid (the RTN grid, as GPTQ's reference builds it), and each row keeps whichever result
+  // has the lower feedback objective d_r H d_r^T. Rows are independent given H, so the mixed block is exactly
+  // what the feedback gives for those per-row grids; the cost is one more row stack per uniform option.
   start = Clock::now();
+  std::vector<QuantizedBlock> minmax;
+  std::vector<std::size_t> minmax_of;  // the option each min-max grid belongs to
+  for (std::size_t e = 0; e < out.size(); ++e)
+    if (out[e].kind == CodebookKind::uniform_asymmetric) {
+      minmax.push_back(quantize_block_rtn(weights, out[e].bits, quantizer.group_size));
+      minmax_of.push_back(e);
+    }
   std::vector<FeedbackOption> options;
   for (const QuantizedBlock& plain : out) options.push_back({plain.bits, plain.kind, &plain.codebooks});
-  std::vector<QuantizedBlock> fed = quantize_with_feedback_options(weight_rows(weights, device), info, stats, options,
-                                                                   quantizer.group_size, gptq);
+  for (const QuantizedBlock& grid : minmax) options.push_back({grid.bits, grid.kind, &grid.codebooks});
+  const torch::Tensor w = weight_rows(weights, device);
+  std::vector<QuantizedBlock> fed = quantize_with_feedback_options(w, info, stats, options, quantizer.group_size, gptq);
+  if (!minmax.empty()) {
+    const KfacMetric metric(stats, info.rows(), gptq.percdamp, device);
+    for (std::size_t k = 0; k < minmax.size(); ++k) {
+      QuantizedBlock& chosen = fed[minmax_of[k]];
+      const QuantizedBlock& other = fed[out.size() + k];
+      const torch::Tensor designed = metric.row_losses(dequantized_rows(chosen, device) - w).cpu();
+      const torch::Tensor plain = metric.row_losses(dequantized_rows(other, device) - w).cpu();
+      const auto a = designed.accessor<double, 1>(), b = plain.accessor<double, 1>();
+      const int64_t cols = chosen.cols, per_row = static_cast<int64_t>(chosen.codebooks.size()) / chosen.rows;
+      for (int64_t r = 0; r < chosen.rows; ++r) {
+        if (!(b[r] < a[r])) continue;
+        std::copy_n(other.codes.begin() + r * cols, cols, chosen.codes.begin() + r * cols);
+        std::copy_n(other.codebooks.begin() + r * per_row, per_row, chosen.codebooks.begin() + r * per_row);
+      }
+    }
+    fed.resize(out.size());
+  }
   for (std::size_t e = 0; e < fed.size(); ++e) fed[e].plugin_loss = out[e].plugin_loss;  // codebook fit, tau 0
   if (times) times->feedback_seconds += seconds_since(start);
   return fed;

@@ -11,11 +11,7 @@
 
 namespace bayesq {
 
-namespace {
-
-// log softmax of the model's logits on the first n examples, in batches, in double precision (as in evaluate():
-// small KLs are differences of nearly equal log-probabilities). No gradients, so batches can be larger than the
-// calibration pass's: fewer, fuller kernel launches.
+// No gradients, so batches can be larger than the calibration pass's: fewer, fuller kernel launches.
 std::vector<torch::Tensor> log_probabilities(torch::jit::Module& module, const DataFile& data, int64_t n,
                                              const Compute& compute, const std::string& model_path) {
   torch::NoGradGuard no_grad;
@@ -30,7 +26,6 @@ std::vector<torch::Tensor> log_probabilities(torch::jit::Module& module, const D
   return out;
 }
 
-// sum over examples of KL(p || q), from the batches of log_probabilities.
 double kl_sum(const std::vector<torch::Tensor>& log_p, const std::vector<torch::Tensor>& log_q) {
   double kl = 0.0;
   for (std::size_t k = 0; k < log_p.size(); ++k) kl += (log_p[k].exp() * (log_p[k] - log_q[k])).sum().item<double>();
@@ -43,8 +38,6 @@ torch::jit::Module eval_copy(const torch::jit::Module& model, const torch::Devic
   copy.to(device);
   return copy;
 }
-
-}  // namespace
 
 MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
                                 const OptionBlocks& options, const MeasureParams& params, const Compute& compute,

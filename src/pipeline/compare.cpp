@@ -113,7 +113,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
 
   const Compute compute = start_run(base.run);
   const std::string device = device_description(compute.device);
-  Session session({base.model, base.calib, ""}, compute);
+  Session session({base.model, base.calib, "", base.run.holdout, base.run.measure_disjoint}, compute);
   // What makes two runs the same comparison, for --resume; each row also carries its method's result key.
   nlohmann::json run = base.run;
   run.erase("threads");  // does not change results
@@ -212,6 +212,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
       row["key"] = key;
       if (!r.distillation.is_null()) row["distill"] = r.distillation;
       if (!r.joint_calibration_kl.is_null()) row["joint_calibration_kl"] = r.joint_calibration_kl;
+      if (!r.holdout.is_null()) row["holdout"] = r.holdout;
       if (r.quantized.allocation) {
         std::vector<int> chosen;
         for (const auto& b : r.quantized.allocation->blocks) chosen.push_back(b.keep_fp ? 0 : b.bits);
@@ -233,6 +234,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
                  {"seed", base.run.seed},
                  {"run", run},
                  {"shared_timings", session.timings()},
+                 {"calibration_split", session.has_calibration() ? session.calibration_split() : nlohmann::json()},
                  {"total_seconds", seconds_since(start)},
                  {"rows", rows}};
   if (!options.json_output.empty()) write_text_file(options.json_output, out.results.dump(2) + "\n");

@@ -36,12 +36,15 @@ void RunContext::validate() const {
   BQ_CHECK(batch_size > 0, ExitCode::usage, "--batch-size must be positive");
   BQ_CHECK(max_examples >= 0, ExitCode::usage, "--max-examples must be >= 0 (0: all)");
   BQ_CHECK(threads >= 0, ExitCode::usage, "--threads must be >= 0 (0: all cores)");
+  BQ_CHECK(holdout >= 0.0 && holdout <= 0.5, ExitCode::usage, "--holdout must be in [0, 0.5]");
+  BQ_CHECK(measure_disjoint >= 0, ExitCode::usage, "--measure-disjoint must be >= 0 (0: off)");
 }
 
 void to_json(nlohmann::json& j, const RunContext& r) {
   j = nlohmann::json{{"device", r.device},         {"seed", r.seed},
                      {"threads", r.threads},       {"batch_size", r.batch_size},
-                     {"max_examples", r.max_examples}, {"output_index", r.output_index}};
+                     {"max_examples", r.max_examples}, {"output_index", r.output_index},
+                     {"holdout", r.holdout},       {"measure_disjoint", r.measure_disjoint}};
 }
 
 void from_json(const nlohmann::json& j, RunContext& r) {
@@ -52,6 +55,8 @@ void from_json(const nlohmann::json& j, RunContext& r) {
   r.batch_size = j.value("batch_size", r.batch_size);
   r.max_examples = j.value("max_examples", r.max_examples);
   r.output_index = j.value("output_index", r.output_index);
+  r.holdout = j.value("holdout", r.holdout);
+  r.measure_disjoint = j.value("measure_disjoint", r.measure_disjoint);
 }
 
 LossTableParams MethodConfig::default_table() {
@@ -118,6 +123,8 @@ void MethodConfig::validate() const {
   for (int b : table.candidates)
     BQ_CHECK(b >= kMinBits && b <= kMaxBits, ExitCode::usage, "--candidates: ", b, " is outside ", kMinBits, "..",
              kMaxBits);
+  BQ_CHECK(joint.rounds >= 0 && joint.rounds <= 16, ExitCode::usage, "--joint-rounds must be in 0..16");
+  BQ_CHECK(joint.window >= 1 && joint.window <= kMaxBits, ExitCode::usage, "--joint-window must be in 1..", kMaxBits);
   BQ_CHECK(distill.steps >= 0, ExitCode::usage, "--distill-steps must be >= 0");
   if (distill.steps > 0) {
     BQ_CHECK(distill.lr > 0.0, ExitCode::usage, "--distill-lr must be positive");
@@ -157,7 +164,9 @@ void to_json(nlohmann::json& j, const MethodConfig& c) {
        {{"allocator", allocator_kind_name(c.allocation.allocator)},
         {"certify", c.allocation.certify},
         {"keep_fp", c.allocation.keep_fp},
-        {"rules", rules_json(c.allocation.rules)}}},
+        {"rules", rules_json(c.allocation.rules)},
+        {"joint_rounds", c.joint.rounds},
+        {"joint_window", c.joint.window}}},
       {"gptq",
        {{"percdamp", c.gptq.percdamp},
         {"act_order", c.gptq.act_order},
@@ -193,6 +202,8 @@ void from_json(const nlohmann::json& j, MethodConfig& c) {
   c.allocation.certify = a.at("certify").get<bool>();
   c.allocation.keep_fp = a.at("keep_fp").get<std::vector<std::string>>();
   c.allocation.rules = rules_from_json(a.at("rules"));
+  c.joint.rounds = a.at("joint_rounds").get<int>();
+  c.joint.window = a.at("joint_window").get<int>();
   const auto& g = j.at("gptq");
   c.gptq.percdamp = g.at("percdamp").get<double>();
   c.gptq.act_order = g.at("act_order").get<bool>();
@@ -220,6 +231,10 @@ nlohmann::json result_key(const MethodConfig& c) {
     j["allocation"] = {{"keep_fp", c.allocation.keep_fp}};
   } else if (c.table_loss != TableLoss::measured) {
     j["table"].erase("measure_examples");
+    j["allocation"].erase("joint_rounds");  // the joint refinement needs a measured table
+    j["allocation"].erase("joint_window");
+  } else if (c.joint.rounds == 0) {
+    j["allocation"].erase("joint_window");
   }
   if (!v.needs_layer_stats) j.erase("gptq");
   else if (c.method != Method::gptq) j["gptq"].erase("sequential");  // K-FAC's feedback is one-shot

@@ -112,6 +112,8 @@ nlohmann::json quantized_model_report(Session& session, const MethodConfig& conf
   }
   if (!r.distillation.is_null()) report["distillation"] = r.distillation;
   if (!r.joint_calibration_kl.is_null()) report["joint_calibration_kl"] = r.joint_calibration_kl;
+  if (!r.holdout.is_null()) report["holdout"] = r.holdout;
+  if (session.has_calibration()) report["calibration_split"] = session.calibration_split();
   return report;
 }
 
@@ -206,7 +208,8 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
   validate(options);
   const Compute compute = start_run(options.run);
   reset_peak_device_bytes(compute.device);
-  Session session({options.model, options.calib, options.posterior}, compute);
+  Session session({options.model, options.calib, options.posterior, options.run.holdout, options.run.measure_disjoint},
+                  compute);
   const MethodConfig config = options.method.resolved(session.has_calibration(), !options.posterior.empty());
   if (config.curvature == Curvature::data_free)
     log::warn("no calibration data: data-free mode (each weight's precision from its block's weights alone); "

@@ -7,8 +7,10 @@
 #include "bayesq/common/errors.h"
 #include "bayesq/common/timer.h"
 #include "bayesq/distill/distill.h"
+#include "bayesq/eval/evaluate.h"
 #include "bayesq/gptq/kfac.h"
 #include "bayesq/gptq/model_gptq.h"
+#include "bayesq/measure/joint_allocation.h"
 #include "bayesq/measure/measured_table.h"
 #include "bayesq/table/hawq_table.h"
 
@@ -114,6 +116,13 @@ std::vector<QuantizedBlock> option_blocks(Session& session, const MethodConfig& 
   BQ_ASSERT(false, method_name(config.method), " quantizes no block options");
 }
 
+QuantizedBlock option_block(Session& session, const MethodConfig& config, std::size_t block, int bits,
+                            CodebookKind kind) {
+  if (config.table_loss == TableLoss::measured)
+    if (const QuantizedBlock* kept = session.kept_option(table_key(config).dump(), block, bits, kind)) return *kept;
+  return std::move(option_blocks(session, config, block, {{bits, kind}}).front());
+}
+
 LossTable build_table(Session& session, const MethodConfig& config) {
   const BlockIndex& index = session.index();
   const TableKind kind = config.variant().table;
@@ -128,10 +137,13 @@ LossTable build_table(Session& session, const MethodConfig& config) {
     // Every entry is measured from the blocks quantized there: scoring them with the loss model first would
     // design every codebook (and, for K-FAC, run every feedback pass) twice.
     LossTable table = unscored_table(index, config);
+    const std::string key = table_key(config).dump();
     const OptionBlocks options = [&](std::size_t b, const std::vector<std::pair<int, CodebookKind>>& choices) {
-      return option_blocks(session, config, b, choices);
+      std::vector<QuantizedBlock> blocks = option_blocks(session, config, b, choices);
+      session.keep_options(key, b, blocks);
+      return blocks;
     };
-    const MeasureStats stats = measure_loss_table(session.model().module, index, session.calibration(), options,
+    const MeasureStats stats = measure_loss_table(session.model().module, index, session.measurement(), options,
                                                   config.measure, session.compute(), session.inputs().model, table);
     session.add_time("measure_table", stats.seconds);
     session.add_time("measure_table_quantize", stats.quantize_seconds);
@@ -194,13 +206,26 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
   ap.bits_per_weight = bits;
   out.allocation = allocate(loss_table, ap);
   out.timings["allocate"] = seconds_since(t);
+  if (config.table_loss == TableLoss::measured && config.joint.rounds > 0) {
+    t = Clock::now();
+    const OptionBlock option = [&](std::size_t b, int entry) {
+      const LossEntry& e = loss_table.blocks[b].entries[static_cast<std::size_t>(entry)];
+      return option_block(session, config, b, e.bits, e.kind);
+    };
+    JointRefinement joint = refine_allocation(session.model().module, index, session.measurement(), loss_table,
+                                              *out.allocation, ap, config.joint, config.measure, option,
+                                              session.compute(), session.inputs().model);
+    out.allocation = std::move(joint.allocation);
+    out.joint = std::move(joint);
+    out.timings["joint_allocation"] = seconds_since(t);
+  }
   t = Clock::now();
   out.blocks.resize(index.blocks.size());
   out.present.assign(index.blocks.size(), false);
   for (std::size_t b = 0; b < index.blocks.size(); ++b) {
     const BlockChoice& choice = out.allocation->blocks[b];
     if (choice.keep_fp) continue;
-    out.blocks[b] = std::move(option_blocks(session, config, b, {{choice.bits, choice.kind}}).front());
+    out.blocks[b] = option_block(session, config, b, choice.bits, choice.kind);
     out.present[b] = true;
   }
   out.timings["quantize"] = seconds_since(t);
@@ -262,18 +287,42 @@ BudgetResult run_budget(Session& session, const MethodConfig& config, double bit
     r.code_bits += c.code_bits;
     r.metadata_bits += c.metadata_bits;
   }
-  if (r.quantized.allocation && session.has_calibration()) {
+  if (!session.has_calibration()) return r;
+  torch::jit::Module written = dequantized_module(r.module, session.index(), r.quantized.slots());
+  if (r.quantized.allocation) {
     t = Clock::now();
-    const DataFile& data = session.calibration();
+    const DataFile& data = session.measurement();
     const int64_t n = std::min<int64_t>(data.size(), config.measure.examples > 0 ? config.measure.examples : data.size());
-    const torch::jit::Module written = dequantized_module(r.module, session.index(), r.quantized.slots());
     const double measured =
         mean_kl(session.model().module, written, data, n, session.compute(), session.inputs().model);
-    r.joint_calibration_kl = {{"predicted", r.quantized.allocation->expected_loss / double(data.size())},
+    // A measured table's entries are N x KL over the measured examples; an expected-loss table's are on the scale
+    // of the examples the curvature was fitted on.
+    const double scale = double(config.table_loss == TableLoss::measured ? data.size() : session.calibration().size());
+    r.joint_calibration_kl = {{"predicted", r.quantized.allocation->expected_loss / scale},
                               {"measured", measured},
                               {"examples", n},
                               {"table", table_loss_name(config.table_loss)}};
+    if (r.quantized.joint) {
+      // The additive allocation's measured KL, and each refinement round's prediction and measurement.
+      nlohmann::json refinement = *r.quantized.joint;
+      r.joint_calibration_kl["refinement"] = std::move(refinement);
+    }
     r.timings["joint_kl"] = seconds_since(t);
+  }
+  const DataFile& held = session.holdout();
+  if (held.size() > 0) {
+    t = Clock::now();
+    EvalParams ep;
+    ep.device = session.compute().device;
+    ep.output = session.compute().output;
+    torch::jit::Module reference = session.model().module.clone();
+    reference.eval();
+    reference.to(ep.device);
+    written.to(ep.device);
+    const EvalResult e = evaluate(written, &reference, held, ep, session.inputs().model);
+    r.holdout = {{"examples", e.examples}, {"kl", e.mean_kl}, {"agreement", e.agreement}};
+    if (e.has_labels) r.holdout["top1"] = e.top1;
+    r.timings["holdout"] = seconds_since(t);
   }
   return r;
 }

@@ -1,5 +1,7 @@
 #include "bayesq/pipeline/session.h"
 
+#include <cmath>
+
 #include <torch/torch.h>
 
 #include "bayesq/calibrate/curvature.h"
@@ -49,20 +51,79 @@ Session::Session(const SessionInputs& inputs, const Compute& compute) : inputs_(
 
 void Session::add_time(const std::string& stage, double seconds) { timings_[stage] = seconds; }
 
-const DataFile& Session::calibration() {
-  if (!calibration_) {
-    BQ_CHECK(!inputs_.calib.empty(), ExitCode::usage, "this method needs calibration data (--calib)");
-    calibration_ = std::make_unique<DataFile>(DataFile::load(inputs_.calib));
-    if (calibration_->has_labels()) {
-      // Labels are checked against the model's classes whatever uses them (a file is hostile until checked):
-      // one forward pass of one example gives the number of classes.
-      torch::NoGradGuard no_grad;
-      const torch::Tensor z = select_output(
-          forward_batch(model_.module, *calibration_, 0, 1, torch::kCPU, inputs_.model), compute_.output);
-      check_labels(*calibration_, z.size(-1));
-    }
+namespace {
+// k indices of 0..n-1 spread evenly (the middle of each of k equal stretches), so that a file sorted by class
+// still gives a held-out part with every class.
+std::vector<int64_t> spread_indices(int64_t n, int64_t k) {
+  std::vector<int64_t> out;
+  for (int64_t j = 0; j < k; ++j) out.push_back(static_cast<int64_t>((double(j) + 0.5) * double(n) / double(k)));
+  return out;
+}
+}  // namespace
+
+void Session::load_calibration() {
+  if (calibration_) return;
+  BQ_CHECK(!inputs_.calib.empty(), ExitCode::usage, "this method needs calibration data (--calib)");
+  DataFile file = DataFile::load(inputs_.calib);
+  {
+    // A file is hostile until checked: one forward pass of one example shows that the inputs fit the model
+    // (the error names the file's shapes, before any split) and gives the number of classes the labels must
+    // respect, whatever uses them.
+    // On the run's device: a model traced there may hold that device in its code.
+    torch::NoGradGuard no_grad;
+    model_.module.to(compute_.device);
+    const torch::Tensor z =
+        select_output(forward_batch(model_.module, file, 0, 1, compute_.device, inputs_.model), compute_.output);
+    model_.module.to(torch::kCPU);
+    if (file.has_labels()) check_labels(file, z.size(-1));
   }
+  file_examples_ = file.size();
+  const int64_t held = static_cast<int64_t>(std::floor(inputs_.holdout * double(file.size())));
+  std::vector<int64_t> fit, held_out;
+  if (held >= 1 && held < file.size()) {
+    held_out = spread_indices(file.size(), held);
+    for (int64_t i = 0, h = 0; i < file.size(); ++i) {
+      if (h < held && held_out[static_cast<std::size_t>(h)] == i) ++h;
+      else fit.push_back(i);
+    }
+  } else {
+    if (inputs_.holdout > 0.0)
+      log::warn("calibration file has ", file.size(), " examples: too few to hold any out; nothing is held out");
+    for (int64_t i = 0; i < file.size(); ++i) fit.push_back(i);
+  }
+  holdout_ = std::make_unique<DataFile>(file.subset(held_out));
+  std::vector<int64_t> statistics = fit, measured;
+  const int64_t m = inputs_.measure_disjoint;
+  if (m > 0) {
+    BQ_CHECK(m < static_cast<int64_t>(fit.size()), ExitCode::usage, "--measure-disjoint ", m, " leaves no example "
+             "to fit on: the calibration file has ", fit.size(), " after the hold-out: ", inputs_.calib);
+    measured.assign(fit.end() - m, fit.end());
+    statistics.resize(fit.size() - static_cast<std::size_t>(m));
+  }
+  if (m > 0) measurement_ = std::make_unique<DataFile>(file.subset(measured));
+  if (held_out.empty() && m == 0) calibration_ = std::make_unique<DataFile>(std::move(file));
+  else calibration_ = std::make_unique<DataFile>(file.subset(statistics));
+}
+
+const DataFile& Session::calibration() {
+  load_calibration();
   return *calibration_;
+}
+
+const DataFile& Session::measurement() {
+  load_calibration();
+  return measurement_ ? *measurement_ : *calibration_;
+}
+
+const DataFile& Session::holdout() {
+  load_calibration();
+  return *holdout_;
+}
+
+nlohmann::json Session::calibration_split() {
+  load_calibration();
+  return {{"file", file_examples_}, {"fit", calibration_->size()}, {"measure", measurement().size()},
+          {"measure_disjoint", measurement_ != nullptr}, {"holdout", holdout_->size()}};
 }
 
 const CurvatureSet& Session::curvature(const CurvatureParams& params) {
@@ -146,6 +207,39 @@ const std::vector<std::vector<float>>& Session::kfac_precision(double damp) {
 BlockWeights Session::weights(std::size_t block, const std::vector<float>* precision) const {
   const BlockInfo& info = index_.blocks[block];
   return BlockWeights{rows_[block].data(), precision ? precision->data() : nullptr, info.rows(), info.cols()};
+}
+
+namespace {
+int64_t approximate_bytes(const QuantizedBlock& q) {
+  int64_t bytes = static_cast<int64_t>(q.codes.size() + sizeof(QuantizedBlock));
+  for (const Codebook& c : q.codebooks)
+    bytes += static_cast<int64_t>(sizeof(Codebook) + c.levels.size() * sizeof(float) + c.boundaries.size() * sizeof(double));
+  return bytes;
+}
+}  // namespace
+
+void Session::keep_options(const std::string& table_key, std::size_t block, const std::vector<QuantizedBlock>& options) {
+  if (kept_options_full_) return;
+  int64_t bytes = 0;
+  for (const QuantizedBlock& q : options) bytes += approximate_bytes(q);
+  if (kept_option_bytes_ + bytes > kMaxKeptOptionBytes) {
+    kept_options_full_ = true;
+    log::info("quantized options past ", kMaxKeptOptionBytes >> 30, " GiB: the rest are quantized again when used");
+    return;
+  }
+  auto& blocks = kept_options_[table_key];
+  blocks.resize(index_.blocks.size());
+  blocks[block] = options;
+  kept_option_bytes_ += bytes;
+}
+
+const QuantizedBlock* Session::kept_option(const std::string& table_key, std::size_t block, int bits,
+                                           CodebookKind kind) const {
+  const auto it = kept_options_.find(table_key);
+  if (it == kept_options_.end() || block >= it->second.size()) return nullptr;
+  for (const QuantizedBlock& q : it->second[block])
+    if (q.bits == bits && q.kind == kind) return &q;
+  return nullptr;
 }
 
 const LossTable& Session::table(const MethodConfig& config) {

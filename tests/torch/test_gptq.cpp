@@ -13,6 +13,7 @@
 #include "bayesq/common/errors.h"
 #include "bayesq/data/data_file.h"
 #include "bayesq/gptq/gptq.h"
+#include "bayesq/gptq/kfac.h"
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/block_tensor.h"
 #include "bayesq/model/model_file.h"
@@ -312,4 +313,48 @@ TEST(Gptq, KfacBayesqLayerErrorIsNoWorseThanGptqAtEqualAverageBits) {
     RecordProperty(std::string("layer_error_gptq_") + c.model, std::to_string(e_gptq));
     RecordProperty(std::string("layer_error_kfac_") + c.model, std::to_string(e_kfac));
   }
+}
+
+// Note [Two grids]: each row of a uniform K-FAC option is the better, in the feedback objective d H d^T, of the
+// feedback on the designed grid and on the min-max (RTN) grid. Oracle: both passes run here separately, row by row.
+TEST(Gptq, KfacUniformOptionKeepsTheBetterGridOfEachRow) {
+  Fixture f("separable.pt", "separable_calib.pt", "", /*gradients=*/true);
+  int mixed = 0;
+  for (const char* name : {"pw2.weight", "fc.weight", "dw2.weight"}) {
+    const std::size_t b = f.block(name);
+    const BlockInfo& info = f.index.blocks[b];
+    const std::vector<float> w = block_rows_vector(find_tensor(f.model.module, info.name), info);
+    const BlockWeights weights{w.data(), nullptr, info.rows(), info.cols()};
+    const std::vector<float> precision = kfac_precision(f.calib[b], info, 0.01);
+    const BlockWeights weighted{w.data(), precision.data(), info.rows(), info.cols()};
+    QuantizerParams qp;
+    qp.kind = CodebookKind::uniform_asymmetric;
+    const GptqParams gp;
+    const KfacMetric metric(f.calib[b], info.rows(), gp.percdamp, torch::kCPU);
+    for (int bits : {1, 2, 3}) {
+      const QuantizedBlock got =
+          kfac_option_blocks(weighted, info, f.calib[b], {{bits, CodebookKind::uniform_asymmetric}}, qp, gp,
+                             torch::kCPU).front();
+      const QuantizedBlock designed = quantize_block(weighted, bits, qp);
+      const QuantizedBlock minmax = quantize_block_rtn(weights, bits, 0);
+      const QuantizedBlock a = quantize_with_feedback_options(f.rows(b), info, f.calib[b],
+                                                              {{bits, designed.kind, &designed.codebooks}}, 0, gp).front();
+      const QuantizedBlock c = quantize_with_feedback_options(f.rows(b), info, f.calib[b],
+                                                              {{bits, minmax.kind, &minmax.codebooks}}, 0, gp).front();
+      const torch::Tensor la = metric.row_losses(dequantized_rows(a, torch::kCPU) - f.rows(b));
+      const torch::Tensor lc = metric.row_losses(dequantized_rows(c, torch::kCPU) - f.rows(b));
+      bool used_a = false, used_c = false;
+      for (int64_t r = 0; r < info.rows(); ++r) {
+        const QuantizedBlock& best = lc[r].item<double>() < la[r].item<double>() ? c : a;
+        (&best == &a ? used_a : used_c) = true;
+        const auto begin = best.codes.begin() + r * info.cols();
+        EXPECT_TRUE(std::equal(begin, begin + info.cols(), got.codes.begin() + r * info.cols()))
+            << name << " row " << r << " at " << bits << " bits";
+        EXPECT_EQ(got.codebooks[static_cast<std::size_t>(r)].scale, best.codebooks[static_cast<std::size_t>(r)].scale);
+        EXPECT_EQ(got.codebooks[static_cast<std::size_t>(r)].offset, best.codebooks[static_cast<std::size_t>(r)].offset);
+      }
+      mixed += used_a && used_c;
+    }
+  }
+  EXPECT_GT(mixed, 0);  // the choice is made per row: some block mixes both grids
 }

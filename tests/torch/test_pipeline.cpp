@@ -1,6 +1,7 @@
 // End to end through the library: quantize -> files -> evaluation; determinism; sizes; Python interop.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -88,6 +89,7 @@ TEST(Pipeline, MeasuredTableEntriesAreTheCalibrationKlOfOneQuantizedBlock) {
   QuantizeOptions o = options("separable.pt", "separable_calib.pt", "measured.pt");
   o.method.table_loss = TableLoss::measured;
   o.method.measure.examples = 96;  // the whole calibration file
+  o.run.holdout = 0.0;
   o.method.calibration.probes = 2;
   o.bits = {4.0};
   const nlohmann::json report = run_quantize(o).report_json.at(0);
@@ -108,6 +110,7 @@ TEST(Pipeline, MeasuredTableEntriesAreTheCalibrationKlOfOneQuantizedBlock) {
       one.method.table_loss = TableLoss::expected;  // allocation is forced; no measuring on this path
       one.method.calibration.probes = 2;
       one.format = "fake";
+      one.run.holdout = 0.0;  // the same examples fitted as the table's run
       one.method.allocation.keep_fp = {std::string("^(?!") + block + "$)"};
       one.method.allocation.rules = {BitsRule{std::string("^") + block + "$", bits, bits}};
       one.method.table.kinds = {e.at("kind").get<std::string>() == "lloyd" ? CodebookKind::lloyd : CodebookKind::uniform_asymmetric};
@@ -226,24 +229,45 @@ TEST(Pipeline, PythonLoadsPackedAndFakeAndAgreesWithCpp) {
 }
 
 // The report's joint KL of the whole allocation is the written file's: `bayesq eval` of the file on the same
-// calibration examples gives the same figure; the table's prediction (its entries summed) sits beside it.
-TEST(Pipeline, JointCalibrationKlIsTheWrittenModels) {
+// calibration examples gives the same figure; the table's prediction (its entries summed) sits beside it. So is
+// the held-out score: the file evaluated on the examples set aside, which are recomputed here from the rule
+// (h = floor(0.125 N) examples, the middle of each of h equal stretches of the file) and never fitted to.
+TEST(Pipeline, JointAndHeldOutKlAreTheWrittenModels) {
   QuantizeOptions o;
   o.model = fixture("separable.pt");
   o.calib = fixture("separable_calib.pt");
   o.bits = {3.5};
-  o.output = scratch("joint.pt");  // the default method: K-FAC with a measured table
+  o.output = scratch("joint.pt");  // the default method: K-FAC with a measured table, refined jointly
   o.method.measure.examples = 64;
   const QuantizeOutcome out = run_quantize(o);
-  const nlohmann::json& joint = out.report_json.at(0)["joint_calibration_kl"];
-  ASSERT_TRUE(joint.is_object()) << out.report_json.at(0).dump();
+  const nlohmann::json& report = out.report_json.at(0);
+  const nlohmann::json& joint = report["joint_calibration_kl"];
+  ASSERT_TRUE(joint.is_object()) << report.dump();
   EXPECT_EQ(joint["examples"].get<int64_t>(), 64);
   EXPECT_EQ(joint["table"], "measured");
   EXPECT_GT(joint["predicted"].get<double>(), 0.0);
-  std::vector<int64_t> first(64);
-  for (int64_t i = 0; i < 64; ++i) first[static_cast<std::size_t>(i)] = i;
+  // The refinement keeps a round only when it lowers the measured KL, and ends at the written model's.
+  const nlohmann::json& refinement = joint["refinement"];
+  EXPECT_LE(refinement["final_kl"].get<double>(), refinement["initial_kl"].get<double>());
+  EXPECT_EQ(refinement["final_kl"].get<double>(), joint["measured"].get<double>());
+  for (const auto& round : refinement["rounds"])
+    if (round["accepted"].get<bool>()) EXPECT_LT(round["measured_kl"].get<double>(), refinement["initial_kl"].get<double>());
+
+  const DataFile file = DataFile::load(o.calib);
+  const int64_t n = file.size(), held = n / 8;
+  ASSERT_GE(held, 1);
+  std::vector<int64_t> held_out, fit;
+  for (int64_t j = 0; j < held; ++j) held_out.push_back(((2 * j + 1) * n) / (2 * held));
+  for (int64_t i = 0; i < n; ++i)
+    if (std::find(held_out.begin(), held_out.end(), i) == held_out.end()) fit.push_back(i);
+  EXPECT_EQ(report["calibration_split"]["holdout"].get<int64_t>(), held);
+  EXPECT_EQ(report["calibration_split"]["fit"].get<int64_t>(), n - held);
+  fit.resize(64);  // the measured examples: the first 64 the statistics were fitted on
   LoadedModel q = load_model(out.outputs[0]), f = load_model(o.model);
-  const double file_kl =
-      evaluate(q.module, &f.module, DataFile::load(o.calib).subset(first), EvalParams{}, out.outputs[0]).mean_kl;
+  const double file_kl = evaluate(q.module, &f.module, file.subset(fit), EvalParams{}, out.outputs[0]).mean_kl;
   EXPECT_NEAR(joint["measured"].get<double>(), file_kl, 1e-9 + 1e-6 * file_kl);
+  const EvalResult held_eval = evaluate(q.module, &f.module, file.subset(held_out), EvalParams{}, out.outputs[0]);
+  EXPECT_EQ(report["holdout"]["examples"].get<int64_t>(), held);
+  EXPECT_NEAR(report["holdout"]["kl"].get<double>(), held_eval.mean_kl, 1e-9 + 1e-6 * held_eval.mean_kl);
+  EXPECT_EQ(report["holdout"]["agreement"].get<double>(), held_eval.agreement);
 }

@@ -53,6 +53,9 @@ class KfacMetric {
  public:
   KfacMetric(const LayerStats& stats, int64_t rows, double damp, const torch::Device& device);
   double loss(const torch::Tensor& delta_rows) const;
+  // d_r H_g(r) d_r^T of every row, [rows] float64: the metric without G_rr and N/2, for choosing between two
+  // quantizations of the same row.
+  torch::Tensor row_losses(const torch::Tensor& delta_rows) const;
 
  private:
   torch::Tensor h_, g_;

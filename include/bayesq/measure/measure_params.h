@@ -10,3 +10,13 @@ struct MeasureParams {
 };
 
 }  // namespace bayesq
+
+namespace bayesq {
+
+// Joint refinement of a measured table's allocation (Note [Joint allocation] in joint_allocation.h).
+struct JointParams {
+  int rounds = 2;  // rounds after the additive allocation; 0: the additive allocation as it is
+  int window = 1;  // candidate bit-widths either side of a block's current one that a round re-measures
+};
+
+}  // namespace bayesq

@@ -49,4 +49,14 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
 double mean_kl(const torch::jit::Module& reference, const torch::jit::Module& model, const DataFile& data,
                int64_t examples, const Compute& compute, const std::string& model_path);
 
+// The pieces the measurements share (joint_allocation.cpp too):
+// log softmax of the model's logits on the first n examples, in batches of max(compute.batch_size, 128), in double
+// precision (as in evaluate(): small KLs are differences of nearly equal log-probabilities), one tensor per batch;
+std::vector<torch::Tensor> log_probabilities(torch::jit::Module& module, const DataFile& data, int64_t n,
+                                             const Compute& compute, const std::string& model_path);
+// the sum over scored rows of KL(p || q), from two such lists;
+double kl_sum(const std::vector<torch::Tensor>& log_p, const std::vector<torch::Tensor>& log_q);
+// an eval-mode copy of the model on `device`, whose tensors can be swapped without touching the original.
+torch::jit::Module eval_copy(const torch::jit::Module& model, const torch::Device& device);
+
 }  // namespace bayesq

@@ -30,6 +30,8 @@ struct RunContext {
   int64_t batch_size = 32;     // calibration batches
   int64_t max_examples = 0;    // calibration examples used (0: all)
   std::string output_index;    // which model output is the logits
+  double holdout = 0.125;      // calibration examples held out and scored (Note [Calibration split], session.h)
+  int64_t measure_disjoint = 0;  // fit examples kept for measured tables only (0: tables use the fit examples)
 
   void validate() const;       // throws UserError(usage)
 };
@@ -50,6 +52,7 @@ struct MethodConfig {
   TableLoss table_loss = TableLoss::measured;
   MeasureParams measure;
   AllocationParams allocation;   // allocator, certify, keep_fp, rules; bits_per_weight is set per budget
+  JointParams joint;             // refinement of a measured table's allocation by the joint KL
   GptqParams gptq;               // GPTQ, and the error feedback of K-FAC
   bool sequential = true;        // gptq: each layer's inputs after the layers before it are quantized
   DistillParams distill = no_distill();

@@ -14,6 +14,7 @@
 #include "bayesq/allocate/allocation.h"
 #include "bayesq/codebook/block_quantizer.h"
 #include "bayesq/export/model_writer.h"
+#include "bayesq/measure/joint_allocation.h"
 #include "bayesq/pipeline/config.h"
 #include "bayesq/pipeline/session.h"
 
@@ -23,6 +24,7 @@ struct QuantizedModel {
   std::vector<QuantizedBlock> blocks;  // one per index block; unused where kept in floating point
   std::vector<bool> present;
   std::optional<Allocation> allocation;
+  std::optional<JointRefinement> joint;  // measured tables with --joint-rounds > 0 (its allocation moved out)
   nlohmann::json details = nlohmann::json::object();  // method specifics (per-block GPTQ damping, fallbacks)
   nlohmann::json timings = nlohmann::json::object();
   std::vector<const QuantizedBlock*> slots() const;
@@ -32,6 +34,11 @@ struct QuantizedModel {
 // a block is quantized for bayesq and hawq (tables, measurements and the final pass all come through here).
 std::vector<QuantizedBlock> option_blocks(Session& session, const MethodConfig& config, std::size_t block,
                                           const std::vector<std::pair<int, CodebookKind>>& choices);
+
+// One option as the final pass writes it: the block the measured table kept (Session::kept_option) or, without
+// one, option_blocks' for this option alone.
+QuantizedBlock option_block(Session& session, const MethodConfig& config, std::size_t block, int bits,
+                            CodebookKind kind);
 
 // The loss table of a (resolved) configuration, built from the session's artifacts. Session::table caches it.
 LossTable build_table(Session& session, const MethodConfig& config);
@@ -55,6 +62,9 @@ struct BudgetResult {
   // per example) against the written model's measured KL on the calibration examples the table scored. Each entry
   // is measured with every other block in float, so the sum misses the blocks' interactions; this says by how much.
   nlohmann::json joint_calibration_kl;
+  // With held-out calibration examples (Session::holdout): KL, top-1 agreement (and top-1 with labels) of the
+  // written model on them; nothing fitted or chosen saw them.
+  nlohmann::json holdout;
   nlohmann::json timings;        // the method's stages, "distill", "write", "joint_kl"
   int64_t weights = 0, code_bits = 0, metadata_bits = 0;  // over the quantized blocks
   double average_bits() const { return weights ? double(code_bits + metadata_bits) / double(weights) : 0.0; }

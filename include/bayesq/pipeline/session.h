@@ -30,6 +30,12 @@ struct SessionInputs {
   std::string model;      // TorchScript model
   std::string calib;      // calibration data ("" : none; methods that need it fail with a usage error)
   std::string posterior;  // a saved posterior (.bqp) that replaces the calibration pass ("" : none)
+  // Note [Calibration split]: `holdout` of the calibration examples, spread evenly over the file, are never
+  // fitted to: the report scores the quantized model on them. Of the rest, `measure_disjoint` examples (0: none)
+  // are kept for the measured tables and the joint refinement alone, so that what picks the options never saw
+  // the examples the curvature, the layer statistics and the error feedback were fitted on.
+  double holdout = 0.0;
+  int64_t measure_disjoint = 0;
 };
 
 class Session {
@@ -45,7 +51,14 @@ class Session {
   const std::vector<std::string>& skipped() const { return skipped_; }
   bool has_calibration() const { return !inputs_.calib.empty(); }
 
+  // The examples statistics are fitted on (curvature, layer statistics, feedback, GPTQ, distillation).
   const DataFile& calibration();
+  // The examples measured tables and the joint refinement score: calibration() unless measure_disjoint is set.
+  const DataFile& measurement();
+  // The held-out examples (size 0 without a hold-out).
+  const DataFile& holdout();
+  // {"file": N, "fit": ..., "measure": ..., "holdout": ...} example counts.
+  nlohmann::json calibration_split();
   // The diagonal curvature for these estimator settings (the loaded posterior, when there is one).
   const CurvatureSet& curvature(const CurvatureParams& params);
   // Posterior of every block for config's curvature and damping.
@@ -63,6 +76,15 @@ class Session {
   // The loss table the allocator reads for this (resolved) configuration, built on first use.
   const LossTable& table(const MethodConfig& config);
 
+  // Quantized options kept from building a measured table, per table key: the joint refinement and the final pass
+  // take them from here instead of quantizing (for K-FAC, running the feedback) again, and so use exactly the
+  // blocks the table measured. Bounded by kMaxKeptOptionBytes over the session; past it nothing more is kept and
+  // callers quantize again (option_block() in quantize_model.h does either).
+  void keep_options(const std::string& table_key, std::size_t block, const std::vector<QuantizedBlock>& options);
+  const QuantizedBlock* kept_option(const std::string& table_key, std::size_t block, int bits,
+                                    CodebookKind kind) const;
+  static constexpr int64_t kMaxKeptOptionBytes = int64_t(4) << 30;
+
   // Stage timings of the shared work, for reports ("calibrate", "capture", "measure_table", ...).
   const nlohmann::json& timings() const { return timings_; }
   void add_time(const std::string& stage, double seconds);
@@ -74,7 +96,9 @@ class Session {
   BlockIndex index_;
   std::vector<std::string> skipped_;
   std::vector<std::vector<float>> rows_;
-  std::unique_ptr<DataFile> calibration_;
+  void load_calibration();
+  std::unique_ptr<DataFile> calibration_, measurement_, holdout_;
+  int64_t file_examples_ = 0;
   std::optional<CurvatureSet> loaded_curvature_;
   std::map<std::string, CurvatureSet> curvature_;  // by estimator settings
   std::map<std::string, std::vector<BlockPosterior>> posteriors_;  // by curvature settings and damping
@@ -82,6 +106,9 @@ class Session {
   std::optional<std::vector<LayerStats>> kfac_stats_;
   std::map<double, std::vector<std::vector<float>>> kfac_precision_;
   std::map<std::string, LossTable> tables_;  // by table_key
+  std::map<std::string, std::vector<std::vector<QuantizedBlock>>> kept_options_;  // by table_key, per block
+  int64_t kept_option_bytes_ = 0;
+  bool kept_options_full_ = false;
   nlohmann::json timings_ = nlohmann::json::object();
 };
 

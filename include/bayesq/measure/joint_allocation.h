@@ -1,0 +1,65 @@
+// Joint allocation: the additive measured table's allocation, refined by the model's KL with every block quantized.
+//
+// Note [Joint allocation]: a measured table (measured_table.h) scores each option with every other block in float,
+// and the allocator minimises the sum of the entries. Errors of many blocks compound (at 2 bits the sum can miss
+// the joint KL by several times), and not equally: an early layer's error reaches every later one. A refinement
+// round linearises the joint KL J around the current allocation A instead of around the float model:
+//   J(A') ~ J(A) + sum_b [ J(A with block b at A'_b) - J(A) ],
+// each term measured with every other block quantized as A has it. Only options within `window` candidate
+// bit-widths of each block's current one are measured (the linearisation is local, and the forwards stay a fraction
+// of the table's), and the allocator runs on those conditional entries under the same budget and rules. The new
+// allocation is kept only when its measured J on the same calibration examples is lower; otherwise, or when
+// nothing changes, refinement stops. So the result is never worse than the additive allocation on those examples,
+// and a round costs one forward per measured option plus one.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/script.h>
+
+#include "bayesq/allocate/allocation.h"
+#include "bayesq/codebook/block_quantizer.h"
+#include "bayesq/data/data_file.h"
+#include "bayesq/index/block_index.h"
+#include "bayesq/measure/measure_params.h"
+#include "bayesq/model/compute.h"
+#include "bayesq/table/loss_table.h"
+
+namespace bayesq {
+
+// The quantized block of entry `entry` of table block `block`, exactly as the final model will have it.
+using OptionBlock = std::function<QuantizedBlock(std::size_t block, int entry)>;
+
+struct JointRound {
+  double predicted_kl = 0.0;   // the linearisation's J of the round's allocation
+  double measured_kl = 0.0;    // its measured J (= the previous J when nothing changed)
+  int64_t changed_blocks = 0;
+  int64_t forwards = 0;
+  bool accepted = false;
+  double seconds = 0.0;
+};
+
+struct JointRefinement {
+  Allocation allocation;       // entries index the full table; per-block expected_loss stays the additive table's
+  double initial_kl = 0.0;     // measured J of the additive allocation
+  double final_kl = 0.0;       // measured J of `allocation`
+  int64_t examples = 0;
+  int64_t forwards = 0;        // all rounds, the reference and the initial measurement included
+  std::vector<JointRound> rounds;
+  double seconds = 0.0;
+};
+
+// J is the mean KL(float || quantized) per scored row over the first measure.examples examples of `data`, the
+// examples the table was measured on. `start` must come from allocate(table, params).
+JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
+                                  const LossTable& table, const Allocation& start, const AllocationParams& params,
+                                  const JointParams& joint, const MeasureParams& measure, const OptionBlock& option,
+                                  const Compute& compute, const std::string& model_path);
+
+void to_json(nlohmann::json& j, const JointRound& r);
+void to_json(nlohmann::json& j, const JointRefinement& r);  // without the allocation
+
+}  // namespace bayesq

@@ -1,0 +1,170 @@
+#include "bayesq/measure/joint_allocation.h"
+
+#include <algorithm>
+
+#include <torch/torch.h>
+
+#include "bayesq/common/errors.h"
+#include "bayesq/common/timer.h"
+#include "bayesq/export/model_writer.h"
+#include "bayesq/measure/measured_table.h"
+#include "bayesq/model/block_discovery.h"
+
+namespace bayesq {
+
+namespace {
+
+// Position of `bits` among the table's candidate bit-widths of one codebook kind (entries are bits ascending).
+int bit_rank(const BlockLosses& losses, int bits) {
+  std::vector<int> all;
+  for (const LossEntry& e : losses.entries) all.push_back(e.bits);
+  std::sort(all.begin(), all.end());
+  all.erase(std::unique(all.begin(), all.end()), all.end());
+  return static_cast<int>(std::lower_bound(all.begin(), all.end(), bits) - all.begin());
+}
+
+int entry_of(const BlockLosses& losses, int bits, CodebookKind kind) {
+  for (std::size_t i = 0; i < losses.entries.size(); ++i)
+    if (losses.entries[i].bits == bits && losses.entries[i].kind == kind) return static_cast<int>(i);
+  return -1;
+}
+
+// `allocation`'s choices re-expressed against the full table: entry indices into it and its additive losses.
+void to_full_table(const LossTable& table, Allocation& allocation) {
+  allocation.expected_loss = 0.0;
+  for (std::size_t b = 0; b < allocation.blocks.size(); ++b) {
+    BlockChoice& c = allocation.blocks[b];
+    if (c.keep_fp) continue;
+    c.entry = entry_of(table.blocks[b], c.bits, c.kind);
+    BQ_ASSERT(c.entry >= 0, "joint allocation chose an option the table lacks for ", c.name);
+    c.expected_loss = table.blocks[b].entries[static_cast<std::size_t>(c.entry)].expected_loss;
+    allocation.expected_loss += c.expected_loss;
+  }
+}
+
+}  // namespace
+
+JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
+                                  const LossTable& table, const Allocation& start, const AllocationParams& params,
+                                  const JointParams& joint, const MeasureParams& measure, const OptionBlock& option,
+                                  const Compute& compute, const std::string& model_path) {
+  const auto t0 = Clock::now();
+  BQ_ASSERT(start.blocks.size() == index.blocks.size() && table.blocks.size() == index.blocks.size(),
+            "joint allocation: table, allocation and index disagree");
+  JointRefinement out;
+  out.allocation = start;
+  out.examples = std::min<int64_t>(data.size(), measure.examples > 0 ? measure.examples : data.size());
+  torch::jit::Module work = eval_copy(model, compute.device);
+  const std::vector<torch::Tensor> reference = log_probabilities(work, data, out.examples, compute, model_path);
+  int64_t rows = 0;
+  for (const torch::Tensor& t : reference) rows += t.size(0);
+  ++out.forwards;
+  auto measure_kl = [&]() {
+    ++out.forwards;
+    return kl_sum(reference, log_probabilities(work, data, out.examples, compute, model_path)) / double(rows);
+  };
+
+  // Every quantized block at its current option; `current[b]` keeps the tensor to restore after a trial.
+  const std::size_t count = index.blocks.size();
+  std::vector<torch::Tensor> original(count), current(count);
+  auto dequantized = [&](std::size_t b, int entry) {
+    return dequantized_tensor(option(b, entry), index.blocks[b], original[b]);
+  };
+  for (std::size_t b = 0; b < count; ++b) {
+    if (start.blocks[b].keep_fp) continue;
+    original[b] = find_tensor(work, index.blocks[b].name);
+    current[b] = dequantized(b, start.blocks[b].entry);
+    assign_tensor(work, index.blocks[b].name, current[b]);
+  }
+  double kl = measure_kl();
+  out.initial_kl = kl;
+
+  AllocationParams local_params = params;
+  local_params.certify = false;  // the certificate is the additive table's; a local table has none worth giving
+  for (int round = 0; round < joint.rounds; ++round) {
+    const auto tr = Clock::now();
+    JointRound r;
+    const int64_t forwards_before = out.forwards;
+    // The local table: each block's options within `window` candidate bit-widths of its current one, scored by
+    // N x the KL sum with that block changed and every other block as it is (N x J(A) for the current option).
+    LossTable local;
+    local.tau = table.tau;
+    local.group_size = table.group_size;
+    std::vector<std::vector<double>> trial_kl(count);  // J with block b at local entry i
+    std::vector<std::vector<int>> full_entry(count);
+    for (std::size_t b = 0; b < count; ++b) {
+      const BlockLosses& losses = table.blocks[b];
+      BlockLosses l;
+      l.name = losses.name;
+      l.rows = losses.rows;
+      l.cols = losses.cols;
+      const BlockChoice& c = out.allocation.blocks[b];
+      const int centre = c.keep_fp ? 0 : bit_rank(losses, c.bits);
+      for (std::size_t i = 0; i < losses.entries.size(); ++i) {
+        const LossEntry& e = losses.entries[i];
+        if (!c.keep_fp && std::abs(bit_rank(losses, e.bits) - centre) > joint.window) continue;
+        double trial = kl;
+        if (!c.keep_fp && static_cast<int>(i) != c.entry) {
+          assign_tensor(work, losses.name, dequantized(b, static_cast<int>(i)));
+          trial = measure_kl();
+        }
+        LossEntry le = e;
+        le.expected_loss = trial * double(data.size());  // the table's scale: N x mean KL
+        l.entries.push_back(le);
+        trial_kl[b].push_back(trial);
+        full_entry[b].push_back(static_cast<int>(i));
+      }
+      if (!c.keep_fp) assign_tensor(work, losses.name, current[b]);
+      local.blocks.push_back(std::move(l));
+    }
+    Allocation next = allocate(local, local_params);
+    r.predicted_kl = kl;
+    std::vector<std::size_t> changed;
+    for (std::size_t b = 0; b < count; ++b) {
+      const BlockChoice& c = next.blocks[b];
+      if (c.keep_fp) continue;
+      const int full = full_entry[b][static_cast<std::size_t>(c.entry)];
+      if (full == out.allocation.blocks[b].entry) continue;
+      changed.push_back(b);
+      r.predicted_kl += trial_kl[b][static_cast<std::size_t>(c.entry)] - kl;
+    }
+    r.changed_blocks = static_cast<int64_t>(changed.size());
+    r.measured_kl = kl;
+    if (!changed.empty()) {
+      for (std::size_t b : changed)
+        assign_tensor(work, index.blocks[b].name,
+                      dequantized(b, full_entry[b][static_cast<std::size_t>(next.blocks[b].entry)]));
+      r.measured_kl = measure_kl();
+      r.accepted = r.measured_kl < kl;
+      if (r.accepted) {
+        for (std::size_t b : changed) current[b] = find_tensor(work, index.blocks[b].name);
+        kl = r.measured_kl;
+        next.certified = false;
+        to_full_table(table, next);
+        out.allocation = std::move(next);
+      } else {
+        for (std::size_t b : changed) assign_tensor(work, index.blocks[b].name, current[b]);
+      }
+    }
+    r.forwards = out.forwards - forwards_before;
+    r.seconds = seconds_since(tr);
+    out.rounds.push_back(r);
+    if (!r.accepted) break;
+  }
+  out.final_kl = kl;
+  out.seconds = seconds_since(t0);
+  return out;
+}
+
+void to_json(nlohmann::json& j, const JointRound& r) {
+  j = nlohmann::json{{"predicted_kl", r.predicted_kl}, {"measured_kl", r.measured_kl},
+                     {"changed_blocks", r.changed_blocks}, {"forwards", r.forwards},
+                     {"accepted", r.accepted}};  // seconds: in the report's timings, apart from results
+}
+
+void to_json(nlohmann::json& j, const JointRefinement& r) {
+  j = nlohmann::json{{"initial_kl", r.initial_kl}, {"final_kl", r.final_kl}, {"examples", r.examples},
+                     {"forwards", r.forwards}, {"rounds", r.rounds}};
+}
+
+}  // namespace bayesq
