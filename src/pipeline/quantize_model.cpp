@@ -275,6 +275,13 @@ BudgetResult run_budget(Session& session, const MethodConfig& config, double bit
                               session.inputs().model);
     r.module = d.module;
     r.distillation = std::move(d.report);  // held-out KL at step 0 and best, best step, curve
+    if (r.distillation.contains("holdout_indices")) {  // as indices into the calibration file
+      const std::vector<int64_t>& file_index = session.calibration_indices();
+      std::vector<int64_t> in_file;
+      for (int64_t i : r.distillation["holdout_indices"].get<std::vector<int64_t>>())
+        in_file.push_back(file_index.at(static_cast<std::size_t>(i)));
+      r.distillation["holdout_indices"] = in_file;
+    }
     r.timings["distill"] = seconds_since(t);
   }
   t = Clock::now();

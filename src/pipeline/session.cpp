@@ -100,6 +100,7 @@ void Session::load_calibration() {
     measured.assign(fit.end() - m, fit.end());
     statistics.resize(fit.size() - static_cast<std::size_t>(m));
   }
+  calibration_indices_ = statistics;
   if (m > 0) measurement_ = std::make_unique<DataFile>(file.subset(measured));
   if (held_out.empty() && m == 0) calibration_ = std::make_unique<DataFile>(std::move(file));
   else calibration_ = std::make_unique<DataFile>(file.subset(statistics));
@@ -113,6 +114,11 @@ const DataFile& Session::calibration() {
 const DataFile& Session::measurement() {
   load_calibration();
   return measurement_ ? *measurement_ : *calibration_;
+}
+
+const std::vector<int64_t>& Session::calibration_indices() {
+  load_calibration();
+  return calibration_indices_;
 }
 
 const DataFile& Session::holdout() {

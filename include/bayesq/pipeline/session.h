@@ -55,6 +55,8 @@ class Session {
   const DataFile& calibration();
   // The examples measured tables and the joint refinement score: calibration() unless measure_disjoint is set.
   const DataFile& measurement();
+  // Index in the calibration file of each example of calibration() (reports name examples by their file index).
+  const std::vector<int64_t>& calibration_indices();
   // The held-out examples (size 0 without a hold-out).
   const DataFile& holdout();
   // {"file": N, "fit": ..., "measure": ..., "holdout": ...} example counts.
@@ -99,6 +101,7 @@ class Session {
   void load_calibration();
   std::unique_ptr<DataFile> calibration_, measurement_, holdout_;
   int64_t file_examples_ = 0;
+  std::vector<int64_t> calibration_indices_;
   std::optional<CurvatureSet> loaded_curvature_;
   std::map<std::string, CurvatureSet> curvature_;  // by estimator settings
   std::map<std::string, std::vector<BlockPosterior>> posteriors_;  // by curvature settings and damping
