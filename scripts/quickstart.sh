@@ -25,7 +25,7 @@ $bayesq inspect "$demo/small_cnn.pt"
 # The default method (with calibration data: K-FAC), then the design card's command as written (no data: the
 # data-free mode, output beside the model), then the paper's diagonal method and the baselines.
 $bayesq quantize --model "$demo/small_cnn.pt" --calib "$demo/fmnist_calib.pt" --bits 3.0 \
-  -o "$demo/small_cnn-default3.pt" --report "$demo/small_cnn-default3.json"
+  -o "$demo/small_cnn-default3.pt" --report "$demo/small_cnn-default3.json" --html "$demo/small_cnn-default3.html"
 $bayesq quantize --model "$demo/small_cnn.pt" --bits 3.0
 $bayesq quantize --model "$demo/small_cnn.pt" --calib "$demo/fmnist_calib.pt" --bits 3.0 --method bayesq/hutchinson \
   -o "$demo/small_cnn-diag3.pt"
@@ -46,3 +46,5 @@ $python bench/table.py \
   "bayesq/hutchinson (paper) 3.0 bits=$demo/small_cnn-diag3.eval.json:$demo/small_cnn-diag3.pt" \
   "rtn 3 bits=$demo/small_cnn-rtn3.eval.json:$demo/small_cnn-rtn3.pt" \
   "gptq 3 bits=$demo/small_cnn-gptq3.eval.json:$demo/small_cnn-gptq3.pt"
+echo
+echo "The default run's report, with charts (open it in a browser): $demo/small_cnn-default3.html"

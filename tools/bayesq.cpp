@@ -287,6 +287,8 @@ int main(int argc, char** argv) {
   quantize->add_option("--method", qx.method, bayesq::methods_help())->capture_default_str();
   quantize->add_option("--posterior", q.posterior, "Posterior from `bayesq calibrate` (skips calibration)");
   quantize->add_option("--report", q.report, "JSON report path ('{bits}' as for -o)");
+  quantize->add_option("--html", q.html,
+                       "The report as one self-contained HTML file with charts ('{bits}' as for -o)");
   quantize->add_option("--format", q.format, "packed (codes + tables) or fake (de-quantized floats)")
       ->check(CLI::IsMember({"packed", "fake"}))
       ->capture_default_str();
@@ -309,6 +311,7 @@ int main(int argc, char** argv) {
   compare->add_option("--keep-models", cmp.keep_models, "Folder to keep the quantized files in");
   compare->add_option("--json-output", cmp.json_output, "Write the full results as JSON");
   compare->add_option("--markdown-output", cmp.markdown_output, "Write the table as markdown");
+  compare->add_option("--html-output", cmp.html_output, "Write the results as one self-contained HTML file with charts");
   compare->add_option("--eval-batch-size", cmp.eval_batch_size, "Evaluation batch size")->capture_default_str();
   compare->add_flag("--json", compare_json, "Print JSON instead of the table");
   compare->add_flag("--match-uniform", cmp.match_uniform,
@@ -361,6 +364,12 @@ int main(int argc, char** argv) {
   inspect->add_option("model", inspect_path, "TorchScript model")->required();
   inspect->add_flag("--json", inspect_json, "Print JSON instead of a table");
 
+  // report
+  std::string report_input, report_output;
+  auto* report = app.add_subcommand("report", "Write a quantize report or compare JSON as one self-contained HTML file");
+  report->add_option("json", report_input, "quantize --report or compare --json-output file")->required();
+  report->add_option("-o,--output", report_output, "HTML file (default: the JSON's name with .html)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& err) {
@@ -396,6 +405,8 @@ int main(int argc, char** argv) {
       const nlohmann::json r = bayesq::run_eval(e);
       if (eval_json) std::cout << r.dump(2) << "\n";
       else print_eval(r);
+    } else if (*report) {
+      std::cout << "wrote " << bayesq::run_report(report_input, report_output) << "\n";
     } else if (*inspect) {
       const nlohmann::json r = bayesq::run_inspect(inspect_path);
       if (inspect_json) std::cout << r.dump(2) << "\n";

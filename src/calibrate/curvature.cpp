@@ -187,7 +187,7 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
     }
   };
 
-  Progress progress("calibration", n);
+  Progress progress("calibration", n, "examples", /*summary=*/false);
   for (int64_t begin = 0; begin < n; begin += compute.batch_size) {
     const int64_t end = std::min(n, begin + compute.batch_size);
     while (!process(begin, end)) {

@@ -202,7 +202,7 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
   torch::jit::GraphOptimizerEnabledGuard plain_interpreter(false);
   c10::optional<torch::NoGradGuard> no_grad;
   if (!params.output_gradients) no_grad.emplace();
-  Progress progress("layer capture", n);
+  Progress progress("layer capture", n, "examples");
   for (int64_t begin = 0; begin < n; begin += compute.batch_size) {
     const int64_t end = std::min(n, begin + compute.batch_size);
     torch::jit::Stack stack;

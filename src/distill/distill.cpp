@@ -239,7 +239,7 @@ DistillResult distill(const torch::jit::Module& module, const BlockIndex& index,
   curve.push_back({{"step", 0}, {"heldout_kl", best}});
   const int64_t batches = (train.size() + compute.batch_size - 1) / compute.batch_size;
   torch::Tensor epoch_order;
-  Progress progress("distillation", params.steps);
+  Progress progress("distillation", params.steps, "steps", /*summary=*/false);
   for (int64_t step = 1; step <= params.steps; ++step) {
     const int64_t slot = (step - 1) % batches;
     if (slot == 0) epoch_order = torch::randperm(batches, torch::TensorOptions().dtype(torch::kLong));

@@ -15,6 +15,7 @@
 #include "bayesq/codebook/bit_packing.h"
 #include "bayesq/common/atomic_file.h"
 #include "bayesq/common/errors.h"
+#include "bayesq/common/progress.h"
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/block_tensor.h"
 #include "bayesq/model/graph_walk.h"
@@ -229,9 +230,13 @@ WriteStats write_quantized_model(const torch::jit::Module& module, const BlockIn
   // Serialised in memory, then written through AtomicFile: libtorch 1.13's file writer aborts the process when a
   // write fails (its destructor throws again), and an archive written to a stream is named "archive" whatever the
   // output is called, so the bytes depend on the model alone.
+  int64_t blocks_written = 0;
+  for (const QuantizedBlock* q : quantized) blocks_written += q != nullptr;
+  Progress progress("export", blocks_written, "blocks");  // ends with the file written
   std::ostringstream archive;
   try {
     if (format == OutputFormat::fake) {
+      progress.advance(blocks_written);
       torch::jit::Module fake = dequantized_module(module, index, quantized);
       for (std::size_t b = 0; b < index.blocks.size(); ++b) {
         if (!quantized[b]) continue;
@@ -264,6 +269,7 @@ WriteStats write_quantized_model(const torch::jit::Module& module, const BlockIn
       std::set<std::string> packed_attributes;
       for (std::size_t b = 0; b < index.blocks.size(); ++b) {
         if (!quantized[b]) continue;
+        ProgressStep step(progress);
         const BlockInfo& info = index.blocks[b];
         BQ_ASSERT(!reads[b].empty(), "block ", info.name, " is never read by the forward graph");
         const PackedBlock packed = pack_block(*quantized[b]);

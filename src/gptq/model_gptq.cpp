@@ -2,6 +2,7 @@
 
 #include "bayesq/capture/layer_capture.h"
 #include "bayesq/common/log.h"
+#include "bayesq/common/progress.h"
 #include "bayesq/export/model_writer.h"
 #include "bayesq/gptq/feedback.h"
 #include "bayesq/model/block_discovery.h"
@@ -26,7 +27,9 @@ ModelGptqResult quantize_model_gptq(const torch::jit::Module& model, const Block
   std::vector<LayerStats> one_shot;
   if (!params.sequential) one_shot = capture_layer_stats(work, index, order, data, capture, compute, model_path);
   nlohmann::json blocks = nlohmann::json::array();
+  Progress progress(params.sequential ? "gptq (sequential)" : "gptq", static_cast<int64_t>(order.size()), "blocks");
   for (std::size_t b : order) {
+    ProgressStep step(progress);
     const BlockInfo& info = index.blocks[b];
     const LayerStats stats = params.sequential
                                  ? capture_layer_stats(work, index, {b}, data, capture, compute, model_path)[b]

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "bayesq/common/errors.h"
+#include "bayesq/common/progress.h"
 #include "bayesq/common/timer.h"
 #include "bayesq/export/model_writer.h"
 #include "bayesq/measure/measured_table.h"
@@ -92,6 +93,7 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
     local.group_size = table.group_size;
     std::vector<std::vector<double>> trial_kl(count);  // J with block b at local entry i
     std::vector<std::vector<int>> full_entry(count);
+    Progress progress("joint refinement, round " + std::to_string(round + 1), static_cast<int64_t>(count), "blocks");
     for (std::size_t b = 0; b < count; ++b) {
       const BlockLosses& losses = table.blocks[b];
       BlockLosses l;
@@ -116,7 +118,9 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
       }
       if (!c.keep_fp) assign_tensor(work, losses.name, current[b]);
       local.blocks.push_back(std::move(l));
+      progress.advance();
     }
+    progress.finish();
     Allocation next = allocate(local, local_params);
     r.predicted_kl = kl;
     std::vector<std::size_t> changed;

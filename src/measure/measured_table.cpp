@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include "bayesq/common/progress.h"
 #include "bayesq/common/timer.h"
 #include "bayesq/export/model_writer.h"
 #include "bayesq/model/block_discovery.h"
@@ -53,6 +54,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     return out;
   };
   const std::vector<torch::Tensor> reference = forward();
+  Progress progress("measured table", static_cast<int64_t>(index.blocks.size()), "blocks");
   for (std::size_t b = 0; b < index.blocks.size(); ++b) {
     const BlockInfo& info = index.blocks[b];
     const torch::Tensor original = find_tensor(work, info.name);
@@ -78,7 +80,9 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
       if (entries[i].kind == entries[i - 1].kind && entries[i].bits > entries[i - 1].bits &&
           entries[i].expected_loss > entries[i - 1].expected_loss)
         table.blocks[b].monotone = false;
+    progress.advance();
   }
+  progress.finish();
   stats.seconds = seconds_since(t);
   return stats;
 }

@@ -12,6 +12,11 @@
 #include "bayesq/model/model_file.h"
 #include "bayesq/pipeline/device.h"
 #include "bayesq/posterior/posterior.h"
+#include "bayesq/report/html_report.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 
 namespace bayesq {
 
@@ -55,6 +60,31 @@ nlohmann::json run_eval(const EvalOptions& options) {
   j["data"] = options.data;
   if (!options.reference.empty()) j["reference"] = options.reference;
   return j;
+}
+
+std::string run_report(const std::string& input, const std::string& output) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  BQ_CHECK(fs::is_regular_file(input, ec), ExitCode::input, "no such report file (or not a regular file): ", input);
+  // Reports of the largest models are a few MiB; a file far past that is not one of ours.
+  constexpr std::uintmax_t kMaxReportBytes = std::uintmax_t(256) << 20;
+  BQ_CHECK(fs::file_size(input, ec) <= kMaxReportBytes, ExitCode::input, "report larger than 256 MiB: ", input);
+  nlohmann::json json;
+  try {
+    std::ifstream in(input);
+    json = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    BQ_FAIL(ExitCode::input, "not a JSON file (", e.what(), "): ", input);
+  }
+  std::string path = output;
+  if (path.empty()) {
+    const fs::path p(input);
+    path = (p.extension() == ".json" ? fs::path(p).replace_extension(".html") : fs::path(input + ".html")).string();
+  }
+  check_output_path(path);
+  check_distinct_files({{"-o", path}}, {{"json", input}});
+  write_text_file(path, report_html(json, input));
+  return path;
 }
 
 nlohmann::json run_inspect(const std::string& model_path) {

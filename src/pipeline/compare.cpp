@@ -22,6 +22,7 @@
 #include "bayesq/pipeline/memory.h"
 #include "bayesq/pipeline/quantize_model.h"
 #include "bayesq/pipeline/session.h"
+#include "bayesq/report/html_report.h"
 
 namespace bayesq {
 
@@ -103,6 +104,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
   }
   if (!options.json_output.empty()) check_output_path(options.json_output);
   if (!options.markdown_output.empty()) check_output_path(options.markdown_output);
+  if (!options.html_output.empty()) check_output_path(options.html_output);
 
   std::string folder = options.keep_models;
   const bool temporary = folder.empty();
@@ -270,6 +272,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
   md << " total " << fixed(seconds_since(start), 1) << " s (" << device << ").\n";
   out.markdown = md.str();
   if (!options.markdown_output.empty()) write_text_file(options.markdown_output, out.markdown);
+  if (!options.html_output.empty()) write_text_file(options.html_output, compare_report_html(out.results));
   return out;
 }
 

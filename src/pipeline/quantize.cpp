@@ -18,6 +18,7 @@
 #include "bayesq/pipeline/memory.h"
 #include "bayesq/pipeline/quantize_model.h"
 #include "bayesq/pipeline/session.h"
+#include "bayesq/report/html_report.h"
 
 namespace bayesq {
 
@@ -53,6 +54,7 @@ void validate(const QuantizeOptions& o) {
   for (std::size_t i = 0; i < o.bits.size(); ++i) {
     outputs.emplace_back("-o", output_path(o, o.bits[i]));
     if (!o.report.empty()) outputs.emplace_back("--report", output_name(o.report, o.bits[i], o.bits.size() > 1));
+    if (!o.html.empty()) outputs.emplace_back("--html", output_name(o.html, o.bits[i], o.bits.size() > 1));
   }
   for (const auto& out : outputs) check_output_path(out.second);
   check_distinct_files(outputs, {{"--model", o.model}, {"--calib", o.calib}, {"--posterior", o.posterior}});
@@ -81,6 +83,9 @@ nlohmann::json quantized_model_report(Session& session, const MethodConfig& conf
       entry["realised_loss"] = block.plugin_loss;
     }
     if (posteriors) entry["posterior"] = (*posteriors)[b];
+    else if (config.variant().table == TableKind::kfac)  // K-FAC's diagonal: N G_rr A_jj + lambda (gptq/kfac.h)
+      entry["posterior"] = {{"kind", "kfac"},
+                            {"precision_quantiles", precision_quantiles(session.kfac_precision(config.posterior.damp)[b])}};
     blocks.push_back(entry);
   }
   const int64_t float_bytes = session.model().file_bytes;
@@ -149,6 +154,12 @@ void quantize_every_budget(const QuantizeOptions& options, Session& session, con
       write_text_file(report_path, report.dump(2) + "\n");
       written.push_back(report_path);
       outcome.reports.push_back(report_path);
+    }
+    if (!options.html.empty()) {
+      const std::string html_path = output_name(options.html, budget, several);
+      write_text_file(html_path, quantize_report_html(report));
+      written.push_back(html_path);
+      outcome.html_reports.push_back(html_path);
     }
     outcome.report_json.push_back(std::move(report));
   }

@@ -5,6 +5,7 @@
 #include <regex>
 
 #include "bayesq/common/errors.h"
+#include "bayesq/common/progress.h"
 #include "bayesq/common/timer.h"
 #include "bayesq/distill/distill.h"
 #include "bayesq/eval/evaluate.h"
@@ -137,6 +138,9 @@ LossTable build_table(Session& session, const MethodConfig& config) {
     // Every entry is measured from the blocks quantized there: scoring them with the loss model first would
     // design every codebook (and, for K-FAC, run every feedback pass) twice.
     LossTable table = unscored_table(index, config);
+    // The statistics the options need, before the table's own progress starts (they report theirs).
+    if (kind == TableKind::kfac) session.kfac_stats();
+    else if (kind == TableKind::posterior) session.posterior_rows(config);
     const std::string key = table_key(config).dump();
     const OptionBlocks options = [&](std::size_t b, const std::vector<std::pair<int, CodebookKind>>& choices) {
       std::vector<QuantizedBlock> blocks = option_blocks(session, config, b, choices);
@@ -152,7 +156,10 @@ LossTable build_table(Session& session, const MethodConfig& config) {
   }
   if (kind == TableKind::kfac) {
     LossTable table = unscored_table(index, config);
+    session.kfac_stats();
+    Progress progress("K-FAC table", static_cast<int64_t>(index.blocks.size()), "blocks");
     for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+      ProgressStep step(progress);
       const std::vector<QuantizedBlock> blocks = option_blocks(session, config, b, entry_choices(table.blocks[b]));
       score_kfac_entries(table.blocks[b], blocks, session.weights(b), index.blocks[b], session.kfac_stats()[b],
                          config.posterior.damp, session.compute().device);

@@ -84,6 +84,20 @@ void to_json(nlohmann::json& j, const CurvatureStats& c) {
                      {"trace_samples", c.trace_samples}};
 }
 
+std::vector<double> precision_quantiles(const std::vector<float>& precision) {
+  std::vector<double> out;
+  if (precision.empty()) return out;
+  std::vector<float> sorted = precision;
+  for (double q : {0.01, 0.10, 0.50, 0.90, 0.99}) {
+    // Nearest rank: the smallest value with at least q of the values at or below it.
+    const auto rank = static_cast<std::size_t>(std::ceil(q * double(sorted.size())));
+    const std::size_t k = rank == 0 ? 0 : rank - 1;
+    std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(k), sorted.end());
+    out.push_back(sorted[k]);
+  }
+  return out;
+}
+
 void to_json(nlohmann::json& j, const BlockPosterior& p) {
   j = nlohmann::json{{"name", p.name},
                      {"prior_precision", p.prior_precision},
@@ -93,7 +107,8 @@ void to_json(nlohmann::json& j, const BlockPosterior& p) {
                      {"max_precision", p.max_precision},
                      {"clamped_negative", p.clamped_negative},
                      {"non_finite", p.non_finite},
-                     {"trace_standard_error", p.trace_standard_error}};
+                     {"trace_standard_error", p.trace_standard_error},
+                     {"precision_quantiles", precision_quantiles(p.precision)}};
   if (p.fallback) j["fallback_reason"] = p.fallback_reason;
 }
 

@@ -5,6 +5,7 @@
 #include "bayesq/codebook/expected_loss.h"
 #include "bayesq/common/errors.h"
 #include "bayesq/common/parallel.h"
+#include "bayesq/common/progress.h"
 
 namespace bayesq {
 
@@ -39,7 +40,9 @@ LossTable build_loss_table(const std::vector<BlockTableInput>& blocks, const Los
   first_item[blocks.size()] = items.size();
 
   std::vector<DesignedLoss> results(items.size() * options);
+  Progress progress("codebook design", static_cast<int64_t>(items.size()), "rows");
   parallel_for(items.size(), [&](std::size_t i) {
+    ProgressStep step(progress);
     const Item& it = items[i];
     const auto& w = blocks[it.block].weights;
     const int64_t base = it.row * w.cols + it.col0;

@@ -28,7 +28,7 @@ const std::string kRtn = " --method rtn --bits 3 ";
 }  // namespace
 
 TEST(Cli, HelpOnEverySubcommand) {
-  for (const char* sub : {"", "quantize", "calibrate", "eval", "inspect"}) {
+  for (const char* sub : {"", "quantize", "compare", "calibrate", "eval", "inspect", "report"}) {
     const Result r = run(std::string(sub) + " --help");
     EXPECT_EQ(r.code, 0) << sub;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << sub;
@@ -413,4 +413,117 @@ TEST(Cli, TheDesignCardCommandWorksAsWritten) {
   ASSERT_EQ(again.code, 0) << again.err;
   EXPECT_TRUE(fs::exists(dir / "rn50.bq4.5.pt"));
   EXPECT_TRUE(fs::exists(model));
+}
+
+namespace {
+
+// A self-contained page: nothing fetched from the network or from another file.
+void expect_self_contained(const std::string& html, const std::string& what) {
+  for (const char* needle : {"http://", "https://", "src=", "<script", "<link", "url("})
+    EXPECT_EQ(html.find(needle), std::string::npos) << what << " contains " << needle;
+  EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u) << what;
+  EXPECT_NE(html.find("</html>"), std::string::npos) << what;
+}
+
+std::string as_printed(double v, int digits) {  // svg::number's format
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.*g", digits, v);
+  return buffer;
+}
+
+}  // namespace
+
+// Issue 19: the HTML report of a quantize run, for every method, holds every section with the JSON's figures; the
+// `report` subcommand writes the same bytes from the JSON; a compare's page marks infeasible rows.
+TEST(Cli, HtmlReportsHoldEverySectionAndTheJsonFigures) {
+  const std::string base = "quantize --model " + fixture("separable.pt") + " --calib " + fixture("separable_calib.pt") +
+                           " --probes 2 -q ";
+  struct Case {
+    const char* method;
+    const char* bits;
+  };
+  for (const Case& c : {Case{"rtn", "3"}, Case{"gptq", "3"}, Case{"hawq", "3.5"}, Case{"bayesq", "3.5"},
+                        Case{"bayesq/hutchinson+distill", "3.5"}, Case{"bayesq/data-free", "3.5"}}) {
+    const std::string tag = std::string(c.method).substr(0, std::string(c.method).find_first_of("/+")) +
+                            std::to_string(std::string(c.method).size());
+    const std::string out = scratch("html_" + tag + ".pt"), json = scratch("html_" + tag + ".json"),
+                      html = scratch("html_" + tag + ".html");
+    const std::string extra = std::string(c.method).find("distill") != std::string::npos ? " --distill-steps 10" : "";
+    const Result r = run(base + "--method " + c.method + " --bits " + c.bits + extra + " -o " + out + " --report " +
+                         json + " --html " + html);
+    ASSERT_EQ(r.code, 0) << c.method << ": " << r.err;
+    const std::string page = slurp(html);
+    expect_self_contained(page, c.method);
+    for (const char* section : {"id=\"run\"", "id=\"allocation\"", "id=\"rate-distortion\"", "id=\"posterior\"",
+                                "id=\"distillation\"", "id=\"timings\"", "<svg"})
+      EXPECT_NE(page.find(section), std::string::npos) << c.method << " lacks " << section;
+    const nlohmann::json report = nlohmann::json::parse(slurp(json));
+    const nlohmann::json& totals = report["totals"];
+    EXPECT_NE(page.find(as_printed(totals["average_bits"].get<double>(), 6) + " bits with metadata"), std::string::npos)
+        << c.method;
+    EXPECT_NE(page.find(as_printed(double(totals["file_bytes"].get<int64_t>()), 12) + " bytes"), std::string::npos)
+        << c.method;
+    for (const auto& b : report["blocks"]) {
+      const std::string cells = "<td class=\"l\">" + b["name"].get<std::string>() + "</td><td class=\"l\">" +
+                                b["shape"].dump() + "</td><td>" + std::to_string(b["bits"].get<int>()) + "</td>";
+      EXPECT_NE(page.find(cells), std::string::npos) << c.method << ": " << cells;
+    }
+    const bool has_table = report.contains("loss_table");
+    EXPECT_EQ(page.find("The loss table's rate-distortion curve") != std::string::npos, has_table) << c.method;
+    const bool has_precision = report["blocks"][0].contains("posterior");
+    EXPECT_EQ(page.find("quantiles") != std::string::npos, has_precision) << c.method;
+    EXPECT_EQ(page.find("Best held-out KL") != std::string::npos, report.contains("distillation")) << c.method;
+    // `bayesq report` of the JSON: the same page.
+    const std::string again = scratch("html_" + tag + "_again.html");
+    const Result rr = run("report " + json + " -o " + again);
+    ASSERT_EQ(rr.code, 0) << rr.err;
+    EXPECT_EQ(slurp(again), page) << c.method;
+  }
+  // A comparison with an infeasible budget: one curve per method, the row marked.
+  const std::string cmp_json = scratch("html_cmp.json"), cmp_html = scratch("html_cmp.html");
+  const Result c = run("compare --model " + fixture("separable.pt") + " --calib " + fixture("separable_calib.pt") +
+                       " --data " + fixture("separable_eval.pt") + " --bits 2,4 --methods rtn,bayesq --probes 1 -q" +
+                       " --json-output " + cmp_json + " --html-output " + cmp_html);
+  ASSERT_EQ(c.code, 0) << c.err;
+  const std::string page = slurp(cmp_html);
+  expect_self_contained(page, "compare");
+  for (const char* needle : {"id=\"curves\"", "id=\"rows\"", "KL(float || quantized) against file size",
+                             "Top-1 against file size", "infeasible: needs at least", ">rtn<", ">bayesq<", ">float<"})
+    EXPECT_NE(page.find(needle), std::string::npos) << "compare page lacks " << needle;
+  const nlohmann::json results = nlohmann::json::parse(slurp(cmp_json));
+  for (const auto& row : results["rows"])
+    if (row.contains("mean_kl") && row["method"] != "float")
+      EXPECT_NE(page.find("<td>" + as_printed(row["mean_kl"].get<double>(), 6) + "</td>"), std::string::npos)
+          << row.dump();
+  const std::string from_json = scratch("html_cmp_again.html");
+  ASSERT_EQ(run("report " + cmp_json + " -o " + from_json).code, 0);
+  EXPECT_EQ(slurp(from_json), page);
+  // Not a report: one line, input error, nothing written.
+  expect_failure("report " + fixture("separable.pt") + " -o " + scratch("never.html"), 3, "separable.pt",
+                 scratch("never.html"));
+}
+
+// Issue 19 item 5: on a terminal every stage draws a bar (count, rate) that ends replaced by its line; without one
+// (a log file) there are no carriage returns or bars; --quiet leaves stderr empty. The terminal is util-linux's
+// `script`, which gives the command a pseudo-terminal.
+TEST(Cli, ProgressBarsOnATerminalAndPlainLinesInLogs) {
+  const std::string args = "quantize --model " + fixture("separable.pt") + " --calib " + fixture("separable_calib.pt") +
+                           " --bits 3.5 --probes 1 --method bayesq/hutchinson -o " + scratch("progress.pt");
+  const Result log = run(args);
+  ASSERT_EQ(log.code, 0) << log.err;
+  EXPECT_EQ(log.err.find('\r'), std::string::npos) << log.err;
+  EXPECT_EQ(log.err.find("[#"), std::string::npos) << log.err;
+  EXPECT_EQ(log.stray_lines(), 0) << log.err;
+  const Result quiet = run(args + " -q");
+  ASSERT_EQ(quiet.code, 0) << quiet.err;
+  EXPECT_EQ(quiet.err, "");
+  const std::string typescript = scratch("progress.typescript");
+  const std::string command = "script -qec \"" + std::string(BAYESQ_BINARY) + " " + args + "\" " + typescript +
+                              " > /dev/null 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  const std::string screen = slurp(typescript);
+  for (const char* stage : {"calibration [", "measured table [", "joint refinement, round 1 ["})
+    EXPECT_NE(screen.find(stage), std::string::npos) << "no bar for " << stage << " in:\n" << screen;
+  EXPECT_NE(screen.find("/s"), std::string::npos) << screen;  // the rate
+  EXPECT_NE(screen.find('\r'), std::string::npos);
 }

@@ -29,6 +29,10 @@ struct EvalOptions {
 
 nlohmann::json run_eval(const EvalOptions& options);
 
+// `bayesq report`: the HTML of a quantize report or compare JSON (report/html_report.h), written to `output`
+// (default: the input's name with .html for .json); returns the path written.
+std::string run_report(const std::string& input, const std::string& output);
+
 // Blocks of a float model, or the per-block bits and codebooks recorded in a bayesq output.
 nlohmann::json run_inspect(const std::string& model_path);
 

@@ -22,6 +22,7 @@ struct CompareOptions {
   std::string keep_models;           // folder for the quantized files ("" : a temporary folder, removed)
   std::string json_output;           // write the full results here too
   std::string markdown_output;
+  std::string html_output;  // the results as one HTML file (report/html_report.h)
   int64_t eval_batch_size = 256;
   bool match_uniform = false;        // allocating methods also run at the uniform methods' actual average bits
   bool resume = false;               // keep the rows json_output already holds from a stopped run of the same

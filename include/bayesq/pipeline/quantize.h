@@ -15,6 +15,7 @@ namespace bayesq {
 struct QuantizeOptions {
   std::string model, calib, posterior;  // inputs: the model, calibration data, a saved posterior (.bqp)
   std::string output, report;           // outputs; "{bits}" is replaced by the budget (see output_name)
+  std::string html;                     // the report as one HTML file (report/html_report.h); "{bits}" as above
   std::vector<double> bits{3.0};        // one output per budget
   std::string format = "packed";        // packed | fake
   RunContext run;
@@ -29,6 +30,7 @@ nlohmann::json options_json(const QuantizeOptions& o);
 struct QuantizeOutcome {
   std::vector<std::string> outputs;
   std::vector<std::string> reports;
+  std::vector<std::string> html_reports;
   std::vector<nlohmann::json> report_json;
 };
 
