@@ -88,6 +88,7 @@ void print_eval(const nlohmann::json& r) {
   if (r.contains("top1")) {
     std::printf("%-12s %10s\n", "top-1 (%)", fixed(100.0 * r["top1"].get<double>(), 2).c_str());
     std::printf("%-12s %10s\n", "NLL", fixed(r["nll"].get<double>(), 4).c_str());
+    std::printf("%-12s %10s\n", "perplexity", fixed(r["perplexity"].get<double>(), 3).c_str());
     std::printf("%-12s %10s\n", "ECE (%)", fixed(100.0 * r["ece"].get<double>(), 2).c_str());
   }
   if (r.contains("agreement")) {

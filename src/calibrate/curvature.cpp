@@ -38,7 +38,9 @@ torch::Tensor curvature_loss(const torch::Tensor& output, LossKind kind, const t
   const torch::Tensor log_p = torch::log_softmax(z.reshape({-1, classes}), 1);
   if (kind == LossKind::ce) {
     BQ_CHECK(z.dim() == 2, ExitCode::usage, "--curvature-loss ce needs [batch, classes] logits");
-    return -log_p.gather(1, labels.unsqueeze(1)).sum() / batch;
+    BQ_CHECK(labels.dim() == 1, ExitCode::usage, "--curvature-loss ce needs one label per example");
+    const torch::Tensor used = labels.ne(kIgnoredLabel);  // ignored examples add nothing
+    return -(log_p.gather(1, labels.clamp_min(0).unsqueeze(1)).squeeze(1) * used).sum() / batch;
   }
   // KL(p_hat || p_theta) with p_hat the detached prediction: value 0 and gradient 0 at theta_hat, Hessian = GGN.
   const torch::Tensor log_p_hat = log_p.detach();
@@ -186,6 +188,41 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
       return false;
     }
   };
+
+  // Note [Double backward probe]: Hutchinson differentiates the gradient again, which some operators do not
+  // support (hardsigmoid's backward in libtorch 1.13, fused attention kernels in 2.x). Autograd reports that in
+  // several ways (a c10::Error from a kernel, a std::runtime_error from the engine's Error node, with texts that
+  // change across versions), so instead of reading messages, one Hessian-vector product on two examples is tried
+  // before calibrating: if the first-order gradient works and the second-order one throws anything, the model
+  // gets the Monte-Carlo Fisher, which needs one backward per sample.
+  auto double_backward_works = [&]() {
+    const int64_t m = std::min<int64_t>(n, 2);
+    std::vector<torch::Tensor> first;
+    torch::Tensor product;
+    try {
+      const torch::Tensor z =
+          select_output(forward_batch(module, data, 0, m, device, model_path), compute.output).to(torch::kFloat32);
+      first = torch::autograd::grad({z.square().sum()}, weights, {}, true, true, /*allow_unused=*/true);
+      product = torch::zeros({}, z.options());
+      for (const torch::Tensor& g : first)
+        if (g.defined() && g.requires_grad()) product = product + (g * g.detach()).sum();  // no RNG: probes unchanged
+    } catch (const std::exception&) {
+      return true;  // not a second-order problem: the calibration pass reports it
+    }
+    if (!product.requires_grad()) return true;
+    try {
+      torch::autograd::grad({product}, weights, {}, false, false, /*allow_unused=*/true);
+      return true;
+    } catch (const std::exception&) {
+      return false;
+    }
+  };
+  if (!fisher && n > 0 && !double_backward_works()) {
+    log::warn("hutchinson needs double backward, which an operator of ", model_path,
+              " does not implement; using the fisher estimator instead");
+    notes = "hutchinson unsupported by the model (no double backward); fisher used";
+    fisher = true;
+  }
 
   Progress progress("calibration", n, "examples", /*summary=*/false);
   for (int64_t begin = 0; begin < n; begin += compute.batch_size) {

@@ -249,10 +249,15 @@ DataFile DataFile::load(const std::string& path) {
     BQ_CHECK(!data.labels_.is_floating_point() && !data.labels_.is_complex() &&
                  data.labels_.scalar_type() != torch::kBool,
              ExitCode::input, "labels must be integers: ", path);
-    data.labels_ = data.labels_.reshape({-1}).to(torch::kInt64).contiguous();
-    BQ_CHECK(data.labels_.size(0) == data.count_, ExitCode::input, "labels have ", data.labels_.size(0),
-             " entries but the inputs have ", data.count_, " examples: ", path);
-    BQ_CHECK(data.labels_.min().item<int64_t>() >= 0, ExitCode::input, "labels must be >= 0: ", path);
+    // One label per example ([N]), or one per scored position ([N, T, ...]: next-token labels of a language model).
+    const int64_t first = data.labels_.dim() == 0 ? 1 : data.labels_.size(0);
+    BQ_CHECK(first == data.count_, ExitCode::input, "labels have ", first, " rows but the inputs have ",
+             data.count_, " examples: ", path);
+    data.labels_ = (data.labels_.dim() <= 1 ? data.labels_.reshape({-1}) : data.labels_).to(torch::kInt64).contiguous();
+    const torch::Tensor used = data.labels_.ne(kIgnoredLabel);
+    BQ_CHECK(used.any().item<bool>(), ExitCode::input, "every label is ", kIgnoredLabel, " (ignored): ", path);
+    BQ_CHECK(data.labels_.masked_select(used).min().item<int64_t>() >= 0, ExitCode::input,
+             "labels must be >= 0 (or ", kIgnoredLabel, ": ignored): ", path);
   }
   return data;
 }

@@ -28,7 +28,7 @@ EvalResult evaluate(torch::jit::Module& model, torch::jit::Module* reference, co
   std::vector<double> bin_count(static_cast<std::size_t>(params.ece_bins), 0.0),
       bin_correct(bin_count.size(), 0.0), bin_confidence(bin_count.size(), 0.0);
   double correct = 0.0, nll = 0.0, agree = 0.0, kl = 0.0;
-  int64_t scored = 0;
+  int64_t scored = 0, labelled = 0;  // positions scored against the reference, and against labels
   for (int64_t begin = 0; begin < data.size(); begin += params.batch_size) {
     const int64_t end = std::min(data.size(), begin + params.batch_size);
     torch::Tensor logits = select_output(forward_batch(model, data, begin, end, device, model_path), params.output);
@@ -48,12 +48,19 @@ EvalResult evaluate(torch::jit::Module& model, torch::jit::Module* reference, co
     const torch::Tensor prediction = log_p.argmax(1);
     scored += log_p.size(0);
     if (r.has_labels) {
-      torch::Tensor labels = data.labels(begin, end, device);
-      if (per_example > 1) labels = labels.unsqueeze(1).expand({end - begin, per_example}).reshape({-1});
-      const torch::Tensor hit = prediction.eq(labels).to(torch::kFloat64);
+      torch::Tensor labels = data.labels(begin, end, device).reshape({-1});
+      if (data.labels_per_example() == 1 && per_example > 1)  // one label for every position of the example
+        labels = labels.unsqueeze(1).expand({end - begin, per_example}).reshape({-1});
+      BQ_CHECK(labels.numel() == log_p.size(0), ExitCode::input, "the labels give ", data.labels_per_example(),
+               " per example but ", model_path, " scores ", per_example, " positions per example: ", data.path());
+      // Positions labelled kIgnoredLabel (padding) score nothing.
+      const torch::Tensor used = labels.ne(kIgnoredLabel);
+      const torch::Tensor lp = log_p.index({used}), target = labels.index({used});
+      labelled += lp.size(0);
+      const torch::Tensor hit = lp.argmax(1).eq(target).to(torch::kFloat64);
       correct += hit.sum().item<double>();
-      nll -= log_p.gather(1, labels.unsqueeze(1)).sum().item<double>();
-      const torch::Tensor confidence = std::get<0>(log_p.max(1)).exp();
+      nll -= lp.gather(1, target.unsqueeze(1)).sum().item<double>();
+      const torch::Tensor confidence = std::get<0>(lp.max(1)).exp();
       const torch::Tensor bin =
           (confidence * params.ece_bins).floor().clamp(0, params.ece_bins - 1).to(torch::kInt64).cpu();
       const torch::Tensor conf_cpu = confidence.cpu(), hit_cpu = hit.cpu();
@@ -79,13 +86,17 @@ EvalResult evaluate(torch::jit::Module& model, torch::jit::Module* reference, co
   r.examples = data.size();
   const double n = static_cast<double>(scored);
   if (r.has_labels) {
-    r.top1 = correct / n;
-    r.nll = nll / n;
+    const double m = static_cast<double>(std::max<int64_t>(labelled, 1));
+    r.labelled = labelled;
+    r.top1 = correct / m;
+    r.nll = nll / m;
+    r.perplexity = std::exp(r.nll);
     double ece = 0.0;
     for (std::size_t k = 0; k < bin_count.size(); ++k)
-      if (bin_count[k] > 0) ece += std::fabs(bin_correct[k] - bin_confidence[k]) / n;
+      if (bin_count[k] > 0) ece += std::fabs(bin_correct[k] - bin_confidence[k]) / m;
     r.ece = ece;
   }
+  r.positions = scored;
   if (reference) {
     r.agreement = agree / n;
     r.mean_kl = kl / n;
@@ -96,9 +107,12 @@ EvalResult evaluate(torch::jit::Module& model, torch::jit::Module* reference, co
 
 void to_json(nlohmann::json& j, const EvalResult& r) {
   j = nlohmann::json{{"examples", r.examples}, {"classes", r.classes}, {"seconds", r.seconds}};
+  if (r.positions != r.examples) j["positions"] = r.positions;  // sequence outputs: KL and agreement per position
   if (r.has_labels) {
+    if (r.labelled != r.examples) j["labelled_positions"] = r.labelled;
     j["top1"] = r.top1;
     j["nll"] = r.nll;
+    j["perplexity"] = r.perplexity;
     j["ece"] = r.ece;
   }
   if (r.has_reference) {

@@ -98,8 +98,15 @@ torch::jit::IValue forward_batch(torch::jit::Module& module, const DataFile& dat
   for (int64_t i = 0; i < data.input_count(); ++i)
     shapes << (i ? ", " : "") << "input " << i << " has shape " << data.shape_string(i) << " ("
            << c10::toString(data.input(i).scalar_type()) << ")";
+  // A traced model keeps the device it was traced on wherever its code made a tensor (Hugging Face attention
+  // masks): then it fails on any other device, whatever the data.
+  const bool devices = what.find("Expected all tensors to be on the same device") != std::string::npos;
+  const std::string hint = devices ? "; the model was probably traced on another device than " + device.str() +
+                                         " (tracing records it): trace it on that device, or run with --device " +
+                                         (device.is_cpu() ? std::string("cuda") : std::string("cpu"))
+                                   : "";
   BQ_FAIL(ExitCode::input, "data does not fit the model ", model_path, ": ", shapes.str(), "; the model says: ",
-          message_line(what), ": ", data.path());
+          message_line(what), hint, ": ", data.path());
 }
 
 void check_labels(const DataFile& data, int64_t classes) {

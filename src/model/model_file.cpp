@@ -88,13 +88,19 @@ void check_tensor_extent(const torch::Tensor& t, const std::string& what, const 
 }
 
 void check_finite_weights(const torch::jit::Module& module, const std::string& path) {
-  auto check = [&](const std::string& name, const torch::Tensor& t) {
-    if (!t.is_floating_point() || t.numel() == 0) return;
-    BQ_CHECK(torch::isfinite(t).all().item<bool>(), ExitCode::input, "model tensor '", name,
+  // Parameters (every quantized weight is one) must be finite. Buffers may hold infinities on purpose (a causal
+  // attention mask of -inf above the diagonal), so of them only NaN is refused.
+  for (const auto& p : module.named_parameters(true)) {
+    const torch::Tensor& t = p.value;
+    if (!t.is_floating_point() || t.numel() == 0) continue;
+    BQ_CHECK(torch::isfinite(t).all().item<bool>(), ExitCode::input, "model parameter '", p.name,
              "' contains NaN or Inf: ", path);
-  };
-  for (const auto& p : module.named_parameters(true)) check(p.name, p.value);
-  for (const auto& b : module.named_buffers(true)) check(b.name, b.value);
+  }
+  for (const auto& b : module.named_buffers(true)) {
+    const torch::Tensor& t = b.value;
+    if (!t.is_floating_point() || t.numel() == 0) continue;
+    BQ_CHECK(!torch::isnan(t).any().item<bool>(), ExitCode::input, "model buffer '", b.name, "' contains NaN: ", path);
+  }
 }
 
 }  // namespace bayesq

@@ -109,7 +109,9 @@ nlohmann::json quantized_model_report(Session& session, const MethodConfig& conf
     report["posterior_temp"] = config.table.quantizer.tau;
     report["loss_table"] = session.table(config);  // cached: what the allocator read
   }
-  if (config.variant().table == TableKind::posterior && config.curvature != Curvature::data_free) {
+  const TableKind table = config.variant().table;
+  if ((table == TableKind::posterior || table == TableKind::hawq_trace) && config.curvature != Curvature::data_free) {
+    // The estimator as it ran (Note [Double backward probe]: Hutchinson may have become Fisher).
     const CurvatureSet& c = session.curvature(config.curvature_params());
     report["curvature"] = {{"estimator", c.estimator}, {"loss", c.loss},       {"examples", c.examples},
                            {"probes", c.probes},       {"seconds", c.seconds}, {"data_hash", c.data_hash},

@@ -22,13 +22,17 @@ struct EvalResult {
   int64_t examples = 0;
   int64_t classes = 0;
   bool has_labels = false;
-  double top1 = 0.0, nll = 0.0, ece = 0.0;
+  int64_t positions = 0;   // scored positions (examples x tokens for sequence outputs)
+  int64_t labelled = 0;    // positions with a label other than kIgnoredLabel
+  double top1 = 0.0, nll = 0.0, ece = 0.0, perplexity = 0.0;  // over labelled positions; perplexity = exp(nll)
   bool has_reference = false;
   double agreement = 0.0, mean_kl = 0.0;
   double seconds = 0.0;
 };
 
-// Logits must be [batch, classes] (or [batch, ..., classes], then every position is scored).
+// Logits must be [batch, classes] (or [batch, ..., classes], then every position is scored: KL and agreement per
+// position, and with labels of one per position, e.g. next-token labels, top-1, NLL and perplexity per labelled
+// token, positions labelled kIgnoredLabel left out).
 EvalResult evaluate(torch::jit::Module& model, torch::jit::Module* reference, const DataFile& data,
                     const EvalParams& params, const std::string& model_path);
 

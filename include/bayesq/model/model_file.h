@@ -26,8 +26,8 @@ std::string file_hash(const std::string& path);
 // off the end. Python's torch.load refuses such files; libtorch's loaders do not check.
 void check_tensor_extent(const torch::Tensor& t, const std::string& what, const std::string& path);
 
-// Every parameter and buffer tensor of the module must be finite; throws UserError(input) naming the first
-// offending tensor and the file otherwise.
+// Every parameter of the module must be finite, and no buffer NaN (a buffer may hold -inf: a causal mask);
+// throws UserError(input) naming the first offending tensor and the file otherwise.
 void check_finite_weights(const torch::jit::Module& module, const std::string& path);
 
 }  // namespace bayesq
