@@ -1,6 +1,7 @@
 // The `bayesq` command-line tool: argument parsing and printing only; the work happens in the library.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -127,6 +128,24 @@ void print_inspect(const nlohmann::json& r) {
   std::printf("%zu blocks, %lld quantizable weights (%lld bytes), %s%% of the model's %lld parameters and buffers\n",
               r["blocks"].size(), static_cast<long long>(weights), static_cast<long long>(bytes),
               fixed(all ? 100.0 * double(weights) / double(all) : 0.0, 2).c_str(), static_cast<long long>(all));
+  // Parameters left in floating point, largest first (one-dimensional ones counted together).
+  std::vector<nlohmann::json> left(r["left_float"].begin(), r["left_float"].end());
+  std::stable_sort(left.begin(), left.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
+    return a["numel"].get<int64_t>() > b["numel"].get<int64_t>();
+  });
+  int64_t small = 0, small_count = 0;
+  for (const auto& p : left) {
+    if (p["shape"].size() < 2) {
+      small += p["numel"].get<int64_t>();
+      ++small_count;
+      continue;
+    }
+    std::printf("left float: %-40s %-18s %12lld  %s\n", p["name"].get<std::string>().c_str(), p["shape"].dump().c_str(),
+                static_cast<long long>(p["numel"].get<int64_t>()), p["reason"].get<std::string>().c_str());
+  }
+  if (small_count)
+    std::printf("left float: %lld one-dimensional parameters (biases, norm scales), %lld values\n",
+                static_cast<long long>(small_count), static_cast<long long>(small));
 }
 
 void print_quantize(const bayesq::QuantizeOutcome& outcome) {

@@ -1,6 +1,7 @@
 #include "bayesq/measure/joint_allocation.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include <torch/torch.h>
 

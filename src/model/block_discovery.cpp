@@ -86,6 +86,8 @@ BlockIndex discover_blocks(const torch::jit::Module& module, DiscoveryStats* sta
     order.push_back(info.name);
   }
 
+  for (const std::string& name : embedded)
+    if (!found.count(name)) skipped[name] = "embedding table: stays in floating point";
   for (const std::string& name : order) {
     if (embedded.count(name)) {
       skipped[name] = "also read by an embedding (tied weights stay in floating point)";

@@ -15,6 +15,7 @@
 #include "bayesq/report/html_report.h"
 
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <sstream>
 
@@ -94,7 +95,23 @@ nlohmann::json run_inspect(const std::string& model_path) {
     out["quantized"] = nlohmann::json::parse(model.module.attr(kMetadataAttribute).toStringRef());
     return out;
   }
-  const BlockIndex index = discover_blocks(model.module);
+  DiscoveryStats discovery;
+  const BlockIndex index = discover_blocks(model.module, &discovery);
+  // Every parameter that is no block, and why: what a quantized file keeps in floating point.
+  std::map<std::string, std::string> reasons;
+  for (const std::string& s : discovery.skipped) {
+    const std::size_t colon = s.find(": ");
+    if (colon != std::string::npos) reasons[s.substr(0, colon)] = s.substr(colon + 2);
+  }
+  nlohmann::json left = nlohmann::json::array();
+  for (const auto& p : model.module.named_parameters(true)) {
+    if (index.find(p.name) >= 0) continue;
+    std::string reason = reasons.count(p.name) ? reasons[p.name]
+                         : p.value.dim() < 2   ? "one-dimensional (a bias or a norm's scale): always float"
+                         : !p.value.is_floating_point() ? "not floating point"
+                                                        : "not the weight of a supported operation (embeddings and recurrent layers stay float)";
+    left.push_back({{"name", p.name}, {"shape", p.value.sizes().vec()}, {"numel", p.value.numel()}, {"reason", reason}});
+  }
   nlohmann::json blocks = nlohmann::json::array();
   for (const auto& b : index.blocks) {
     nlohmann::json entry = b;
@@ -104,6 +121,7 @@ nlohmann::json run_inspect(const std::string& model_path) {
     blocks.push_back(entry);
   }
   out["blocks"] = blocks;
+  out["left_float"] = left;
   out["model_parameter_count"] = index.model_parameter_count;
   out["model_parameter_bytes"] = index.model_parameter_bytes;
   out["quantizable_weights"] = index.quantizable_weight_count();

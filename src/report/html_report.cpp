@@ -5,6 +5,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "bayesq/allocate/knapsack.h"
 #include "bayesq/common/errors.h"

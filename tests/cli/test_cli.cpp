@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -590,4 +591,29 @@ TEST(Cli, NextTokenLabelsGivePerTokenNllAndPerplexity) {
   EXPECT_DOUBLE_EQ(e["top1"].get<double>(), o["top1"].get<double>());
   EXPECT_EQ(e["agreement"].get<double>(), 1.0);  // against itself
   EXPECT_EQ(e["mean_kl"].get<double>(), 0.0);
+}
+
+// Issue 20 item 7 (part): `inspect` names every parameter a quantized file keeps in floating point, and why.
+TEST(Cli, InspectNamesTheParametersLeftFloatAndWhy) {
+  const Result r = run("inspect " + fixture("causal_lm.pt") + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  std::map<std::string, std::string> reason;
+  for (const auto& p : j["left_float"]) reason[p["name"].get<std::string>()] = p["reason"].get<std::string>();
+  ASSERT_TRUE(reason.count("embed.weight")) << j.dump();
+  EXPECT_NE(reason["embed.weight"].find("embedding"), std::string::npos);
+  ASSERT_TRUE(reason.count("qkv.bias"));
+  EXPECT_NE(reason["qkv.bias"].find("one-dimensional"), std::string::npos);
+  EXPECT_FALSE(reason.count("mask")) << "a buffer is no parameter";
+  int64_t blocks = 0, left = 0;
+  for (const auto& b : j["blocks"]) {
+    EXPECT_FALSE(reason.count(b["name"].get<std::string>())) << b["name"];
+    blocks += b["numel"].get<int64_t>();
+  }
+  for (const auto& p : j["left_float"]) left += p["numel"].get<int64_t>();
+  const Result count = run(std::string("") + "inspect " + fixture("causal_lm.pt"));
+  EXPECT_NE(count.out.find("left float: embed.weight"), std::string::npos) << count.out;
+  // Blocks and the parameters left float are every parameter: 40x16 + 48x16 + 16x16 + 32x16 + 16x32 + 40x16 weights
+  // and 48 + 16 + 32 + 16 + 40 biases.
+  EXPECT_EQ(blocks + left, 40 * 16 + 48 * 16 + 16 * 16 + 32 * 16 + 16 * 32 + 40 * 16 + 48 + 16 + 32 + 16 + 40);
 }
