@@ -197,7 +197,8 @@ CompareOutcome run_compare(const CompareOptions& options) {
       const int64_t peak = peak_device_bytes(compute.device);
       nlohmann::json timings = r.timings;
       auto t = Clock::now();
-      torch::jit::Module quantized = dequantized_module(r.module, session.index(), r.quantized.slots());
+      torch::jit::Module quantized =
+          r.dequantized ? *r.dequantized : dequantized_module(r.module, session.index(), r.quantized.slots());
       const EvalResult e = evaluate(quantized, &reference, eval_data, eval_params, base.model);
       timings["eval"] = seconds_since(t);
       nlohmann::json row = e;

@@ -187,6 +187,7 @@ nlohmann::json options_json(const QuantizeOptions& o) {
                         {"posterior", o.posterior},
                         {"output", o.output},
                         {"report", o.report},
+                        {"html", o.html},
                         {"bits", o.bits},
                         {"format", o.format},
                         {"run", o.run},

@@ -307,8 +307,11 @@ BudgetResult run_budget(Session& session, const MethodConfig& config, double bit
     t = Clock::now();
     const DataFile& data = session.measurement();
     const int64_t n = std::min<int64_t>(data.size(), config.measure.examples > 0 ? config.measure.examples : data.size());
-    const double measured =
-        mean_kl(session.model().module, written, data, n, session.compute(), session.inputs().model);
+    // The refinement ended by measuring exactly this model on these examples; distillation changes it.
+    const bool refined = r.quantized.joint && config.distill.steps == 0;
+    const double measured = refined ? r.quantized.joint->final_kl
+                                    : mean_kl(session.model().module, written, data, n, session.compute(),
+                                              session.inputs().model);
     // A measured table's entries are N x KL over the measured examples; an expected-loss table's are on the scale
     // of the examples the curvature was fitted on.
     const double scale = double(config.table_loss == TableLoss::measured ? data.size() : session.calibration().size());
@@ -338,6 +341,7 @@ BudgetResult run_budget(Session& session, const MethodConfig& config, double bit
     if (e.has_labels) r.holdout["top1"] = e.top1;
     r.timings["holdout"] = seconds_since(t);
   }
+  r.dequantized = std::move(written);
   return r;
 }
 

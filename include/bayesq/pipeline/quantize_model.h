@@ -66,6 +66,9 @@ struct BudgetResult {
   // written model on them; nothing fitted or chosen saw them.
   nlohmann::json holdout;
   nlohmann::json timings;        // the method's stages, "distill", "write", "joint_kl"
+  // The written model with de-quantized float weights (dequantized_module), made for the calibration scores and
+  // kept for evaluation; none without calibration data.
+  std::optional<torch::jit::Module> dequantized;
   int64_t weights = 0, code_bits = 0, metadata_bits = 0;  // over the quantized blocks
   double average_bits() const { return weights ? double(code_bits + metadata_bits) / double(weights) : 0.0; }
   double average_code_bits() const { return weights ? double(code_bits) / double(weights) : 0.0; }
