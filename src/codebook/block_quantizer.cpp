@@ -26,8 +26,13 @@ BlockCost block_cost(int64_t rows, int64_t cols, int bits, CodebookKind kind, in
 }
 
 Codebook design_codebook(const WeightedRow& row, int bits, const QuantizerParams& params, DesignStats* stats) {
-  if (params.kind == CodebookKind::lloyd) return design_lloyd(row, bits, params.lloyd, params.uniform, stats);
-  return design_uniform(row, bits, params.kind, params.uniform, stats);
+  Codebook cb = params.kind == CodebookKind::lloyd ? design_lloyd(row, bits, params.lloyd, params.uniform, stats)
+                                                   : design_uniform(row, bits, params.kind, params.uniform, stats);
+  if (params.level_scale == LevelScale::gain || params.level_scale == LevelScale::energy) {
+    cb = rescale_levels(cb, row, params.level_scale);
+    if (stats) stats->loss = expected_loss(cb, row);
+  }
+  return cb;
 }
 
 DesignedLoss design_and_score(const WeightedRow& row, int bits, const QuantizerParams& params) {

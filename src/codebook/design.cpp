@@ -340,4 +340,92 @@ Codebook design_lloyd(const WeightedRow& row, int bits, const LloydParams& lloyd
   return lloyd_cb;
 }
 
+const char* level_scale_name(LevelScale scale) {
+  switch (scale) {
+    case LevelScale::automatic: return "auto";
+    case LevelScale::none: return "none";
+    case LevelScale::gain: return "gain";
+    case LevelScale::energy: return "energy";
+  }
+  return "?";
+}
+
+LevelScale level_scale_from_name(const std::string& name) {
+  for (LevelScale s : {LevelScale::automatic, LevelScale::none, LevelScale::gain, LevelScale::energy})
+    if (name == level_scale_name(s)) return s;
+  throw UserError(ExitCode::usage, "unknown level scale '" + name + "' (expected auto, none, gain or energy)");
+}
+
+Codebook rescale_levels(const Codebook& codebook, const WeightedRow& row, LevelScale scale) {
+  if (scale != LevelScale::gain && scale != LevelScale::energy) return codebook;
+  // Sums over the sorted means from the row's centred prefix sums: sum pi x over a run of points is
+  // S1 + c S0, sum pi x^2 is S2 + 2 c S1 + c^2 S0; so a gain costs O(K log n), whatever the row's tau.
+  const std::size_t n = row.size();
+  if (n == 0) return codebook;
+  const double c = row.center;
+  const double energy = row.s2[n] + 2.0 * c * row.s1[n] + c * c * row.s0[n];
+  if (!(energy > 0.0) || !std::isfinite(energy)) return codebook;
+  // The quantity that must be one: the gain sum pi q w / E, or the energy ratio sum pi q^2 / E. A factor f
+  // with the cells held multiplies the first by f and the second by f^2.
+  const double power = scale == LevelScale::gain ? 1.0 : 2.0;
+  auto gain = [&](const Codebook& cb) {
+    // Cell k holds the points in (t_{k-1}, t_k], as Codebook::encode assigns them.
+    double projected = 0.0;
+    std::size_t begin = 0;
+    for (std::size_t k = 0; k < cb.levels.size(); ++k) {
+      std::size_t end = n;
+      if (k < cb.boundaries.size())
+        end = static_cast<std::size_t>(
+            std::upper_bound(row.mu.begin() + static_cast<std::ptrdiff_t>(begin), row.mu.end(), cb.boundaries[k]) -
+            row.mu.begin());
+      if (end > begin) {
+        const double level = cb.levels[k];
+        projected += scale == LevelScale::gain
+                         ? level * ((row.s1[end] - row.s1[begin]) + c * (row.s0[end] - row.s0[begin]))
+                         : level * level * (row.s0[end] - row.s0[begin]);
+      }
+      begin = end;
+    }
+    return projected / energy;
+  };
+  auto scaled = [](const Codebook& base, double factor) {
+    switch (base.kind) {
+      case CodebookKind::lloyd: {
+        std::vector<double> levels(base.levels.begin(), base.levels.end());
+        for (double& v : levels) v *= factor;
+        return Codebook::lloyd(base.bits, levels);
+      }
+      case CodebookKind::uniform_asymmetric:
+        return Codebook::uniform_asymmetric(base.bits, double(base.scale) * factor, double(base.offset) * factor);
+      case CodebookKind::uniform_symmetric: break;
+    }
+    return Codebook::uniform_symmetric(base.bits, double(base.scale) * factor);
+  };
+  // Fixed-point steps factor <- factor / g^(1/power) with nearest-level cells; the step with the gain nearest one is kept
+  // (the input included). Where the cells' movement keeps the gain from one (an asymmetric table on a skewed
+  // row: scaling about zero moves its cell ends across many points), a last step scales the levels by 1/g with
+  // the cells held, where the gain is linear in the factor.
+  Codebook best = codebook;
+  double g = gain(codebook);
+  double best_gain = g, best_factor = 1.0;
+  double factor = 1.0;
+  for (int step = 0; step < 32 && std::abs(best_gain - 1.0) > 1e-4 && g > 0.0; ++step) {
+    factor = std::clamp(factor / std::pow(g, 1.0 / power), 0.25, 4.0);
+    Codebook cb = scaled(codebook, factor);
+    g = gain(cb);
+    if (std::abs(g - 1.0) < std::abs(best_gain - 1.0)) {
+      best_gain = g;
+      best_factor = factor;
+      best = std::move(cb);
+    }
+  }
+  if (std::abs(best_gain - 1.0) > 1e-4 && best_gain > 0.0) {
+    const double last = std::clamp(best_factor / std::pow(best_gain, 1.0 / power), 0.25, 4.0) / best_factor;
+    Codebook held = scaled(best, last);
+    held.boundaries = best.boundaries;
+    if (std::abs(gain(held) - 1.0) < std::abs(best_gain - 1.0)) best = std::move(held);
+  }
+  return best;
+}
+
 }  // namespace bayesq

@@ -88,13 +88,15 @@ void from_json(const nlohmann::json& j, BlockInfo& b) {
 void to_json(nlohmann::json& j, const BlockIndex& index) {
   j = nlohmann::json{{"blocks", index.blocks},
                      {"model_parameter_count", index.model_parameter_count},
-                     {"model_parameter_bytes", index.model_parameter_bytes}};
+                     {"model_parameter_bytes", index.model_parameter_bytes},
+                     {"per_example_norms", index.per_example_norms}};
 }
 
 void from_json(const nlohmann::json& j, BlockIndex& index) {
   index.blocks = j.at("blocks").get<std::vector<BlockInfo>>();
   index.model_parameter_count = j.value("model_parameter_count", int64_t{0});
   index.model_parameter_bytes = j.value("model_parameter_bytes", int64_t{0});
+  index.per_example_norms = j.value("per_example_norms", std::vector<std::string>{});
 }
 
 }  // namespace bayesq

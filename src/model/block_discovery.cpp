@@ -53,6 +53,15 @@ BlockIndex discover_blocks(const torch::jit::Module& module, DiscoveryStats* sta
   std::shared_ptr<torch::jit::Graph> graph = inlined_forward(module);
   std::set<std::string> embedded;  // parameters an embedding op also reads
   const std::vector<WeightUse> uses = find_weight_uses(*graph, &embedded);
+  std::set<std::string> norms;
+  visit_nodes(graph->block(), [&](torch::jit::Node* node) {
+    static const std::set<std::string> per_example = {"aten::layer_norm",    "aten::native_layer_norm",
+                                                      "aten::group_norm",    "aten::native_group_norm",
+                                                      "aten::instance_norm", "aten::rms_norm"};
+    const std::string kind = node->kind().toQualString();
+    if (per_example.count(kind)) norms.insert(kind);
+  });
+  index.per_example_norms.assign(norms.begin(), norms.end());
 
   std::vector<std::string> order;  // first-seen order of blocks
   std::map<std::string, BlockInfo> found;

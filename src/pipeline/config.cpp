@@ -96,6 +96,12 @@ Curvature default_curvature(bool has_calibration, bool has_posterior) {
   return has_posterior ? Curvature::hutchinson : Curvature::data_free;
 }
 
+LevelScale effective_level_scale(const MethodConfig& c, const BlockIndex& index) {
+  const LevelScale scale = c.table.quantizer.level_scale;
+  if (scale != LevelScale::automatic) return scale;
+  return index.per_example_norms.empty() ? LevelScale::gain : LevelScale::energy;
+}
+
 MethodConfig MethodConfig::resolved(bool has_calibration, bool has_posterior) const {
   MethodConfig c = *this;
   if (c.curvature == Curvature::automatic)
@@ -103,6 +109,9 @@ MethodConfig MethodConfig::resolved(bool has_calibration, bool has_posterior) co
   // A measured table runs the model on calibration data; with only a saved posterior (--posterior, no --calib)
   // the expected-loss model is what there is, and data-free means no data at all.
   if (!has_calibration || c.curvature == Curvature::data_free) c.table_loss = TableLoss::expected;
+  // bayesq keeps `automatic` for effective_level_scale to settle on the model; the baselines design no codebooks.
+  LevelScale& scale = c.table.quantizer.level_scale;
+  if (scale == LevelScale::automatic && c.method != Method::bayesq) scale = LevelScale::none;
   if (c.method == Method::hawq) {  // HAWQ is defined by its trace-times-error sensitivity: never a measured table
     c.table.kinds = {CodebookKind::uniform_asymmetric};
     c.table_loss = TableLoss::expected;
@@ -158,6 +167,7 @@ void to_json(nlohmann::json& j, const MethodConfig& c) {
         {"codebooks", kinds},
         {"group_size", c.table.quantizer.group_size},
         {"posterior_temp", c.table.quantizer.tau},
+        {"level_scale", level_scale_name(c.table.quantizer.level_scale)},
         {"loss", table_loss_name(c.table_loss)},
         {"measure_examples", c.measure.examples}}},
       {"allocation",
@@ -195,6 +205,7 @@ void from_json(const nlohmann::json& j, MethodConfig& c) {
   for (const auto& k : t.at("codebooks")) c.table.kinds.push_back(codebook_kind_from_name(k.get<std::string>()));
   c.table.quantizer.group_size = t.at("group_size").get<int64_t>();
   c.table.quantizer.tau = t.at("posterior_temp").get<double>();
+  c.table.quantizer.level_scale = level_scale_from_name(t.value("level_scale", std::string("auto")));
   c.table_loss = table_loss_from_name(t.at("loss").get<std::string>());
   c.measure.examples = t.at("measure_examples").get<int64_t>();
   const auto& a = j.at("allocation");
@@ -282,6 +293,8 @@ MethodConfig parse_method_spec(const MethodConfig& base, const std::string& spec
     else if (m == "lloyd") c.table.kinds = {CodebookKind::lloyd};
     else if (m == "uniform") c.table.kinds = {CodebookKind::uniform_asymmetric};
     else if (m == "tau1") c.table.quantizer.tau = 1.0;
+    else if (m == "mse") c.table.quantizer.level_scale = LevelScale::none;
+    else if (m == "gain" || m == "energy") c.table.quantizer.level_scale = level_scale_from_name(m);
     else if (m == "greedy" || m == "dp") c.allocation.allocator = allocator_kind_from_name(m);
     else if (m == "measured" || m == "expected") c.table_loss = table_loss_from_name(m);
     else BQ_ASSERT(false, "modifier row '", m, "' has no effect written in parse_method_spec");

@@ -108,6 +108,9 @@ nlohmann::json quantized_model_report(Session& session, const MethodConfig& conf
   if (config.variant().table != TableKind::none) {
     report["posterior_temp"] = config.table.quantizer.tau;
     report["loss_table"] = session.table(config);  // cached: what the allocator read
+    // The codebooks' level scale as it ran (`auto` in the config settles on the model).
+    report["level_scale"] = {{"scale", level_scale_name(effective_level_scale(config, session.index()))},
+                             {"per_example_norms", session.index().per_example_norms}};
   }
   const TableKind table = config.variant().table;
   if ((table == TableKind::posterior || table == TableKind::hawq_trace) && config.curvature != Curvature::data_free) {
@@ -228,6 +231,12 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
   if (config.curvature == Curvature::data_free)
     log::warn("no calibration data: data-free mode (each weight's precision from its block's weights alone); "
               "--calib FILE gives better models");
+  if (config.table.quantizer.level_scale == LevelScale::automatic) {
+    const auto& norms = session.index().per_example_norms;
+    log::info("codebook levels scaled to unit ",
+              norms.empty() ? std::string("gain (no per-example normalisation in the model)")
+                            : "energy (the model normalises each example: " + norms.front() + ")");
+  }
   const OutputFormat format = output_format_from_name(options.format);
   check_budgets(session, config, options.bits);  // every budget before any file is written
 

@@ -86,7 +86,8 @@ std::vector<const QuantizedBlock*> QuantizedModel::slots() const {
 std::vector<QuantizedBlock> option_blocks(Session& session, const MethodConfig& config, std::size_t b,
                                           const std::vector<std::pair<int, CodebookKind>>& choices) {
   std::vector<QuantizedBlock> out;
-  const QuantizerParams& qp = config.table.quantizer;
+  QuantizerParams qp = config.table.quantizer;
+  qp.level_scale = effective_level_scale(config, session.index());  // `auto` settles on the model
   switch (config.variant().table) {
     case TableKind::hawq_trace:
       for (std::size_t i = 0; i < choices.size(); ++i)
@@ -169,7 +170,9 @@ LossTable build_table(Session& session, const MethodConfig& config) {
   const auto& precision = session.posterior_rows(config);
   std::vector<BlockTableInput> inputs;
   for (std::size_t b = 0; b < index.blocks.size(); ++b) inputs.push_back({index.blocks[b].name, session.weights(b, &precision[b])});
-  return build_loss_table(inputs, config.table);
+  LossTableParams params = config.table;
+  params.quantizer.level_scale = effective_level_scale(config, index);
+  return build_loss_table(inputs, params);
 }
 
 QuantizedModel quantize_model(Session& session, const MethodConfig& config, double bits) {

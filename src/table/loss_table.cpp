@@ -74,6 +74,11 @@ LossTable build_loss_table(const std::vector<BlockTableInput>& blocks, const Los
         } else {
           cb = design_uniform(row, bits, params.kinds[k], qp.uniform, &stats);
         }
+        if (qp.level_scale == LevelScale::gain || qp.level_scale == LevelScale::energy) {
+          // as design_codebook does: the table scores the codebook that will be used
+          cb = rescale_levels(cb, row, qp.level_scale);
+          stats.loss = expected_loss(cb, row);
+        }
         out.expected = stats.loss;
         out.plugin = row.tau > 0.0 ? plugin_loss(cb, row) : stats.loss;
         out.fell_back = stats.fell_back_to_uniform;

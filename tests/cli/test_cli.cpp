@@ -417,6 +417,54 @@ TEST(Cli, TheDesignCardCommandWorksAsWritten) {
   EXPECT_TRUE(fs::exists(model));
 }
 
+// Note [Gain-preserving codebooks]: the data-free mode's written weights, read back in stock torch against the
+// float model, keep each row's gain sum q w / sum w^2 at one on a model without per-example normalisation and
+// each row's energy sum q^2 / sum w^2 at one on a transformer (layer norm), and the report names the scale and
+// the normalisation it found. The squared-error design (the `mse` modifier) shrinks them: the check can fail.
+TEST(Cli, DataFreeCodebooksKeepEachRowsGainOrEnergyAsTheReportSays) {
+  const fs::path dir = scratch_dir() / "level_scale";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string script = (dir / "ratios.py").string();
+  {
+    std::ofstream py(script);
+    py << "import sys, torch\n"
+          "f = dict(torch.jit.load(sys.argv[1]).named_parameters())\n"
+          "ratios = []\n"
+          "for name, q in torch.jit.load(sys.argv[2]).named_parameters():\n"
+          "    w = f[name]\n"
+          "    if w.dim() < 2 or torch.equal(w, q): continue\n"
+          "    W, Q = w.flatten(1).double(), q.flatten(1).double()\n"
+          "    ratios.append(((Q * W) if sys.argv[3] == 'gain' else (Q * Q)).sum(1) / (W * W).sum(1))\n"
+          "r = torch.cat(ratios)\n"
+          "worst, mean = (r - 1).abs().max().item(), r.mean().item()\n"
+          "print(len(ratios), worst, mean)\n"
+          "assert len(ratios) > 0\n"
+          "assert (worst < 2e-3) if sys.argv[4] == 'one' else (mean < 0.99), (worst, mean)\n";
+  }
+  struct Case {
+    const char* model;
+    const char* scale;
+    std::vector<std::string> norms;
+  };
+  for (const Case& c : {Case{"separable", "gain", {}}, Case{"transformer", "energy", {"aten::layer_norm"}}}) {
+    for (const char* method : {"bayesq/data-free", "bayesq/data-free/mse"}) {
+      const bool scaled = std::string(method) == "bayesq/data-free";
+      const std::string out = (dir / (std::string(c.model) + (scaled ? ".pt" : ".mse.pt"))).string();
+      const std::string report = out + ".json";
+      const Result r = run("quantize --model " + fixture(std::string(c.model) + ".pt") + " --bits 3 --method " +
+                           method + " --format fake -o " + out + " --report " + report);
+      ASSERT_EQ(r.code, 0) << r.err;
+      const nlohmann::json level = nlohmann::json::parse(slurp(report)).at("level_scale");
+      EXPECT_EQ(level.at("scale").get<std::string>(), scaled ? c.scale : "none") << c.model;
+      EXPECT_EQ(level.at("per_example_norms").get<std::vector<std::string>>(), c.norms) << c.model;
+      const std::string check = std::string(BAYESQ_PYTHON) + " " + script + " " + fixture(std::string(c.model) + ".pt") +
+                                " " + out + " " + c.scale + (scaled ? " one" : " shrunk");
+      EXPECT_EQ(std::system(check.c_str()), 0) << c.model << " " << method;
+    }
+  }
+}
+
 namespace {
 
 // A self-contained page: nothing fetched from the network or from another file.

@@ -202,3 +202,83 @@ TEST(KMeansOracle, MatchesBruteForceOnTinyInputs) {
     for (std::size_t b = a + 1; b < 7; ++b) best = std::min(best, sse(0, a) + sse(a, b) + sse(b, 7));
   EXPECT_NEAR(optimal_weighted_kmeans(row, 3).cost, best, 1e-12);
 }
+
+TEST(GainPreserving, SquaredErrorDesignsShrinkAndTheRescaleRestoresUnitGain) {
+  // Oracle: the gain sum pi q w / sum pi w^2 computed directly from the decoded levels. On zero-centred rows like
+  // a layer's weights (Gaussian, heavy-tailed) a squared-error design has gain below one (Lloyd's centroid
+  // condition) and the rescaled codebook has gain one (up to fp16 metadata); it is a positive multiple of the
+  // input's levels and keeps its kind. On any row
+  // (random mixtures away from zero) the gain is never moved further from one.
+  std::mt19937 rng(17);
+  auto gain = [](const Codebook& cb, const WeightedRow& row) {
+    double num = 0.0, den = 0.0;
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      num += row.precision[i] * cb.decode(cb.encode(row.mu[i])) * row.mu[i];
+      den += row.precision[i] * row.mu[i] * row.mu[i];
+    }
+    return num / den;
+  };
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::student_t_distribution<float> student(3.0f);
+  std::lognormal_distribution<float> lognormal(0.0f, 1.0f);
+  for (int trial = 0; trial < 12; ++trial) {
+    std::vector<float> w(512), p(512);
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      w[i] = trial % 2 ? normal(rng) : 0.01f * student(rng);
+      p[i] = trial % 3 ? lognormal(rng) : 1.0f;
+    }
+    const WeightedRow row = WeightedRow::build(w.data(), p.data(), w.size(), 0.0);
+    for (int bits : {1, 2, 3, 4}) {
+      const Codebook uniform = design_uniform(row, bits, CodebookKind::uniform_asymmetric, UniformParams{});
+      const Codebook lloyd = design_lloyd(row, bits, LloydParams{}, UniformParams{});
+      for (const Codebook* cb : {&uniform, &lloyd}) {
+        const double before = gain(*cb, row);
+        EXPECT_LT(before, 1.0 - 1e-3) << bits << " bits, trial " << trial;
+        const Codebook rescaled = rescale_levels(*cb, row, LevelScale::gain);
+        EXPECT_EQ(rescaled.kind, cb->kind);
+        const double after = gain(rescaled, row);
+        EXPECT_LE(std::abs(after - 1.0), std::abs(before - 1.0));
+        // Within the factor's clamp (a 1-bit table fitted to a few heavy weights can have a level near zero and a
+        // gain under 1/4) the gain is one up to the fp16 rounding of the metadata.
+        if (before > 0.25) EXPECT_NEAR(after, 1.0, 2e-3) << bits << " bits, trial " << trial;
+        // The energy target: sum pi q^2 = sum pi w^2. The nearest-level steps can run the factor into its clamp
+        // on a design that fits its row badly (a uniform grid placed on a few heavy weights, gain near 1/3), so
+        // only designs with a gain above 1/2.
+        const Codebook equal_energy = rescale_levels(*cb, row, LevelScale::energy);
+        double q2 = 0.0, w2 = 0.0;
+        for (std::size_t i = 0; i < row.size(); ++i) {
+          const double q = equal_energy.decode(equal_energy.encode(row.mu[i]));
+          q2 += row.precision[i] * q * q;
+          w2 += row.precision[i] * row.mu[i] * row.mu[i];
+        }
+        if (before > 0.5) EXPECT_NEAR(q2 / w2, 1.0, 4e-3) << bits << " bits, trial " << trial;
+        // A positive multiple of the input's levels: the ratio read off the largest level, every level within the
+        // fp16 rounding of the metadata (2^-11 relative per table level or per scale and offset; 2e-3 of the
+        // largest level covers both and the ratio's own rounding).
+        std::size_t top = 0;
+        for (std::size_t k = 0; k < cb->levels.size(); ++k)
+          if (std::abs(cb->levels[k]) > std::abs(cb->levels[top])) top = k;
+        const double ratio = double(rescaled.levels[top]) / double(cb->levels[top]);
+        EXPECT_GT(ratio, 1.0);
+        for (std::size_t k = 0; k < cb->levels.size(); ++k)
+          EXPECT_NEAR(rescaled.levels[k], ratio * cb->levels[k], 2e-3 * std::abs(rescaled.levels[top]));
+      }
+    }
+  }
+  for (int trial = 0; trial < 8; ++trial) {
+    const Sample s = random_sample(rng, 400);
+    const WeightedRow row = WeightedRow::build(s.w.data(), s.p.data(), s.w.size(), 0.0);
+    for (int bits : {1, 2, 3}) {
+      const Codebook lloyd = design_lloyd(row, bits, LloydParams{}, UniformParams{});
+      EXPECT_LE(std::abs(gain(rescale_levels(lloyd, row, LevelScale::gain), row) - 1.0), std::abs(gain(lloyd, row) - 1.0));
+    }
+  }
+  // An all-zero row has no gain to restore: unchanged.
+  const std::vector<float> zeros(16, 0.0f);
+  const WeightedRow zero_row = WeightedRow::build(zeros.data(), nullptr, zeros.size(), 0.0);
+  const Codebook cb = design_uniform(zero_row, 2, CodebookKind::uniform_asymmetric, UniformParams{});
+  EXPECT_EQ(rescale_levels(cb, zero_row, LevelScale::gain).levels, cb.levels);
+  // none leaves any codebook as designed.
+  const Codebook designed = design_lloyd(WeightedRow::build(zeros.data(), nullptr, 4, 0.0), 1, LloydParams{}, UniformParams{});
+  EXPECT_EQ(rescale_levels(designed, zero_row, LevelScale::none).levels, designed.levels);
+}

@@ -16,6 +16,7 @@ struct QuantizerParams {
   CodebookKind kind = CodebookKind::lloyd;
   int64_t group_size = 0;  // 0: one codebook per row
   double tau = 0.0;        // posterior temperature (--posterior-temp)
+  LevelScale level_scale = LevelScale::automatic;  // Note [Gain-preserving codebooks]; automatic acts as none
   LloydParams lloyd;
   UniformParams uniform;
 };

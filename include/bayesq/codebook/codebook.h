@@ -32,7 +32,9 @@ struct Codebook {
   float scale = 0.0f;           // uniform kinds only (fp16-representable)
   float offset = 0.0f;          // uniform_asymmetric only (fp16-representable)
   std::vector<float> levels;    // 2^bits decoded values, ascending (except for from_table)
-  std::vector<double> boundaries;  // 2^bits - 1 midpoints between consecutive levels; empty for from_table
+  // 2^bits - 1 cell ends of the encoder: the midpoints between consecutive levels, except where rescale_levels
+  // (design.h) keeps the cells of the design it rescales; empty for from_table.
+  std::vector<double> boundaries;
 
   static Codebook lloyd(int bits, const std::vector<double>& levels);
   // A lloyd table whose order is fixed by codes already assigned (after distillation moved its values): levels
@@ -42,7 +44,7 @@ struct Codebook {
   static Codebook uniform_symmetric(int bits, double scale);
 
   int size() const { return static_cast<int>(levels.size()); }
-  // Index of the nearest level; a value exactly between two levels goes to the lower one.
+  // Index of the value's cell (the nearest level, but see `boundaries`); a value on a cell end goes to the lower one.
   int encode(double value) const;
   bool can_encode() const { return boundaries.size() + 1 == levels.size(); }
   float decode(int code) const { return levels[static_cast<std::size_t>(code)]; }

@@ -52,6 +52,10 @@ struct BlockIndex {
   std::vector<BlockInfo> blocks;
   int64_t model_parameter_count = 0;  // every tensor the model holds (parameters and buffers)
   int64_t model_parameter_bytes = 0;
+  // Operators found in the forward graph that normalise each example at inference (layer, group, instance and
+  // RMS norm; batch norm in eval mode does not): they undo a uniform shrink of what they read (Note
+  // [Gain-preserving codebooks] in design.h, and effective_level_scale in config.h).
+  std::vector<std::string> per_example_norms;
 
   int64_t quantizable_weight_count() const;
   int find(const std::string& name) const;  // index or -1
