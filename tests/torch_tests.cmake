@@ -9,6 +9,10 @@ set_tests_properties(make_fixtures PROPERTIES FIXTURES_SETUP bayesq_fixtures LAB
 add_test(NAME make_hostile
          COMMAND ${BAYESQ_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/fixtures/make_hostile.py ${BAYESQ_FIXTURES_DIR})
 set_tests_properties(make_hostile PROPERTIES FIXTURES_SETUP bayesq_fixtures DEPENDS make_fixtures LABELS cli)
+# One tiny model per kind of layer users bring (issue 20's coverage suite), with a manifest.
+add_test(NAME make_coverage
+         COMMAND ${BAYESQ_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/fixtures/make_coverage.py ${BAYESQ_FIXTURES_DIR})
+set_tests_properties(make_coverage PROPERTIES FIXTURES_SETUP bayesq_fixtures DEPENDS make_fixtures LABELS cli)
 
 add_executable(bayesq_torch_tests
   torch/test_model_io.cpp

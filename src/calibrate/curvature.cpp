@@ -168,11 +168,13 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
           }
         }
       }
-    } catch (const c10::Error& e) {
-      const std::string what = e.what_without_backtrace();
-      if (what.find("not implemented") != std::string::npos || what.find("does not require grad") != std::string::npos)
-        return false;
-      throw;
+    } catch (const UserError&) {
+      throw;  // the forward pass's own report (shapes, devices)
+    } catch (const std::exception&) {
+      // Autograd could not differentiate this batch (an operator without a derivative, reported as a c10::Error
+      // or as the engine's std::runtime_error depending on the version; no text is read): the caller finds out
+      // which blocks autograd can reach.
+      return false;
     }
     return true;
   };
@@ -184,7 +186,9 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
       const torch::Tensor z = output.to(torch::kFloat32);
       torch::autograd::grad({z.sum()}, weights, {}, false, false, /*allow_unused=*/true);
       return true;
-    } catch (const c10::Error&) {
+    } catch (const UserError&) {
+      throw;
+    } catch (const std::exception&) {
       return false;
     }
   };

@@ -200,8 +200,37 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
   } restore{saved};
 
   torch::jit::GraphOptimizerEnabledGuard plain_interpreter(false);
+  // Note [Backward probe]: G needs one backward through the model, and some inference operators have none (the
+  // fused encoder layer of a no-grad trace, aten::_transformer_encoder_layer_fwd). As with the double-backward
+  // probe (curvature.cpp), no error text is read: one gradient on the first two examples is tried; if the forward
+  // runs and the backward throws anything, the capture goes on without output gradients (G = I, GPTQ's input-only
+  // metric) and every block's stats say so.
+  bool output_gradients = params.output_gradients;
+  if (output_gradients) {
+    torch::jit::Stack stack;
+    stack.emplace_back(module._ivalue());
+    for (auto& v : data.batch(0, std::min<int64_t>(n, 2), device)) stack.push_back(std::move(v));
+    bool forward_ran = false;
+    try {
+      function.run(stack);
+      forward_ran = true;
+      const std::vector<torch::jit::IValue> outputs = stack.at(0).toTupleRef().elements().vec();
+      const torch::Tensor logits = select_output(outputs.at(0), compute.output).to(torch::kFloat32);
+      std::vector<torch::Tensor> outputs_of_blocks;
+      for (const Tap& t : taps)
+        if (outputs.at(t.result_output).isTensor()) outputs_of_blocks.push_back(outputs.at(t.result_output).toTensor());
+      // A fixed objective (no sampling: the seeded draws of the pass below stay as they were).
+      torch::autograd::grad({torch::log_softmax(logits.reshape({-1, logits.size(-1)}), 1).sum()}, outputs_of_blocks,
+                            {}, false, false, /*allow_unused=*/true);
+    } catch (const std::exception&) {
+      if (!forward_ran) throw;  // not a gradient problem: the pass below reports it with shapes
+      output_gradients = false;
+      for (auto& w : wanted)
+        stats[w.second].gradient_fallback = "no backward through the model's operators: G = identity";
+    }
+  }
   c10::optional<torch::NoGradGuard> no_grad;
-  if (!params.output_gradients) no_grad.emplace();
+  if (!output_gradients) no_grad.emplace();
   Progress progress("layer capture", n, "examples");
   for (int64_t begin = 0; begin < n; begin += compute.batch_size) {
     const int64_t end = std::min(n, begin + compute.batch_size);
@@ -216,7 +245,7 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
     }
     const std::vector<torch::jit::IValue> outputs = stack.at(0).toTupleRef().elements().vec();
     std::vector<torch::Tensor> results(taps.size());
-    if (params.output_gradients) {
+    if (output_gradients) {
       const torch::Tensor logits = select_output(outputs.at(0), compute.output).to(torch::kFloat32);
       const torch::Tensor log_p = torch::log_softmax(logits.reshape({-1, logits.size(-1)}), 1);
       const torch::Tensor sampled = torch::multinomial(log_p.detach().exp(), 1);
@@ -244,7 +273,7 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
         for (const auto& r : rows) s.input_moment.push_back(torch::zeros({r.size(1), r.size(1)}, r.options()));
       for (std::size_t g = 0; g < rows.size(); ++g) s.input_moment[g].addmm_(rows[g].t(), rows[g]);
       s.rows_seen += rows[0].size(0);
-      if (params.output_gradients && results[k].defined()) {
+      if (output_gradients && results[k].defined()) {
         const torch::Tensor gr = output_rows(results[k].to(torch::kFloat32), info, t.on_right);
         if (!s.output_gradient_moment.defined())
           s.output_gradient_moment = torch::zeros({gr.size(1), gr.size(1)}, gr.options());

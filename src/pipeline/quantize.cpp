@@ -120,6 +120,12 @@ nlohmann::json quantized_model_report(Session& session, const MethodConfig& conf
                            {"probes", c.probes},       {"seconds", c.seconds}, {"data_hash", c.data_hash},
                            {"notes", c.notes}};
   }
+  if (table == TableKind::kfac) {
+    // Note [Backward probe]: whether G came from the model's backward or is the identity.
+    const std::vector<LayerStats>& stats = session.kfac_stats();
+    const std::string fallback = stats.empty() ? std::string() : stats.front().gradient_fallback;
+    report["kfac_statistics"] = {{"output_gradients", fallback.empty()}, {"note", fallback}};
+  }
   if (!r.distillation.is_null()) report["distillation"] = r.distillation;
   if (!r.joint_calibration_kl.is_null()) report["joint_calibration_kl"] = r.joint_calibration_kl;
   if (!r.holdout.is_null()) report["holdout"] = r.holdout;

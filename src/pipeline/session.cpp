@@ -196,6 +196,8 @@ const std::vector<LayerStats>& Session::kfac_stats() {
     model_.module.to(torch::kCPU);
     for (const auto& s : *kfac_stats_)
       if (!s.captured) log::warn("block ", s.name, ": no K-FAC statistics (", s.reason, "); plain squared error used");
+    if (!kfac_stats_->empty() && !kfac_stats_->front().gradient_fallback.empty())
+      log::warn("K-FAC without output gradients: ", kfac_stats_->front().gradient_fallback, " (GPTQ's metric)");
     timings_["capture"] = seconds_since(t);
   }
   return *kfac_stats_;

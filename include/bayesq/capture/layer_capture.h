@@ -35,7 +35,8 @@ struct LayerStats {
   bool captured = false;
   std::string reason;                        // why not, when not captured
   std::vector<torch::Tensor> input_moment;   // A per group, [cols_g, cols_g], float32 on the capture device
-  torch::Tensor output_gradient_moment;      // G [rows, rows] (when asked for)
+  torch::Tensor output_gradient_moment;      // G [rows, rows] (when asked for and the model has a backward)
+  std::string gradient_fallback;             // why G was asked for but not computed (Note [Backward probe])
   int64_t rows_seen = 0;                     // activation rows behind A (examples x positions)
   int64_t examples = 0;
   int64_t groups() const { return static_cast<int64_t>(input_moment.size()); }
