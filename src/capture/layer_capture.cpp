@@ -206,7 +206,7 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
   // runs and the backward throws anything, the capture goes on without output gradients (G = I, GPTQ's input-only
   // metric) and every block's stats say so.
   bool output_gradients = params.output_gradients;
-  if (output_gradients) {
+  if (output_gradients && n > 0) {
     torch::jit::Stack stack;
     stack.emplace_back(module._ivalue());
     for (auto& v : data.batch(0, std::min<int64_t>(n, 2), device)) stack.push_back(std::move(v));
@@ -223,10 +223,13 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
       torch::autograd::grad({torch::log_softmax(logits.reshape({-1, logits.size(-1)}), 1).sum()}, outputs_of_blocks,
                             {}, false, false, /*allow_unused=*/true);
     } catch (const std::exception&) {
-      if (!forward_ran) throw;  // not a gradient problem: the pass below reports it with shapes
-      output_gradients = false;
-      for (auto& w : wanted)
-        stats[w.second].gradient_fallback = "no backward through the model's operators: G = identity";
+      // A forward that fails is not a gradient problem: the pass below fails the same way and reports it with
+      // the shapes.
+      if (forward_ran) {
+        output_gradients = false;
+        for (auto& w : wanted)
+          stats[w.second].gradient_fallback = "no backward through the model's operators: G = identity";
+      }
     }
   }
   c10::optional<torch::NoGradGuard> no_grad;

@@ -401,10 +401,10 @@ Codebook rescale_levels(const Codebook& codebook, const WeightedRow& row, LevelS
     }
     return Codebook::uniform_symmetric(base.bits, double(base.scale) * factor);
   };
-  // Fixed-point steps factor <- factor / g^(1/power) with nearest-level cells; the step with the gain nearest one is kept
-  // (the input included). Where the cells' movement keeps the gain from one (an asymmetric table on a skewed
-  // row: scaling about zero moves its cell ends across many points), a last step scales the levels by 1/g with
-  // the cells held, where the gain is linear in the factor.
+  // Fixed-point steps factor <- factor / g^(1/power) with nearest-level cells; the step with the ratio nearest
+  // one is kept (the input included). Where the cells' movement keeps it from one (an asymmetric table on a
+  // skewed row: scaling about zero moves its cell ends across many points), a last step scales the levels with
+  // the cells held, where the ratio is the factor to the power.
   Codebook best = codebook;
   double g = gain(codebook);
   double best_gain = g, best_factor = 1.0;

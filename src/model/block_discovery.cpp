@@ -55,9 +55,10 @@ BlockIndex discover_blocks(const torch::jit::Module& module, DiscoveryStats* sta
   const std::vector<WeightUse> uses = find_weight_uses(*graph, &embedded);
   std::set<std::string> norms;
   visit_nodes(graph->block(), [&](torch::jit::Node* node) {
-    static const std::set<std::string> per_example = {"aten::layer_norm",    "aten::native_layer_norm",
-                                                      "aten::group_norm",    "aten::native_group_norm",
-                                                      "aten::instance_norm", "aten::rms_norm"};
+    // The fused encoder layer of a no-grad trace holds two layer norms.
+    static const std::set<std::string> per_example = {
+        "aten::layer_norm",    "aten::native_layer_norm", "aten::group_norm", "aten::native_group_norm",
+        "aten::instance_norm", "aten::rms_norm",          "aten::_transformer_encoder_layer_fwd"};
     const std::string kind = node->kind().toQualString();
     if (per_example.count(kind)) norms.insert(kind);
   });
