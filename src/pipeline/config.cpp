@@ -205,7 +205,8 @@ void from_json(const nlohmann::json& j, MethodConfig& c) {
   for (const auto& k : t.at("codebooks")) c.table.kinds.push_back(codebook_kind_from_name(k.get<std::string>()));
   c.table.quantizer.group_size = t.at("group_size").get<int64_t>();
   c.table.quantizer.tau = t.at("posterior_temp").get<double>();
-  c.table.quantizer.level_scale = level_scale_from_name(t.value("level_scale", std::string("auto")));
+  // A JSON from before the level scale existed describes unscaled codebooks.
+  c.table.quantizer.level_scale = level_scale_from_name(t.value("level_scale", std::string("none")));
   c.table_loss = table_loss_from_name(t.at("loss").get<std::string>());
   c.measure.examples = t.at("measure_examples").get<int64_t>();
   const auto& a = j.at("allocation");

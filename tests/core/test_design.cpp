@@ -240,7 +240,9 @@ TEST(GainPreserving, SquaredErrorDesignsShrinkAndTheRescaleRestoresUnitGain) {
         EXPECT_LE(std::abs(after - 1.0), std::abs(before - 1.0));
         // Within the factor's clamp (a 1-bit table fitted to a few heavy weights can have a level near zero and a
         // gain under 1/4) the gain is one up to the fp16 rounding of the metadata.
-        if (before > 0.25) EXPECT_NEAR(after, 1.0, 2e-3) << bits << " bits, trial " << trial;
+        if (before > 0.25) {
+          EXPECT_NEAR(after, 1.0, 2e-3) << bits << " bits, trial " << trial;
+        }
         // The energy target: sum pi q^2 = sum pi w^2. The nearest-level steps can run the factor into its clamp
         // on a design that fits its row badly (a uniform grid placed on a few heavy weights, gain near 1/3), so
         // only designs with a gain above 1/2.
@@ -251,7 +253,9 @@ TEST(GainPreserving, SquaredErrorDesignsShrinkAndTheRescaleRestoresUnitGain) {
           q2 += row.precision[i] * q * q;
           w2 += row.precision[i] * row.mu[i] * row.mu[i];
         }
-        if (before > 0.5) EXPECT_NEAR(q2 / w2, 1.0, 4e-3) << bits << " bits, trial " << trial;
+        if (before > 0.5) {
+          EXPECT_NEAR(q2 / w2, 1.0, 4e-3) << bits << " bits, trial " << trial;
+        }
         // A positive multiple of the input's levels: the ratio read off the largest level, every level within the
         // fp16 rounding of the metadata (2^-11 relative per table level or per scale and offset; 2e-3 of the
         // largest level covers both and the ratio's own rounding).
