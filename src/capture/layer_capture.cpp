@@ -202,36 +202,10 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
   torch::jit::GraphOptimizerEnabledGuard plain_interpreter(false);
   // Note [Backward probe]: G needs one backward through the model, and some inference operators have none (the
   // fused encoder layer of a no-grad trace, aten::_transformer_encoder_layer_fwd). As with the double-backward
-  // probe (curvature.cpp), no error text is read: one gradient on the first two examples is tried; if the forward
-  // runs and the backward throws anything, the capture goes on without output gradients (G = I, GPTQ's input-only
-  // metric) and every block's stats say so.
+  // probe (curvature.cpp), no error text is read: if the backward of the first batch throws anything (its forward
+  // ran), the capture goes on without output gradients (G = I, GPTQ's input-only metric) and every block's stats
+  // say so; that batch's activations still count.
   bool output_gradients = params.output_gradients;
-  if (output_gradients && n > 0) {
-    torch::jit::Stack stack;
-    stack.emplace_back(module._ivalue());
-    for (auto& v : data.batch(0, std::min<int64_t>(n, 2), device)) stack.push_back(std::move(v));
-    bool forward_ran = false;
-    try {
-      function.run(stack);
-      forward_ran = true;
-      const std::vector<torch::jit::IValue> outputs = stack.at(0).toTupleRef().elements().vec();
-      const torch::Tensor logits = select_output(outputs.at(0), compute.output).to(torch::kFloat32);
-      std::vector<torch::Tensor> outputs_of_blocks;
-      for (const Tap& t : taps)
-        if (outputs.at(t.result_output).isTensor()) outputs_of_blocks.push_back(outputs.at(t.result_output).toTensor());
-      // A fixed objective (no sampling: the seeded draws of the pass below stay as they were).
-      torch::autograd::grad({torch::log_softmax(logits.reshape({-1, logits.size(-1)}), 1).sum()}, outputs_of_blocks,
-                            {}, false, false, /*allow_unused=*/true);
-    } catch (const std::exception&) {
-      // A forward that fails is not a gradient problem: the pass below fails the same way and reports it with
-      // the shapes.
-      if (forward_ran) {
-        output_gradients = false;
-        for (auto& w : wanted)
-          stats[w.second].gradient_fallback = "no backward through the model's operators: G = identity";
-      }
-    }
-  }
   c10::optional<torch::NoGradGuard> no_grad;
   if (!output_gradients) no_grad.emplace();
   Progress progress("layer capture", n, "examples");
@@ -261,8 +235,16 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
           outputs_of_blocks.push_back(outputs.at(taps[k].result_output).toTensor());
           taken.push_back(k);
         }
-      const auto grads = torch::autograd::grad({objective}, outputs_of_blocks, {}, false, false, /*allow_unused=*/true);
-      for (std::size_t i = 0; i < taken.size(); ++i) results[taken[i]] = grads[i];
+      try {
+        const auto grads = torch::autograd::grad({objective}, outputs_of_blocks, {}, false, false, /*allow_unused=*/true);
+        for (std::size_t i = 0; i < taken.size(); ++i) results[taken[i]] = grads[i];
+      } catch (const std::exception&) {
+        if (begin != 0) throw;  // the first batch had a backward: this is not a missing derivative
+        output_gradients = false;
+        no_grad.emplace();
+        for (auto& w : wanted)
+          stats[w.second].gradient_fallback = "no backward through the model's operators: G = identity";
+      }
     }
     torch::NoGradGuard accumulate;
     for (std::size_t k = 0; k < taps.size(); ++k) {
