@@ -113,11 +113,11 @@ void print_inspect(const nlohmann::json& r) {
     }
     return;
   }
-  std::printf("%-44s %-15s %-20s %6s %12s %10s %7s\n", "block", "op", "shape", "groups", "weights", "bytes", "share");
+  std::printf("%-44s %-19s %-20s %6s %12s %10s %7s\n", "block", "op", "shape", "groups", "weights", "bytes", "share");
   int64_t weights = 0, bytes = 0;
   for (const auto& b : r["blocks"]) {
     const std::string groups = b.contains("conv") ? std::to_string(b["conv"]["groups"].get<int64_t>()) : "-";
-    std::printf("%-44s %-15s %-20s %6s %12lld %10lld %6s%%\n", b["name"].get<std::string>().c_str(),
+    std::printf("%-44s %-19s %-20s %6s %12lld %10lld %6s%%\n", b["name"].get<std::string>().c_str(),
                 b["op_symbol"].get<std::string>().c_str(), b["shape"].dump().c_str(), groups.c_str(),
                 static_cast<long long>(b["numel"].get<int64_t>()), static_cast<long long>(b["bytes"].get<int64_t>()),
                 fixed(100.0 * b["share"].get<double>(), 2).c_str());

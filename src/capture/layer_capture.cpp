@@ -108,6 +108,23 @@ torch::jit::Value* lift_to_top(torch::jit::Graph& graph, torch::jit::Value* v) {
   return v;
 }
 
+// One batch of an embedding's lookups (layer_capture.h): token counts into row_moment, and with the gradient at
+// the looked-up rows, its [dim, dim] moment into input_moment[0].
+void accumulate_embedding(LayerStats& s, const BlockInfo& info, const torch::Tensor& indices, int64_t padding_idx,
+                          const torch::Tensor& gradient) {
+  const torch::Tensor flat = indices.reshape({-1}).to(torch::kLong);
+  torch::Tensor counts = torch::bincount(flat, {}, info.rows()).to(torch::kFloat32);
+  if (padding_idx >= 0 && padding_idx < info.rows()) counts[padding_idx] = 0;
+  if (!s.row_moment.defined()) s.row_moment = torch::zeros({info.rows()}, counts.options());
+  s.row_moment.add_(counts);
+  s.rows_seen += flat.numel();
+  if (gradient.defined()) {
+    const torch::Tensor gr = gradient.to(torch::kFloat32).reshape({-1, info.cols()});
+    if (s.input_moment.empty()) s.input_moment.push_back(torch::zeros({info.cols(), info.cols()}, gr.options()));
+    s.input_moment[0].addmm_(gr.t(), gr);
+  }
+}
+
 }  // namespace
 
 std::vector<torch::Tensor> activation_rows(const torch::Tensor& activation, const BlockInfo& info,
@@ -152,17 +169,19 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
     std::size_t block;
     bool on_right;
     std::size_t activation_output, result_output;
+    int64_t padding_idx;  // embeddings
   };
   // A method returns one value: the original output and the taps go out as one tuple.
   std::vector<torch::jit::Value*> returned = {graph->outputs().at(0)};
   std::vector<Tap> taps;
   for (const WeightUse& use : find_weight_uses(*graph)) {
     const auto it = wanted.find(use.path);
-    if (it == wanted.end() || !use.activation) continue;
+    // A table tied to an output layer is a block of the layer's kind: its lookups are not what the stats describe.
+    if (it == wanted.end() || !use.activation || use.op != index.blocks[it->second].op) continue;
     torch::jit::Value* activation = lift_to_top(*graph, use.activation);
-    torch::jit::Value* result = params.output_gradients ? lift_to_top(*graph, use.node->output()) : nullptr;
+    torch::jit::Value* result = params.output_gradients ? lift_to_top(*graph, use.node->outputs().at(0)) : nullptr;
     if (!activation || (params.output_gradients && !result)) continue;  // inside a loop
-    Tap tap{it->second, use.activation_on_right, returned.size(), 0};
+    Tap tap{it->second, use.activation_on_right, returned.size(), 0, use.padding_idx};
     returned.push_back(activation);
     if (params.output_gradients) {
       tap.result_output = returned.size();
@@ -252,6 +271,11 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
       if (!outputs.at(t.activation_output).isTensor()) continue;  // a branch not taken
       const BlockInfo& info = index.blocks[t.block];
       LayerStats& s = stats[t.block];
+      if (info.op == OpKind::embedding) {
+        accumulate_embedding(s, info, outputs.at(t.activation_output).toTensor(), t.padding_idx,
+                             output_gradients ? results[k] : torch::Tensor());
+        continue;
+      }
       const std::vector<torch::Tensor> rows =
           activation_rows(outputs.at(t.activation_output).toTensor().detach(), info, t.on_right);
       if (s.input_moment.empty())
@@ -260,9 +284,8 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
       s.rows_seen += rows[0].size(0);
       if (output_gradients && results[k].defined()) {
         const torch::Tensor gr = output_rows(results[k].to(torch::kFloat32), info, t.on_right);
-        if (!s.output_gradient_moment.defined())
-          s.output_gradient_moment = torch::zeros({gr.size(1), gr.size(1)}, gr.options());
-        s.output_gradient_moment.addmm_(gr.t(), gr);
+        if (!s.row_moment.defined()) s.row_moment = torch::zeros({gr.size(1)}, gr.options());
+        s.row_moment.add_(gr.square().sum(0));
       }
     }
     for (auto& w : wanted) stats[w.second].examples += end - begin;
@@ -271,9 +294,21 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
   progress.finish();
   for (auto& w : wanted) {
     LayerStats& s = stats[w.second];
+    if (index.blocks[w.second].op == OpKind::embedding) {
+      if (!s.row_moment.defined() || s.rows_seen == 0) continue;
+      s.row_moment.div_(static_cast<double>(s.rows_seen));
+      const int64_t dim = index.blocks[w.second].cols();
+      if (s.input_moment.empty() || !output_gradients) {
+        s.input_moment = {torch::eye(dim, s.row_moment.options())};
+      } else {
+        s.input_moment[0].div_(static_cast<double>(s.examples));
+      }
+      s.captured = true;
+      continue;
+    }
     if (s.input_moment.empty()) continue;
     for (auto& a : s.input_moment) a.div_(static_cast<double>(s.rows_seen));
-    if (s.output_gradient_moment.defined()) s.output_gradient_moment.div_(static_cast<double>(s.examples));
+    if (s.row_moment.defined()) s.row_moment.div_(static_cast<double>(s.examples));
     s.captured = true;
   }
   return stats;

@@ -203,8 +203,8 @@ KfacMetric::KfacMetric(const LayerStats& stats, int64_t rows, double damp, const
   }
   h_ = torch::stack(damped);  // [groups, cols, cols]
   const int64_t groups = h_.size(0);
-  g_ = (stats.output_gradient_moment.defined() ? stats.output_gradient_moment.diagonal().to(device, torch::kFloat64)
-                                               : torch::ones({rows}, torch::TensorOptions(torch::kFloat64).device(device)))
+  g_ = (stats.row_moment.defined() ? stats.row_moment.to(device, torch::kFloat64)
+                                   : torch::ones({rows}, torch::TensorOptions(torch::kFloat64).device(device)))
            .reshape({groups, rows / groups});
 }
 

@@ -12,8 +12,7 @@ namespace bayesq {
 std::vector<float> kfac_precision(const LayerStats& s, const BlockInfo& info, double damp) {
   if (!s.captured) return std::vector<float>(static_cast<std::size_t>(info.numel()), 1.0f);
   const int64_t rows = info.rows(), cols = info.cols(), groups = s.groups();
-  const torch::Tensor g = s.output_gradient_moment.defined() ? s.output_gradient_moment.diagonal().cpu()
-                                                             : torch::ones({rows});
+  const torch::Tensor g = s.row_moment.defined() ? s.row_moment.cpu() : torch::ones({rows});
   torch::Tensor p = torch::empty({rows, cols});
   for (int64_t cg = 0; cg < groups; ++cg) {
     const torch::Tensor a = s.input_moment[static_cast<std::size_t>(cg)].diagonal().cpu();

@@ -51,8 +51,7 @@ BlockIndex discover_blocks(const torch::jit::Module& module, DiscoveryStats* sta
   }
 
   std::shared_ptr<torch::jit::Graph> graph = inlined_forward(module);
-  std::set<std::string> embedded;  // parameters an embedding op also reads
-  const std::vector<WeightUse> uses = find_weight_uses(*graph, &embedded);
+  const std::vector<WeightUse> uses = find_weight_uses(*graph);
   std::set<std::string> norms;
   visit_nodes(graph->block(), [&](torch::jit::Node* node) {
     // The fused encoder layer of a no-grad trace holds two layer norms.
@@ -75,9 +74,23 @@ BlockIndex discover_blocks(const torch::jit::Module& module, DiscoveryStats* sta
     }
     const torch::Tensor& w = it->second;
     if (!w.is_floating_point() || w.dim() < 2) continue;
+    if (use.op == OpKind::embedding && use.transposed) {
+      skipped[use.path] = "embedding table read through a transposed view";
+      continue;
+    }
     auto existing = found.find(use.path);
     if (existing != found.end()) {
-      existing->second.autograd_visible = existing->second.autograd_visible || use.autograd_visible;
+      BlockInfo& known = existing->second;
+      known.autograd_visible = known.autograd_visible || use.autograd_visible;
+      // A table tied to an output layer ([vocabulary, dim] both ways: rows are tokens for either use) takes the
+      // layer's kind, whose statistics describe the matmul; the lookup still reads the quantized table.
+      if (known.op == OpKind::embedding && use.op != OpKind::embedding && use.op != OpKind::fused) {
+        const int row_axis = use.transposed ? (use.row_axis_if_plain == 0 ? 1 : 0) : use.row_axis_if_plain;
+        if (row_axis == 0) {
+          known.op = use.op;
+          known.op_symbol = use.node->kind().toQualString();
+        }
+      }
       continue;
     }
     BlockInfo info;
@@ -96,15 +109,7 @@ BlockIndex discover_blocks(const torch::jit::Module& module, DiscoveryStats* sta
     order.push_back(info.name);
   }
 
-  for (const std::string& name : embedded)
-    if (!found.count(name)) skipped[name] = "embedding table: stays in floating point";
-  for (const std::string& name : order) {
-    if (embedded.count(name)) {
-      skipped[name] = "also read by an embedding (tied weights stay in floating point)";
-      continue;
-    }
-    index.blocks.push_back(found[name]);
-  }
+  for (const std::string& name : order) index.blocks.push_back(found[name]);
   if (stats)
     for (const auto& s : skipped) stats->skipped.push_back(s.first + ": " + s.second);
   return index;

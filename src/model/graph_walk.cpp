@@ -87,13 +87,35 @@ std::shared_ptr<torch::jit::Graph> inlined_forward(const torch::jit::Module& mod
   return graph;
 }
 
-std::vector<WeightUse> find_weight_uses(torch::jit::Graph& graph, std::set<std::string>* embedded) {
+std::vector<WeightUse> find_weight_uses(torch::jit::Graph& graph) {
   Value* self = graph.inputs().at(0);
   std::vector<WeightUse> uses;
   auto add = [&](Node* n, Value* operand, OpKind op, bool visible, int row_axis_if_plain, Value* activation,
                  bool activation_on_right, Value* bias, const ConvGeometry* conv) {
     WeightUse u;
-    const std::string path = attribute_path(strip_views(operand, &u.transposed), self);
+    Value* stripped = strip_views(operand, &u.transposed);
+    std::string path = attribute_path(stripped, self);
+    if (path.empty() && stripped->node()->kind() == torch::jit::prim::If) {
+      // Scripted functional code may pick its operands in a branch (F.embedding_bag swaps weight and input when
+      // they come in the wrong order): a weight when exactly one branch yields a module attribute.
+      Node* branch_node = stripped->node();
+      std::size_t at = 0;
+      while (branch_node->outputs()[at] != stripped) ++at;
+      std::set<std::string> candidates;
+      bool transposed = false;
+      for (torch::jit::Block* branch : branch_node->blocks()) {
+        bool t = false;
+        const std::string candidate = attribute_path(strip_views(branch->outputs()[at], &t), self);
+        if (!candidate.empty()) {
+          candidates.insert(candidate);
+          transposed = t;
+        }
+      }
+      if (candidates.size() == 1) {
+        path = *candidates.begin();
+        u.transposed = u.transposed != transposed;
+      }
+    }
     if (path.empty()) return;
     u.node = n;
     u.path = path;
@@ -160,10 +182,17 @@ std::vector<WeightUse> find_weight_uses(torch::jit::Graph& graph, std::set<std::
     } else if (kind == "aten::addmm") {
       add(n, n->input(2), OpKind::matmul, true, 1, n->input(1), false, n->input(0), nullptr);
       add(n, n->input(1), OpKind::matmul, true, 0, n->input(2), true, n->input(0), nullptr);
-    } else if (kind == "aten::embedding" || kind == "aten::embedding_bag") {
-      bool ignored = false;
-      const std::string path = attribute_path(strip_views(n->input(0), &ignored), self);
-      if (embedded && !path.empty()) embedded->insert(path);
+    } else if (kind == "aten::embedding" || kind == "aten::embedding_bag" || kind == "aten::_embedding_bag") {
+      // embedding(weight, indices, padding_idx, ...); embedding_bag(weight, indices, offsets, ..., padding_idx).
+      const std::size_t before = uses.size();
+      add(n, n->input(0), OpKind::embedding, true, 0, n->input(1), false, nullptr, nullptr);
+      if (uses.size() > before && n->maybeSchema() != nullptr) {
+        const auto& args = n->schema().arguments();
+        for (std::size_t i = 0; i < args.size() && i < n->inputs().size(); ++i) {
+          int64_t padding = -1;
+          if (args[i].name() == "padding_idx" && is_int_constant(n->input(i), &padding)) uses.back().padding_idx = padding;
+        }
+      }
     } else if (n->maybeSchema() != nullptr && kind.rfind("aten::", 0) == 0 && kind.find("norm") == std::string::npos) {
       // Fused inference operators (e.g. aten::_transformer_encoder_layer_fwd): their "weight" operands are linear
       // weights [out, in] that autograd cannot see through and whose activations cannot be read.

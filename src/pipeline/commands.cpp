@@ -109,7 +109,7 @@ nlohmann::json run_inspect(const std::string& model_path) {
     std::string reason = reasons.count(p.name) ? reasons[p.name]
                          : p.value.dim() < 2   ? "one-dimensional (a bias or a norm's scale): always float"
                          : !p.value.is_floating_point() ? "not floating point"
-                                                        : "not the weight of a supported operation (embeddings and recurrent layers stay float)";
+                                                        : "not the weight of a supported operation (README: what is and is not a block)";
     left.push_back({{"name", p.name}, {"shape", p.value.sizes().vec()}, {"numel", p.value.numel()}, {"reason", reason}});
   }
   nlohmann::json blocks = nlohmann::json::array();

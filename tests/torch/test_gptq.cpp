@@ -82,6 +82,50 @@ TEST(Capture, InputMomentsMatchTheActivationsComputedDirectly) {
   EXPECT_TRUE(torch::allclose(f.calib[stem].input_moment[0], expected, 1e-4, 1e-5));
 }
 
+// An embedding is a linear layer on one-hot inputs, y = E^T onehot(t) (layer_capture.h): the lookup model's table
+// statistics must be the one-hot model's with the roles swapped, row_moment = diag A (token frequencies) and the
+// diagonal of input_moment = diag G, except the lookup's padding row (no gradient: frequency 0). Both models sample
+// the same labels from the same logits (one-hot products are exact), which the head's equal statistics confirm.
+TEST(Capture, EmbeddingStatisticsAreThoseOfALinearLayerOnOneHotInputs) {
+  for (bool gradients : {true, false}) {
+    Fixture lookup("lookup.pt", "lookup_calib.pt", "", gradients);
+    Fixture one_hot("lookup_onehot.pt", "lookup_calib.pt", "", gradients);
+    const BlockInfo& table = lookup.index.blocks[lookup.block("table.weight")];
+    ASSERT_EQ(table.op, OpKind::embedding);
+    ASSERT_EQ(table.rows(), 30);
+    const LayerStats& e = lookup.calib[lookup.block("table.weight")];
+    const LayerStats& l = one_hot.calib[one_hot.block("table_t")];
+    ASSERT_TRUE(e.captured && l.captured) << e.reason << l.reason;
+    EXPECT_EQ(e.rows_seen, l.rows_seen);
+    EXPECT_EQ(e.examples, l.examples);
+    const torch::Tensor a = l.input_moment[0];  // [30, 30], diagonal
+    EXPECT_EQ((a - torch::diag(a.diagonal())).abs().max().item<float>(), 0.0f);
+    torch::Tensor frequency = a.diagonal().clone();
+    EXPECT_GT(frequency[0].item<float>(), 0.0f);  // padding is looked up ...
+    frequency[0] = 0.0f;                           // ... but never receives a gradient
+    EXPECT_TRUE(torch::allclose(e.row_moment, frequency, 1e-6, 0.0)) << e.row_moment << frequency;
+    EXPECT_EQ(e.row_moment.slice(0, 24).abs().sum().item<float>(), 0.0f);  // never looked up
+    ASSERT_EQ(e.input_moment.size(), 1u);
+    if (gradients) {
+      const LayerStats& h = lookup.calib[lookup.block("head.weight")];
+      const LayerStats& h1 = one_hot.calib[one_hot.block("head.weight")];
+      EXPECT_TRUE(torch::allclose(h.row_moment, h1.row_moment, 1e-5, 1e-8));  // the same sampled labels
+      EXPECT_TRUE(torch::allclose(e.input_moment[0].diagonal(), l.row_moment, 1e-4, 1e-8))
+          << e.input_moment[0].diagonal() << l.row_moment;
+      EXPECT_TRUE(torch::allclose(e.input_moment[0], e.input_moment[0].t()));
+    } else {
+      EXPECT_TRUE(torch::equal(e.input_moment[0], torch::eye(8)));
+      EXPECT_FALSE(l.row_moment.defined());
+    }
+    // Tokens the calibration never reads (and the padding row) get the prior alone in the K-FAC precision.
+    const std::vector<float> precision = kfac_precision(e, table, 0.01);
+    const float prior = precision[0];
+    for (int64_t v : {0, 24, 29})
+      for (int64_t d = 0; d < 8; ++d) EXPECT_EQ(precision[static_cast<std::size_t>(v * 8 + d)], prior);
+    EXPECT_GT(precision[8], 2.0f * prior);
+  }
+}
+
 TEST(Capture, FusedOperatorsAreReportedNotCaptured) {
   Fixture f("transformer_fused.pt", "transformer_calib.pt", "");
   EXPECT_FALSE(f.calib[f.block("encoder.layers.0.linear1.weight")].captured);
@@ -165,7 +209,7 @@ TEST(Gptq, KfacFeedbackWithIdentityGAndTheGptqGridIsGptq) {
     const std::size_t b = f.block(name);
     const BlockInfo& info = f.index.blocks[b];
     LayerStats stats = f.calib[b];
-    stats.output_gradient_moment = torch::eye(info.rows());
+    stats.row_moment = torch::ones({info.rows()});
     const QuantizedBlock gptq =
         quantize_with_feedback(f.rows(b), info, stats, 3, CodebookKind::uniform_asymmetric, 0, nullptr, GptqParams{});
     const QuantizedBlock kfac = quantize_with_feedback(f.rows(b), info, stats, 3, CodebookKind::uniform_asymmetric, 0,

@@ -60,16 +60,17 @@ TEST(Discovery, ResNet18HasItsTwentyOneBlocks) {
 
 TEST(Discovery, TracedTransformerAndFusedOperators) {
   const BlockIndex traced = discover_blocks(load_model(fixture("transformer.pt")).module);
-  ASSERT_EQ(traced.blocks.size(), 9u);  // per layer: in_proj, out_proj, linear1, linear2; plus the head
+  ASSERT_EQ(traced.blocks.size(), 10u);  // the embedding; per layer in_proj, out_proj, linear1, linear2; the head
   for (const auto& b : traced.blocks) {
-    EXPECT_EQ(b.op, OpKind::linear) << b.name;
+    EXPECT_EQ(b.op, b.name == "embed.weight" ? OpKind::embedding : OpKind::linear) << b.name;
     EXPECT_TRUE(b.autograd_visible);
   }
   EXPECT_GE(traced.find("encoder.layers.1.self_attn.in_proj_weight"), 0);
-  EXPECT_LT(traced.find("embed.weight"), 0) << "embeddings stay in floating point";
+  EXPECT_EQ(block(traced, "embed.weight").row_axis, 0);  // rows are tokens
+  EXPECT_EQ(block(traced, "embed.weight").op_symbol, "aten::embedding");
 
   const BlockIndex fused = discover_blocks(load_model(fixture("transformer_fused.pt")).module);
-  ASSERT_EQ(fused.blocks.size(), 9u);
+  ASSERT_EQ(fused.blocks.size(), 10u);
   EXPECT_EQ(block(fused, "encoder.layers.0.linear1.weight").op, OpKind::fused);
   EXPECT_EQ(block(fused, "encoder.layers.0.linear1.weight").op_symbol, "aten::_transformer_encoder_layer_fwd");
   EXPECT_FALSE(block(fused, "encoder.layers.0.linear1.weight").autograd_visible);

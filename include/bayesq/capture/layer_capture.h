@@ -10,9 +10,18 @@
 //   G   += sum over positions of g g^T, g the gradient of log p(y | x) at the block's output with y drawn from the
 //        model's own predictive (the Fisher's sampled labels).
 // Finally A_g is divided by the number of rows and G by the number of examples, so the Fisher of the mean loss is
-// approximately N^-1 (G (x) A) per example (K-FAC with spatially uncorrelated derivatives).
+// approximately N^-1 (G (x) A) per example (K-FAC with spatially uncorrelated derivatives). Only G's diagonal is
+// kept (every consumer replaces G by its diagonal: kfac_loss in feedback.h).
+//
+// Embedding tables E [vocabulary, dim] (rows are tokens) read as a linear layer on one-hot inputs, y = E^T x: the
+// K-FAC input factor E[x x^T] is diagonal, the token frequencies, and the output factor is the gradient moment over
+// dim. Stored in the block's own orientation the roles swap: row_moment holds the frequency of each token
+// (lookups of token v / all lookups; 0 for tokens the calibration never reads, and for padding_idx, which gets no
+// gradient), and input_moment[0] the [dim, dim] output-gradient moment (the identity without output gradients).
+// The block metric 1/2 N sum_v p_v D_v G D_v^T then has the linear layer's form, and error feedback runs along a
+// token's dim with G (rows are independent: without G it is plain rounding, as GPTQ on one-hot inputs is).
 // Memory: one [cols_g, cols_g] float32 matrix per captured block and group (85 MB for 4608 inputs), plus
-// [rows, rows] for G. Sequential GPTQ captures one block at a time.
+// [rows] for diag G. Sequential GPTQ captures one block at a time.
 #pragma once
 
 #include <string>
@@ -35,9 +44,10 @@ struct LayerStats {
   bool captured = false;
   std::string reason;                        // why not, when not captured
   std::vector<torch::Tensor> input_moment;   // A per group, [cols_g, cols_g], float32 on the capture device
-  torch::Tensor output_gradient_moment;      // G [rows, rows] (when asked for and the model has a backward)
+  // diag G [rows] (when asked for and the model has a backward); for an embedding the token frequencies, always.
+  torch::Tensor row_moment;
   std::string gradient_fallback;             // why G was asked for but not computed (Note [Backward probe])
-  int64_t rows_seen = 0;                     // activation rows behind A (examples x positions)
+  int64_t rows_seen = 0;                     // activation rows behind A (examples x positions; lookups)
   int64_t examples = 0;
   int64_t groups() const { return static_cast<int64_t>(input_moment.size()); }
 };

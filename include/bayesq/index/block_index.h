@@ -1,9 +1,10 @@
 // BlockIndex: the quantizable weight tensors ("blocks") of a model, the first value of the pipeline
 // (BlockIndex -> CurvatureStats -> BlockPosterior -> LossTable -> Allocation -> quantized model).
 //
-// A block is one weight tensor that a convolution, linear layer or parameter-operand matmul consumes
-// (METHOD.md: "Notation"). Its rows are output channels: `row_axis` says which axis of the stored tensor holds
-// them, and the rest of the tensor (in storage order) forms a row. Pure data; no libtorch.
+// A block is one weight tensor that a convolution, linear layer, parameter-operand matmul or embedding lookup
+// consumes (METHOD.md: "Notation"). Its rows are output channels (for an embedding table: tokens, one row each):
+// `row_axis` says which axis of the stored tensor holds them, and the rest of the tensor (in storage order) forms
+// a row. Pure data; no libtorch.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,7 @@ enum class OpKind {
   linear,          // y = x W^T (+ b), W [out, in]
   matmul,          // a parameter operand of matmul / mm / addmm / bmm
   fused,           // an operand of a fused inference operator (e.g. aten::_transformer_encoder_layer_fwd)
+  embedding,       // the table of aten::embedding / embedding_bag, E [vocabulary, dim]; rows are tokens
 };
 
 const char* op_kind_name(OpKind kind);

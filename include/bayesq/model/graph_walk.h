@@ -28,6 +28,9 @@ struct WeightUse {
   torch::jit::Value* activation = nullptr;
   bool activation_on_right = false;
   torch::jit::Value* bias = nullptr;  // a bias operand that is not None
+  // Embeddings: `activation` is the index tensor, the node's first output the looked-up rows, and padding_idx
+  // (-1 for none) the row that never receives a gradient.
+  int64_t padding_idx = -1;
 };
 
 void visit_nodes(torch::jit::Block* block, const std::function<void(torch::jit::Node*)>& fn);
@@ -36,8 +39,8 @@ void visit_nodes(torch::jit::Block* block, const std::function<void(torch::jit::
 std::string attribute_path(torch::jit::Value* v, torch::jit::Value* self);
 
 // Every weight use in an inlined graph whose first input is self, in graph order (a weight used twice appears
-// twice); `embedded` receives the attribute paths that embedding operators read.
-std::vector<WeightUse> find_weight_uses(torch::jit::Graph& graph, std::set<std::string>* embedded = nullptr);
+// twice, e.g. an embedding table tied to the output layer).
+std::vector<WeightUse> find_weight_uses(torch::jit::Graph& graph);
 
 // The forward graph of `module`, copied and inlined.
 std::shared_ptr<torch::jit::Graph> inlined_forward(const torch::jit::Module& module);
