@@ -1,9 +1,12 @@
 #include "bayesq/capture/layer_capture.h"
 
+#include <algorithm>
 #include <map>
 
 #include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
+#include <torch/jit.h>
 #include <torch/torch.h>
 
 #include "bayesq/common/errors.h"
@@ -87,7 +90,7 @@ torch::Tensor output_rows(const torch::Tensor& g, const BlockInfo& info, bool ac
 }
 
 // A value defined inside a prim::If branch (scripted models branch on attributes such as use_res_connect) is out
-// of scope at the graph's return. Each enclosing If gets an extra Optional[Tensor] output: the value from its own
+// of scope at the graph's return. Each enclosing If gets an extra Optional output: the value from its own
 // branch, None from the others. Returns the top-level value, or nullptr inside a loop.
 torch::jit::Value* lift_to_top(torch::jit::Graph& graph, torch::jit::Value* v) {
   torch::jit::Block* block = v->node()->owningBlock();
@@ -102,8 +105,148 @@ torch::jit::Value* lift_to_top(torch::jit::Graph& graph, torch::jit::Value* v) {
         branch->registerOutput(graph.insertConstant(c10::IValue()));
       }
     }
-    v = owner->addOutput()->setType(c10::OptionalType::create(c10::TensorType::get()));
+    v = owner->addOutput()->setType(c10::OptionalType::create(v->type()));
     block = owner->owningBlock();
+  }
+  return v;
+}
+
+// Note [Unrolled recurrence]: aten::lstm / gru / rnn_tanh / rnn_relu run every layer and time step inside one
+// operator, so a weight's inputs (a layer's input sequence for weight_ih, the previous hidden states for weight_hh)
+// and the gradients at its products are not values of the graph. For capture only, each such node is replaced by
+// the same recurrence written with stock ops (PyTorch's gate order and equations, eval mode: no dropout), which
+// also returns, per layer, its input sequence [T, B, in] and, per layer and direction (unit), the input product
+// x W_ih^T + b_ih [T, B, gates H], the previous hidden states [T, B, H] and every step's h W_hh^T + b_hh [B, gates H]
+// (T per unit, in the order the steps ran). A weight_ih block is then a linear layer on its layer's inputs with G
+// from the gradient at the input product; weight_hh one on the previous hidden states with G from the gradients at
+// the hidden products (for the LSTM and the plain RNN those are the gate pre-activations, as for weight_ih; for
+// the GRU the candidate gate's rows see r * that gradient, which is what the hidden product gets).
+constexpr const char* kUnrolledSource = R"JIT(
+def bq_lstm(input: Tensor, hx: List[Tensor], params: List[Tensor], has_biases: bool, num_layers: int,
+            dropout: float, train: bool, bidirectional: bool, batch_first: bool):
+    x = input.transpose(0, 1) if batch_first else input
+    dirs = 2 if bidirectional else 1
+    stride = 4 if has_biases else 2
+    steps = x.size(0)
+    layer_inputs: List[Tensor] = []
+    hidden_inputs: List[Tensor] = []
+    input_products: List[Tensor] = []
+    hidden_products: List[Tensor] = []
+    h_last: List[Tensor] = []
+    c_last: List[Tensor] = []
+    for layer in range(num_layers):
+        layer_inputs.append(x)
+        outputs: List[Tensor] = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            xw = torch.matmul(x, params[k * stride].t())
+            if has_biases:
+                xw = xw + params[k * stride + 2]
+            input_products.append(xw)
+            h = hx[0][k]
+            c = hx[1][k]
+            hs: List[Tensor] = []
+            previous: List[Tensor] = []
+            for s in range(steps):
+                t = steps - 1 - s if d == 1 else s
+                previous.append(h)
+                hw = torch.matmul(h, params[k * stride + 1].t())
+                if has_biases:
+                    hw = hw + params[k * stride + 3]
+                hidden_products.append(hw)
+                gates = (xw[t] + hw).chunk(4, 1)
+                c = torch.sigmoid(gates[1]) * c + torch.sigmoid(gates[0]) * torch.tanh(gates[2])
+                h = torch.sigmoid(gates[3]) * torch.tanh(c)
+                hs.append(h)
+            if d == 1:
+                hs.reverse()
+            hidden_inputs.append(torch.stack(previous))
+            outputs.append(torch.stack(hs))
+            h_last.append(h)
+            c_last.append(c)
+        x = torch.cat(outputs, 2)
+    out = x.transpose(0, 1) if batch_first else x
+    return out, torch.stack(h_last), torch.stack(c_last), layer_inputs, input_products, hidden_inputs, hidden_products
+
+def bq_rnn(input: Tensor, hx: Tensor, params: List[Tensor], has_biases: bool, num_layers: int,
+           dropout: float, train: bool, bidirectional: bool, batch_first: bool, cell: int):
+    x = input.transpose(0, 1) if batch_first else input
+    dirs = 2 if bidirectional else 1
+    stride = 4 if has_biases else 2
+    steps = x.size(0)
+    layer_inputs: List[Tensor] = []
+    hidden_inputs: List[Tensor] = []
+    input_products: List[Tensor] = []
+    hidden_products: List[Tensor] = []
+    h_last: List[Tensor] = []
+    for layer in range(num_layers):
+        layer_inputs.append(x)
+        outputs: List[Tensor] = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            xw = torch.matmul(x, params[k * stride].t())
+            if has_biases:
+                xw = xw + params[k * stride + 2]
+            input_products.append(xw)
+            h = hx[k]
+            hs: List[Tensor] = []
+            previous: List[Tensor] = []
+            for s in range(steps):
+                t = steps - 1 - s if d == 1 else s
+                previous.append(h)
+                hw = torch.matmul(h, params[k * stride + 1].t())
+                if has_biases:
+                    hw = hw + params[k * stride + 3]
+                hidden_products.append(hw)
+                if cell == 0:  # GRU: r, z, n
+                    xg = xw[t].chunk(3, 1)
+                    hg = hw.chunk(3, 1)
+                    r = torch.sigmoid(xg[0] + hg[0])
+                    z = torch.sigmoid(xg[1] + hg[1])
+                    n = torch.tanh(xg[2] + r * hg[2])
+                    h = (1.0 - z) * n + z * h
+                elif cell == 1:
+                    h = torch.tanh(xw[t] + hw)
+                else:
+                    h = torch.relu(xw[t] + hw)
+                hs.append(h)
+            if d == 1:
+                hs.reverse()
+            hidden_inputs.append(torch.stack(previous))
+            outputs.append(torch.stack(hs))
+            h_last.append(h)
+        x = torch.cat(outputs, 2)
+    out = x.transpose(0, 1) if batch_first else x
+    return out, torch.stack(h_last), layer_inputs, input_products, hidden_inputs, hidden_products
+)JIT";
+
+// The values an unrolled recurrence adds (Note [Unrolled recurrence]), lifted to the top of the graph.
+struct UnrolledValues {
+  torch::jit::Value *layer_inputs = nullptr, *input_products = nullptr, *hidden_inputs = nullptr,
+                    *hidden_products = nullptr;
+};
+
+// Replaces recurrent node `n` (inputs as the .input overloads) by the unrolled recurrence; nullopt-like (all
+// nullptr) when the node sits in a loop.
+UnrolledValues unroll_recurrence(torch::jit::Graph& graph, torch::jit::Node* n) {
+  static const std::shared_ptr<torch::jit::CompilationUnit> unit = torch::jit::compile(kUnrolledSource);
+  const std::string kind = n->kind().toQualString();
+  const bool lstm = kind == "aten::lstm";
+  auto body = torch::jit::toGraphFunction(unit->get_function(lstm ? "bq_lstm" : "bq_rnn")).graph()->copy();
+  torch::jit::Inline(*body);
+  torch::jit::WithInsertPoint before(n);
+  std::vector<torch::jit::Value*> inputs(n->inputs().begin(), n->inputs().end());
+  if (!lstm) inputs.push_back(graph.insertConstant(int64_t{kind == "aten::gru" ? 0 : kind == "aten::rnn_tanh" ? 1 : 2}));
+  torch::jit::Value* tuple = torch::jit::insertGraph(graph, *body, inputs).at(0);
+  torch::jit::Node* unpack = graph.insertNode(graph.createTupleUnpack(tuple));
+  const std::size_t originals = n->outputs().size();
+  for (std::size_t i = 0; i < originals; ++i) n->outputs()[i]->replaceAllUsesWith(unpack->outputs()[i]);
+  n->destroy();
+  UnrolledValues v;
+  torch::jit::Value** lists[] = {&v.layer_inputs, &v.input_products, &v.hidden_inputs, &v.hidden_products};
+  for (std::size_t i = 0; i < 4; ++i) {
+    *lists[i] = lift_to_top(graph, unpack->outputs()[originals + i]);
+    if (!*lists[i]) return UnrolledValues{};
   }
   return v;
 }
@@ -170,10 +313,38 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
     bool on_right;
     std::size_t activation_output, result_output;
     int64_t padding_idx;  // embeddings
+    // Recurrent weights: activation_output and result_output are lists (Note [Unrolled recurrence]); the
+    // activation is element `layer` (weight_ih) or `unit` (weight_hh) of its list, the result element `unit` of
+    // the input products, or elements [unit T, (unit + 1) T) of the hidden products.
+    WeightUse::Recurrent recurrent = WeightUse::Recurrent::none;
+    int64_t layer = 0, unit = 0, units = 0;
   };
   // A method returns one value: the original output and the taps go out as one tuple.
   std::vector<torch::jit::Value*> returned = {graph->outputs().at(0)};
   std::vector<Tap> taps;
+  // Recurrent layers first: their nodes are replaced, so the other uses are read from the graph afterwards.
+  {
+    std::map<torch::jit::Node*, std::vector<WeightUse>> recurrent;
+    for (const WeightUse& use : find_weight_uses(*graph))
+      if (use.recurrent != WeightUse::Recurrent::none && use.activation && wanted.count(use.path))
+        recurrent[use.node].push_back(use);
+    for (const auto& [node, uses] : recurrent) {
+      const UnrolledValues lists = unroll_recurrence(*graph, node);
+      if (!lists.layer_inputs) continue;  // inside a loop
+      std::size_t first = returned.size();
+      for (torch::jit::Value* v : {lists.layer_inputs, lists.input_products, lists.hidden_inputs, lists.hidden_products})
+        returned.push_back(v);
+      for (const WeightUse& use : uses) {
+        const bool input_weight = use.recurrent == WeightUse::Recurrent::input_weight;
+        Tap tap{wanted.at(use.path), false, first + (input_weight ? 0 : 2), first + (input_weight ? 1 : 3), -1};
+        tap.recurrent = use.recurrent;
+        tap.layer = use.layer;
+        tap.unit = use.unit;
+        tap.units = use.units;
+        taps.push_back(tap);
+      }
+    }
+  }
   for (const WeightUse& use : find_weight_uses(*graph)) {
     const auto it = wanted.find(use.path);
     // A table tied to an output layer is a block of the layer's kind: its lookups are not what the stats describe.
@@ -240,6 +411,27 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
       throw;
     }
     const std::vector<torch::jit::IValue> outputs = stack.at(0).toTupleRef().elements().vec();
+    // What a tap reads this batch: undefined / empty where its branch was not taken.
+    auto activation_of = [&](const Tap& t) {
+      const torch::jit::IValue& v = outputs.at(t.activation_output);
+      if (t.recurrent == WeightUse::Recurrent::none) return v.isTensor() ? v.toTensor() : torch::Tensor();
+      if (!v.isList()) return torch::Tensor();
+      return v.toList().get(static_cast<std::size_t>(
+          t.recurrent == WeightUse::Recurrent::input_weight ? t.layer : t.unit)).toTensor();
+    };
+    auto results_of = [&](const Tap& t) {
+      const torch::jit::IValue& v = outputs.at(t.result_output);
+      std::vector<torch::Tensor> out;
+      if (t.recurrent == WeightUse::Recurrent::none) {
+        if (v.isTensor()) out.push_back(v.toTensor());
+      } else if (v.isList()) {
+        const c10::List<c10::IValue> list = v.toList();
+        const std::size_t per = t.recurrent == WeightUse::Recurrent::input_weight ? 1 : list.size() / t.units;
+        const std::size_t at = t.recurrent == WeightUse::Recurrent::input_weight ? t.unit : t.unit * per;
+        for (std::size_t i = 0; i < per; ++i) out.push_back(list.get(at + i).toTensor());
+      }
+      return out;
+    };
     std::vector<torch::Tensor> results(taps.size());
     if (output_gradients) {
       const torch::Tensor logits = select_output(outputs.at(0), compute.output).to(torch::kFloat32);
@@ -248,15 +440,23 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
       const torch::Tensor objective = log_p.gather(1, sampled).sum();
       // Taps in branches not taken this batch are None.
       std::vector<torch::Tensor> outputs_of_blocks;
-      std::vector<std::size_t> taken;
-      for (std::size_t k = 0; k < taps.size(); ++k)
-        if (outputs.at(taps[k].result_output).isTensor()) {
-          outputs_of_blocks.push_back(outputs.at(taps[k].result_output).toTensor());
-          taken.push_back(k);
-        }
+      std::vector<std::pair<std::size_t, std::size_t>> taken;  // tap, its first result; each tap's results in a row
+      std::vector<std::size_t> counts(taps.size(), 0);
+      for (std::size_t k = 0; k < taps.size(); ++k) {
+        const std::vector<torch::Tensor> r = results_of(taps[k]);
+        if (r.empty()) continue;
+        taken.emplace_back(k, outputs_of_blocks.size());
+        counts[k] = r.size();
+        outputs_of_blocks.insert(outputs_of_blocks.end(), r.begin(), r.end());
+      }
       try {
         const auto grads = torch::autograd::grad({objective}, outputs_of_blocks, {}, false, false, /*allow_unused=*/true);
-        for (std::size_t i = 0; i < taken.size(); ++i) results[taken[i]] = grads[i];
+        for (const auto& [k, at] : taken) {
+          const std::vector<torch::Tensor> parts(grads.begin() + static_cast<std::ptrdiff_t>(at),
+                                                 grads.begin() + static_cast<std::ptrdiff_t>(at + counts[k]));
+          if (std::all_of(parts.begin(), parts.end(), [](const torch::Tensor& g) { return g.defined(); }))
+            results[k] = parts.size() == 1 ? parts[0] : torch::stack(parts);
+        }
       } catch (const std::exception&) {
         if (begin != 0) throw;  // the first batch had a backward: this is not a missing derivative
         output_gradients = false;
@@ -268,16 +468,15 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
     torch::NoGradGuard accumulate;
     for (std::size_t k = 0; k < taps.size(); ++k) {
       const Tap& t = taps[k];
-      if (!outputs.at(t.activation_output).isTensor()) continue;  // a branch not taken
+      const torch::Tensor activation = activation_of(t);
+      if (!activation.defined()) continue;  // a branch not taken
       const BlockInfo& info = index.blocks[t.block];
       LayerStats& s = stats[t.block];
       if (info.op == OpKind::embedding) {
-        accumulate_embedding(s, info, outputs.at(t.activation_output).toTensor(), t.padding_idx,
-                             output_gradients ? results[k] : torch::Tensor());
+        accumulate_embedding(s, info, activation, t.padding_idx, output_gradients ? results[k] : torch::Tensor());
         continue;
       }
-      const std::vector<torch::Tensor> rows =
-          activation_rows(outputs.at(t.activation_output).toTensor().detach(), info, t.on_right);
+      const std::vector<torch::Tensor> rows = activation_rows(activation.detach(), info, t.on_right);
       if (s.input_moment.empty())
         for (const auto& r : rows) s.input_moment.push_back(torch::zeros({r.size(1), r.size(1)}, r.options()));
       for (std::size_t g = 0; g < rows.size(); ++g) s.input_moment[g].addmm_(rows[g].t(), rows[g]);

@@ -251,6 +251,7 @@ WriteStats write_quantized_model(const torch::jit::Module& module, const BlockIn
       torch::jit::Module clone = eval_clone(module);
       auto graph = clone.get_method("forward").graph();
       torch::jit::Inline(*graph);
+      unflatten_weight_lists(*graph, clone);  // a scripted RNN's weight list: one read per weight
       Value* self = graph->inputs().at(0);
       std::map<std::string, std::size_t> block_of;
       for (std::size_t b = 0; b < index.blocks.size(); ++b)

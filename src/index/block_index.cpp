@@ -12,7 +12,7 @@ struct OpKindName {
 constexpr OpKindName kOpKindNames[] = {
     {OpKind::conv1d, "conv1d"}, {OpKind::conv2d, "conv2d"}, {OpKind::conv3d, "conv3d"},
     {OpKind::conv_transpose, "conv_transpose"}, {OpKind::linear, "linear"}, {OpKind::matmul, "matmul"},
-    {OpKind::fused, "fused"},   {OpKind::embedding, "embedding"},
+    {OpKind::fused, "fused"},   {OpKind::embedding, "embedding"}, {OpKind::recurrent, "recurrent"},
 };
 }  // namespace
 

@@ -34,6 +34,19 @@ void assign_tensor(torch::jit::Module& module, const std::string& path, const to
     owner = owner.attr(rest.substr(0, dot)).toModule();
     rest = rest.substr(dot + 1);
   }
+  // A list attribute holding this very tensor (a scripted RNN's _flat_weights, which its forward reads instead of
+  // the parameters) gets the new value too.
+  const c10::IValue old = owner.attr(rest);
+  if (old.isTensor()) {
+    const auto& type = owner.type();
+    for (std::size_t i = 0; i < type->numAttributes(); ++i) {
+      const c10::IValue slot = owner._ivalue()->getSlot(i);
+      if (!slot.isList()) continue;
+      c10::List<c10::IValue> list = slot.toList();
+      for (std::size_t k = 0; k < list.size(); ++k)
+        if (list.get(k).isTensor() && list.get(k).toTensor().is_same(old.toTensor())) list.set(k, value);
+    }
+  }
   owner.setattr(rest, value);
 }
 

@@ -84,7 +84,52 @@ std::string attribute_path(Value* v, Value* self) {
 std::shared_ptr<torch::jit::Graph> inlined_forward(const torch::jit::Module& module) {
   std::shared_ptr<torch::jit::Graph> graph = module.get_method("forward").graph()->copy();
   torch::jit::Inline(*graph);
+  unflatten_weight_lists(*graph, module);
   return graph;
+}
+
+void unflatten_weight_lists(torch::jit::Graph& graph, const torch::jit::Module& module) {
+  Value* self = graph.inputs().at(0);
+  std::vector<Node*> reads;
+  visit_nodes(graph.block(), [&](Node* n) {
+    if (n->kind() == torch::jit::prim::GetAttr && n->output()->type()->kind() == c10::TypeKind::ListType)
+      reads.push_back(n);
+  });
+  for (Node* n : reads) {
+    const std::string owner_path = attribute_path(n->input(0), self);
+    if (owner_path.empty() && n->input(0) != self) continue;
+    torch::jit::Module owner = module;
+    bool found = true;
+    for (std::size_t begin = 0; found && begin < owner_path.size();) {
+      std::size_t dot = owner_path.find('.', begin);
+      if (dot == std::string::npos) dot = owner_path.size();
+      const std::string part = owner_path.substr(begin, dot - begin);
+      found = owner.hasattr(part) && owner.attr(part).isModule();
+      if (found) owner = owner.attr(part).toModule();
+      begin = dot + 1;
+    }
+    const std::string name = n->s(torch::jit::attr::name);
+    if (!found || !owner.hasattr(name) || !owner.attr(name).isList()) continue;
+    const c10::List<c10::IValue> list = owner.attr(name).toList();
+    std::vector<std::string> names;
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      const c10::IValue item = list.get(i);
+      if (!item.isTensor()) break;
+      for (const auto& p : owner.named_parameters(/*recurse=*/false))
+        if (p.value.is_same(item.toTensor())) {
+          names.push_back(p.name);
+          break;
+        }
+      if (names.size() != i + 1) break;
+    }
+    if (names.empty() || names.size() != list.size()) continue;
+    torch::jit::WithInsertPoint before(n);
+    std::vector<Value*> items;
+    for (const std::string& p : names) items.push_back(graph.insertNode(graph.createGetAttr(n->input(0), p))->output());
+    Value* rebuilt = graph.insertNode(graph.createList(c10::TensorType::get(), items))->output();
+    n->output()->replaceAllUsesWith(rebuilt);
+    n->destroy();
+  }
 }
 
 std::vector<WeightUse> find_weight_uses(torch::jit::Graph& graph) {
@@ -127,6 +172,45 @@ std::vector<WeightUse> find_weight_uses(torch::jit::Graph& graph) {
     u.bias = bias && !is_none(bias) ? bias : nullptr;
     if (conv) u.conv = *conv;
     uses.push_back(u);
+  };
+
+  // Recurrent layers: params holds, per layer and direction, weight_ih [gates H, in], weight_hh [gates H, H] and,
+  // with has_biases, bias_ih and bias_hh. Layers with projections (an LSTM's weight_hr) are left alone.
+  auto add_recurrent = [&](Node* n) {
+    if (n->maybeSchema() == nullptr) return;
+    Value *params = nullptr, *biases = nullptr, *layers = nullptr, *bidirectional = nullptr;
+    const auto& args = n->schema().arguments();
+    for (std::size_t i = 0; i < args.size() && i < n->inputs().size(); ++i) {
+      if (args[i].name() == "params") params = n->input(i);
+      if (args[i].name() == "has_biases") biases = n->input(i);
+      if (args[i].name() == "num_layers") layers = n->input(i);
+      if (args[i].name() == "bidirectional") bidirectional = n->input(i);
+    }
+    if (!params || !biases || !layers || !bidirectional ||
+        params->node()->kind() != torch::jit::prim::ListConstruct)
+      return;
+    const auto has_biases = torch::jit::toIValue(biases), two_way = torch::jit::toIValue(bidirectional);
+    int64_t num_layers = 0;
+    if (!has_biases || !has_biases->isBool() || !two_way || !two_way->isBool() || !is_int_constant(layers, &num_layers))
+      return;
+    const int64_t units = num_layers * (two_way->toBool() ? 2 : 1), per_unit = has_biases->toBool() ? 4 : 2;
+    const auto& weights = params->node()->inputs();
+    if (units <= 0 || static_cast<int64_t>(weights.size()) != units * per_unit) return;
+    // The packed-sequence overload takes (data, batch_sizes, ...): discovered, but its activations are not
+    // recomputed (Note [Unrolled recurrence]).
+    const bool plain = args.at(0).name() == "input";
+    for (int64_t unit = 0; unit < units; ++unit)
+      for (int64_t role = 0; role < 2; ++role) {
+        const std::size_t before = uses.size();
+        add(n, weights[static_cast<std::size_t>(unit * per_unit + role)], OpKind::recurrent, true, 0,
+            plain ? n->input(0) : nullptr, false, nullptr, nullptr);
+        if (uses.size() == before) continue;
+        WeightUse& u = uses.back();
+        u.recurrent = role == 0 ? WeightUse::Recurrent::input_weight : WeightUse::Recurrent::hidden_weight;
+        u.unit = unit;
+        u.units = units;
+        u.layer = unit / (two_way->toBool() ? 2 : 1);
+      }
   };
 
   visit_nodes(graph.block(), [&](Node* n) {
@@ -193,6 +277,8 @@ std::vector<WeightUse> find_weight_uses(torch::jit::Graph& graph) {
           if (args[i].name() == "padding_idx" && is_int_constant(n->input(i), &padding)) uses.back().padding_idx = padding;
         }
       }
+    } else if (kind == "aten::lstm" || kind == "aten::gru" || kind == "aten::rnn_tanh" || kind == "aten::rnn_relu") {
+      add_recurrent(n);
     } else if (n->maybeSchema() != nullptr && kind.rfind("aten::", 0) == 0 && kind.find("norm") == std::string::npos) {
       // Fused inference operators (e.g. aten::_transformer_encoder_layer_fwd): their "weight" operands are linear
       // weights [out, in] that autograd cannot see through and whose activations cannot be read.

@@ -392,16 +392,16 @@ TEST(Cli, CompareResumeRecomputesExactlyTheRowsASettingChanges) {
 // with the default method and the paper's (the fused trace has no backward: Note [Backward probe], Note [Double
 // backward probe]);
 // stock torch loads every output and its outputs stay within 1% (relative L2) of the float model's on the
-// calibration inputs; the share of parameters that are blocks is at least what the model's kind supports today
-// (README, "What is and is not a block": recurrent weights stay float).
+// calibration inputs; the share of parameters that are blocks is at least what the model's kind supports
+// (README, "What is and is not a block": biases and norm scales stay float, a large share of these tiny models).
 TEST(Cli, CoverageModelsQuantizeWithEveryMethodAndStayCloseAt8Bits) {
   const fs::path dir = scratch_dir() / "coverage";
   fs::remove_all(dir);
   fs::create_directories(dir);
   const std::map<std::string, double> min_share = {
       {"conv1d", 0.90}, {"conv3d", 0.95}, {"transposed", 0.90}, {"hardswish", 0.90},
-      {"mlp", 0.95},    {"embedding", 0.95}, {"lstm", 0.01},   {"bilstm", 0.01},
-      {"bigru", 0.01},  {"mha", 0.95},       {"fused_encoder", 0.95}, {"causal_lm", 0.90}, {"tied_lm", 0.90}};
+      {"mlp", 0.95},    {"embedding", 0.95}, {"lstm", 0.95},   {"bilstm", 0.95},
+      {"bigru", 0.95},  {"mha", 0.95},       {"fused_encoder", 0.95}, {"causal_lm", 0.90}, {"tied_lm", 0.90}};
   const nlohmann::json manifest = nlohmann::json::parse(slurp(fixture("coverage.json")));
   ASSERT_EQ(manifest.size(), min_share.size());
   std::string pairs;  // float=quantized=calibration arguments for the one Python check below

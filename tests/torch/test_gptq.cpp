@@ -126,6 +126,60 @@ TEST(Capture, EmbeddingStatisticsAreThoseOfALinearLayerOnOneHotInputs) {
   }
 }
 
+// Note [Unrolled recurrence]: a recurrent weight's input moment is that of the sequence it multiplies. Oracle: the
+// fused operator itself (at::lstm / at::gru), one layer at a time: weight_ih_l0 sees the model's input,
+// weight_ih_l1 layer 0's output, weight_hh the previous hidden states (the zero initial state, then the direction's
+// outputs but its last). So the unrolled recurrence in the capture must be PyTorch's, gates and reverse order
+// included. G: an LSTM's input and hidden products share their gradient (the gate pre-activations), as do a GRU's
+// reset and update rows.
+TEST(Capture, RecurrentWeightsSeeTheSequencesTheirOperatorMultiplies) {
+  for (const char* model : {"cov_lstm.pt", "cov_bilstm.pt", "cov_bigru.pt"}) {
+    SCOPED_TRACE(model);
+    const std::string name = model;
+    const bool gru = name == "cov_bigru.pt", two_way = name != "cov_lstm.pt";
+    const std::string calib = name.substr(0, name.size() - 3) + "_calib.pt";
+    Fixture f(name, calib, "", /*gradients=*/true);
+    const torch::Tensor x = DataFile::load(fixture(calib)).input(0);  // [B, T, 12], batch first
+    const int64_t B = x.size(0), T = x.size(1), H = 24, dirs = two_way ? 2 : 1;
+    auto param = [&](const std::string& p) { return find_tensor(f.model.module, "rnn." + p); };
+    auto moment = [](const torch::Tensor& rows) { return rows.t().matmul(rows) / double(rows.size(0)); };
+    torch::NoGradGuard no_grad;
+    torch::Tensor layer_input = x;
+    for (int64_t layer = 0; layer < 2; ++layer) {
+      std::vector<torch::Tensor> params;
+      for (int64_t d = 0; d < dirs; ++d) {
+        const std::string suffix = "_l" + std::to_string(layer) + (d == 1 ? "_reverse" : "");
+        for (const char* p : {"weight_ih", "weight_hh", "bias_ih", "bias_hh"}) params.push_back(param(p + suffix));
+      }
+      const torch::Tensor h0 = torch::zeros({dirs, B, H});
+      const torch::Tensor out = gru ? std::get<0>(at::gru(layer_input, h0, params, true, 1, 0.0, false, two_way, true))
+                                    : std::get<0>(at::lstm(layer_input, {h0, h0}, params, true, 1, 0.0, false,
+                                                           two_way, true));
+      for (int64_t d = 0; d < dirs; ++d) {
+        const std::string suffix = "_l" + std::to_string(layer) + (d == 1 ? "_reverse" : "");
+        const LayerStats& ih = f.calib[f.block("rnn.weight_ih" + suffix)];
+        const LayerStats& hh = f.calib[f.block("rnn.weight_hh" + suffix)];
+        ASSERT_TRUE(ih.captured && hh.captured) << ih.reason << hh.reason;
+        EXPECT_EQ(ih.rows_seen, B * T);
+        EXPECT_TRUE(torch::allclose(ih.input_moment[0], moment(layer_input.reshape({B * T, -1})), 1e-4, 1e-6));
+        // Previous hidden states: forward h_{t-1} (h_{-1} = 0); reverse h_{t+1} (h_T = 0).
+        const torch::Tensor own = out.slice(2, d * H, (d + 1) * H);
+        const torch::Tensor previous =
+            torch::cat({torch::zeros({B, 1, H}), d == 0 ? own.slice(1, 0, T - 1) : own.slice(1, 1, T)}, 1);
+        EXPECT_TRUE(torch::allclose(hh.input_moment[0], moment(previous.reshape({B * T, H})), 1e-4, 1e-6));
+        ASSERT_TRUE(ih.row_moment.defined() && hh.row_moment.defined());
+        // (Not every row: the reverse layer 1 of a model that reads the last step runs one step, from c = 0, where
+        // the forget gate has no gradient.)
+        EXPECT_GT(ih.row_moment.max().item<float>(), 0.0f);
+        const int64_t shared = gru ? 2 * H : 4 * H;  // GRU: the candidate rows see r * the gradient
+        EXPECT_TRUE(torch::allclose(ih.row_moment.slice(0, 0, shared), hh.row_moment.slice(0, 0, shared), 1e-4, 1e-12));
+        if (gru) EXPECT_FALSE(torch::allclose(ih.row_moment, hh.row_moment, 1e-4, 1e-12));
+      }
+      layer_input = out;
+    }
+  }
+}
+
 TEST(Capture, FusedOperatorsAreReportedNotCaptured) {
   Fixture f("transformer_fused.pt", "transformer_calib.pt", "");
   EXPECT_FALSE(f.calib[f.block("encoder.layers.0.linear1.weight")].captured);

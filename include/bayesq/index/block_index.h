@@ -1,8 +1,8 @@
 // BlockIndex: the quantizable weight tensors ("blocks") of a model, the first value of the pipeline
 // (BlockIndex -> CurvatureStats -> BlockPosterior -> LossTable -> Allocation -> quantized model).
 //
-// A block is one weight tensor that a convolution, linear layer, parameter-operand matmul or embedding lookup
-// consumes (METHOD.md: "Notation"). Its rows are output channels (for an embedding table: tokens, one row each):
+// A block is one weight tensor that a convolution, linear layer, parameter-operand matmul, embedding lookup or
+// recurrent layer consumes (METHOD.md: "Notation"). Its rows are output channels (for an embedding table: tokens, one row each):
 // `row_axis` says which axis of the stored tensor holds them, and the rest of the tensor (in storage order) forms
 // a row. Pure data; no libtorch.
 #pragma once
@@ -24,6 +24,7 @@ enum class OpKind {
   matmul,          // a parameter operand of matmul / mm / addmm / bmm
   fused,           // an operand of a fused inference operator (e.g. aten::_transformer_encoder_layer_fwd)
   embedding,       // the table of aten::embedding / embedding_bag, E [vocabulary, dim]; rows are tokens
+  recurrent,       // weight_ih / weight_hh of aten::lstm, gru, rnn_tanh, rnn_relu: [gates x hidden, in]
 };
 
 const char* op_kind_name(OpKind kind);

@@ -31,6 +31,11 @@ struct WeightUse {
   // Embeddings: `activation` is the index tensor, the node's first output the looked-up rows, and padding_idx
   // (-1 for none) the row that never receives a gradient.
   int64_t padding_idx = -1;
+  // Recurrent layers (activation is nullptr: each layer's inputs exist only inside the fused operator; layer
+  // capture recomputes them, Note [Unrolled recurrence] in layer_capture.cpp): which weight of which layer and
+  // direction this is, unit = layer * directions + direction.
+  enum class Recurrent { none, input_weight, hidden_weight } recurrent = Recurrent::none;
+  int64_t layer = 0, unit = 0, units = 0;
 };
 
 void visit_nodes(torch::jit::Block* block, const std::function<void(torch::jit::Node*)>& fn);
@@ -42,7 +47,13 @@ std::string attribute_path(torch::jit::Value* v, torch::jit::Value* self);
 // twice, e.g. an embedding table tied to the output layer).
 std::vector<WeightUse> find_weight_uses(torch::jit::Graph& graph);
 
-// The forward graph of `module`, copied and inlined.
+// The forward graph of `module`, copied and inlined, with its weight lists unflattened (below).
 std::shared_ptr<torch::jit::Graph> inlined_forward(const torch::jit::Module& module);
+
+// A scripted nn.LSTM / GRU / RNN reads its weights as one list attribute (`_flat_weights`) whose elements are its
+// parameters. Each GetAttr of a tensor-list attribute whose elements are all parameters of the same submodule is
+// replaced by a list built from GetAttrs of those parameters, the form a traced model has: the weights can be
+// named, captured and rebuilt one by one. (assign_tensor keeps such lists in step with the parameters.)
+void unflatten_weight_lists(torch::jit::Graph& graph, const torch::jit::Module& module);
 
 }  // namespace bayesq
