@@ -25,9 +25,27 @@ BlockCost block_cost(int64_t rows, int64_t cols, int bits, CodebookKind kind, in
   return cost;
 }
 
-Codebook design_codebook(const WeightedRow& row, int bits, const QuantizerParams& params, DesignStats* stats) {
-  Codebook cb = params.kind == CodebookKind::lloyd ? design_lloyd(row, bits, params.lloyd, params.uniform, stats)
-                                                   : design_uniform(row, bits, params.kind, params.uniform, stats);
+const Codebook& UniformDesigns::get(const WeightedRow& row, int bits, const UniformParams& params) {
+  const std::size_t b = static_cast<std::size_t>(bits);
+  if (!done[b]) {
+    codebook[b] = design_uniform(row, bits, CodebookKind::uniform_asymmetric, params, &stats[b]);
+    done[b] = true;
+  }
+  return codebook[b];
+}
+
+Codebook design_codebook(const WeightedRow& row, int bits, const QuantizerParams& params, DesignStats* stats,
+                         UniformDesigns* shared) {
+  Codebook cb;
+  if (params.kind == CodebookKind::lloyd) {
+    cb = design_lloyd(row, bits, params.lloyd, params.uniform, stats,
+                      shared ? &shared->get(row, bits, params.uniform) : nullptr);
+  } else if (params.kind == CodebookKind::uniform_asymmetric && shared) {
+    cb = shared->get(row, bits, params.uniform);
+    if (stats) *stats = shared->stats[static_cast<std::size_t>(bits)];
+  } else {
+    cb = design_uniform(row, bits, params.kind, params.uniform, stats);
+  }
   if (params.level_scale == LevelScale::gain || params.level_scale == LevelScale::energy) {
     cb = rescale_levels(cb, row, params.level_scale);
     if (stats) stats->loss = expected_loss(cb, row);
@@ -89,6 +107,59 @@ QuantizedBlock quantize_with(const BlockWeights& block, int bits, CodebookKind k
 }
 
 }  // namespace
+
+std::vector<QuantizedBlock> quantize_block_options(const BlockWeights& block,
+                                                   const std::vector<std::pair<int, CodebookKind>>& options,
+                                                   const QuantizerParams& params) {
+  const int64_t group = effective_group_size(block.cols, params.group_size);
+  const int64_t groups = groups_per_row(block.cols, params.group_size);
+  const std::size_t tasks = static_cast<std::size_t>(block.rows * groups);
+  std::vector<QuantizedBlock> out(options.size());
+  for (std::size_t o = 0; o < options.size(); ++o) {
+    BQ_ASSERT(options[o].first >= kMinBits && options[o].first <= kMaxBits, "bits = ", options[o].first);
+    QuantizedBlock& qb = out[o];
+    qb.bits = options[o].first;
+    qb.kind = options[o].second;
+    qb.rows = block.rows;
+    qb.cols = block.cols;
+    qb.group_size = group;
+    qb.codebooks.resize(tasks);
+    qb.codes.resize(static_cast<std::size_t>(block.rows * block.cols));
+  }
+  // Per task and option, summed in task order afterwards (as quantize_with does): thread-count independent.
+  std::vector<double> expected(tasks * options.size()), plugin(tasks * options.size());
+  std::vector<char> fell_back(tasks * options.size());
+  parallel_for(tasks, [&](std::size_t t) {
+    const int64_t r = static_cast<int64_t>(t) / groups;
+    const int64_t c0 = (static_cast<int64_t>(t) % groups) * group;
+    const int64_t len = std::min(group, block.cols - c0);
+    const int64_t base = r * block.cols + c0;
+    const WeightedRow row = WeightedRow::build(block.weights + base, block.precision ? block.precision + base : nullptr,
+                                               static_cast<std::size_t>(len), params.tau);
+    UniformDesigns shared;
+    QuantizerParams p = params;
+    for (std::size_t o = 0; o < options.size(); ++o) {
+      p.kind = options[o].second;
+      DesignStats stats;
+      QuantizedBlock& qb = out[o];
+      qb.codebooks[t] = design_codebook(row, qb.bits, p, &stats, &shared);
+      const Codebook& cb = qb.codebooks[t];
+      for (int64_t e = 0; e < len; ++e)
+        qb.codes[static_cast<std::size_t>(base + e)] = static_cast<uint8_t>(cb.encode(block.weights[base + e]));
+      const std::size_t slot = o * tasks + t;
+      expected[slot] = stats.loss;
+      plugin[slot] = params.tau > 0.0 ? plugin_loss(cb, row) : stats.loss;
+      fell_back[slot] = stats.fell_back_to_uniform ? 1 : 0;
+    }
+  });
+  for (std::size_t o = 0; o < options.size(); ++o)
+    for (std::size_t t = 0; t < tasks; ++t) {
+      out[o].expected_loss += expected[o * tasks + t];
+      out[o].plugin_loss += plugin[o * tasks + t];
+      out[o].lloyd_fallbacks += fell_back[o * tasks + t];
+    }
+  return out;
+}
 
 QuantizedBlock quantize_block(const BlockWeights& block, int bits, const QuantizerParams& params) {
   return quantize_with(block, bits, params.kind, params.group_size, params.tau,

@@ -37,12 +37,8 @@ std::vector<QuantizedBlock> kfac_option_blocks(const BlockWeights& weights, cons
                                                const QuantizerParams& quantizer, const GptqParams& gptq,
                                                const torch::Device& device, KfacOptionTimes* times) {
   std::vector<QuantizedBlock> out;
-  QuantizerParams qp = quantizer;
   auto start = Clock::now();
-  for (const auto& [bits, kind] : choices) {
-    qp.kind = kind;
-    out.push_back(quantize_block(weights, bits, qp));
-  }
+  out = quantize_block_options(weights, choices, quantizer);
   if (times) times->design_seconds += seconds_since(start);
   if (!stats.captured) return out;
   // Note [Two grids]: a uniform grid designed for the weights as they are (range-optimised in the diagonal

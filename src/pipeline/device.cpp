@@ -32,10 +32,10 @@ torch::Device parse_device(const std::string& name) {
 
 Compute start_run(const RunContext& run) {
   run.validate();
-  if (run.threads > 0) {
-    set_num_threads(run.threads);
-    torch::set_num_threads(run.threads);
-  }
+  // libtorch's own default can be one thread (Debian's libtorch 1.13 with OpenMP starts at one on a 2-core machine):
+  // "all cores" is set explicitly, for bayesq's threads, libtorch's and, through OpenMP, an OpenMP BLAS's.
+  set_num_threads(run.threads);
+  torch::set_num_threads(num_threads());
   Compute c;
   c.device = parse_device(run.device);
   c.seed = run.seed;

@@ -94,13 +94,7 @@ std::vector<QuantizedBlock> option_blocks(Session& session, const MethodConfig& 
         out.push_back(quantize_block_rtn(session.weights(b), choices[i].first, qp.group_size));
       return out;
     case TableKind::posterior: {
-      const BlockWeights w = session.weights(b, &session.posterior_rows(config)[b]);
-      QuantizerParams p = qp;
-      for (const auto& [bits, kind] : choices) {
-        p.kind = kind;
-        out.push_back(quantize_block(w, bits, p));
-      }
-      return out;
+      return quantize_block_options(session.weights(b, &session.posterior_rows(config)[b]), choices, qp);
     }
     case TableKind::kfac: {
       const LayerStats& stats = session.kfac_stats()[b];

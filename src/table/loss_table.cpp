@@ -49,36 +49,17 @@ LossTable build_loss_table(const std::vector<BlockTableInput>& blocks, const Los
     const WeightedRow row = WeightedRow::build(w.weights + base, w.precision ? w.precision + base : nullptr,
                                                static_cast<std::size_t>(it.len), params.quantizer.tau);
     const QuantizerParams& qp = params.quantizer;
+    UniformDesigns shared;
     for (std::size_t c = 0; c < params.candidates.size(); ++c) {
       const int bits = params.candidates[c];
-      // One asymmetric uniform design per bit-width serves both the uniform option and Lloyd's safeguard.
-      DesignStats uniform_stats;
-      Codebook uniform;
-      bool have_uniform = false;
-      auto uniform_design = [&]() -> const Codebook& {
-        if (!have_uniform) {
-          uniform = design_uniform(row, bits, CodebookKind::uniform_asymmetric, qp.uniform, &uniform_stats);
-          have_uniform = true;
-        }
-        return uniform;
-      };
       for (std::size_t k = 0; k < params.kinds.size(); ++k) {
         DesignedLoss& out = results[i * options + k * params.candidates.size() + c];
         DesignStats stats;
-        Codebook cb;
-        if (params.kinds[k] == CodebookKind::uniform_asymmetric) {
-          cb = uniform_design();
-          stats = uniform_stats;
-        } else if (params.kinds[k] == CodebookKind::lloyd) {
-          cb = design_lloyd(row, bits, qp.lloyd, qp.uniform, &stats, &uniform_design());
-        } else {
-          cb = design_uniform(row, bits, params.kinds[k], qp.uniform, &stats);
-        }
-        if (qp.level_scale == LevelScale::gain || qp.level_scale == LevelScale::energy) {
-          // as design_codebook does: the table scores the codebook that will be used
-          cb = rescale_levels(cb, row, qp.level_scale);
-          stats.loss = expected_loss(cb, row);
-        }
+        QuantizerParams kind_params = qp;
+        kind_params.kind = params.kinds[k];
+        // One asymmetric uniform design per bit-width serves both the uniform option and Lloyd's safeguard; the
+        // table scores the (scaled) codebook that will be used.
+        const Codebook cb = design_codebook(row, bits, kind_params, &stats, &shared);
         out.expected = stats.loss;
         out.plugin = row.tau > 0.0 ? plugin_loss(cb, row) : stats.loss;
         out.fell_back = stats.fell_back_to_uniform;

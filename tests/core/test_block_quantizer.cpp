@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <random>
+#include <tuple>
 
 #include "bayesq/codebook/block_quantizer.h"
 #include "bayesq/codebook/expected_loss.h"
@@ -99,4 +100,43 @@ TEST(BlockQuantizer, CurvatureWeightingMovesErrorToUnimportantWeights) {
   };
   EXPECT_LT(weighted_error(weighted), 0.5 * weighted_error(plain));
   EXPECT_NEAR(weighted.plugin_loss, weighted_error(weighted), 1e-6 * weighted_error(weighted));
+}
+
+// quantize_block_options shares the sorted row and each bit-width's uniform design between options: the blocks
+// must be exactly quantize_block's, option by option (codes, codebooks, losses), with groups, a posterior
+// temperature, a level scale and every kind.
+TEST(BlockQuantizer, OptionsAtOnceAreEachOptionAlone) {
+  const int64_t rows = 9, cols = 70;
+  const auto w = random_weights(static_cast<std::size_t>(rows * cols), 5);
+  const auto p = random_weights(static_cast<std::size_t>(rows * cols), 6, 1.0f);
+  std::vector<float> precision(p.size());
+  for (std::size_t i = 0; i < p.size(); ++i) precision[i] = std::exp(p[i]);
+  const std::vector<std::pair<int, CodebookKind>> options = {
+      {1, CodebookKind::lloyd},   {2, CodebookKind::lloyd},   {4, CodebookKind::lloyd},
+      {2, CodebookKind::uniform_asymmetric}, {4, CodebookKind::uniform_asymmetric},
+      {3, CodebookKind::uniform_symmetric},  {8, CodebookKind::uniform_asymmetric}, {3, CodebookKind::lloyd}};
+  for (const auto& [group, tau, scale] : {std::tuple<int64_t, double, LevelScale>{0, 0.0, LevelScale::none},
+                                          std::tuple<int64_t, double, LevelScale>{32, 0.0, LevelScale::gain},
+                                          std::tuple<int64_t, double, LevelScale>{0, 0.5, LevelScale::energy}}) {
+    QuantizerParams params;
+    params.group_size = group;
+    params.tau = tau;
+    params.level_scale = scale;
+    const BlockWeights block{w.data(), precision.data(), rows, cols};
+    const std::vector<QuantizedBlock> all = quantize_block_options(block, options, params);
+    ASSERT_EQ(all.size(), options.size());
+    for (std::size_t o = 0; o < options.size(); ++o) {
+      QuantizerParams one = params;
+      one.kind = options[o].second;
+      const QuantizedBlock alone = quantize_block(block, options[o].first, one);
+      EXPECT_EQ(all[o].bits, alone.bits);
+      EXPECT_EQ(all[o].kind, alone.kind);
+      EXPECT_EQ(all[o].codes, alone.codes) << o;
+      EXPECT_EQ(all[o].dequantize(), alone.dequantize()) << o;
+      EXPECT_EQ(all[o].expected_loss, alone.expected_loss) << o;
+      EXPECT_EQ(all[o].plugin_loss, alone.plugin_loss) << o;
+      EXPECT_EQ(all[o].lloyd_fallbacks, alone.lloyd_fallbacks) << o;
+      EXPECT_EQ(all[o].cost().total(), alone.cost().total()) << o;
+    }
+  }
 }

@@ -4,7 +4,9 @@
 // precision per weight.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "bayesq/codebook/codebook.h"
@@ -60,6 +62,13 @@ struct QuantizedBlock {
 // Designs every codebook in parallel over rows; deterministic.
 QuantizedBlock quantize_block(const BlockWeights& block, int bits, const QuantizerParams& params);
 
+// The same block at several (bits, kind) options, exactly what quantize_block gives for each (params.kind replaced
+// by the option's), with the work the options share done once per row: the sorted row and its prefix sums, and
+// the asymmetric uniform design of each bit-width (the uniform option's codebook and Lloyd's safeguard).
+std::vector<QuantizedBlock> quantize_block_options(const BlockWeights& block,
+                                                   const std::vector<std::pair<int, CodebookKind>>& options,
+                                                   const QuantizerParams& params);
+
 // Round-to-nearest baseline: per-row asymmetric min-max uniform grid (METHOD.md §6 `rtn`), fp16 metadata.
 QuantizedBlock quantize_block_rtn(const BlockWeights& block, int bits, int64_t group_size);
 
@@ -70,6 +79,18 @@ struct DesignedLoss {
   bool fell_back = false;
 };
 DesignedLoss design_and_score(const WeightedRow& row, int bits, const QuantizerParams& params);
-Codebook design_codebook(const WeightedRow& row, int bits, const QuantizerParams& params, DesignStats* stats);
+
+// One row's unscaled asymmetric uniform design per bit-width, made on first use: several options of the same row
+// share it (design_codebook).
+struct UniformDesigns {
+  std::array<Codebook, kMaxBits + 1> codebook;
+  std::array<DesignStats, kMaxBits + 1> stats;
+  std::array<bool, kMaxBits + 1> done{};
+  const Codebook& get(const WeightedRow& row, int bits, const UniformParams& params);
+};
+
+// params.kind at `bits`, scaled by params.level_scale; with `shared`, the uniform design comes from it.
+Codebook design_codebook(const WeightedRow& row, int bits, const QuantizerParams& params, DesignStats* stats,
+                         UniformDesigns* shared = nullptr);
 
 }  // namespace bayesq

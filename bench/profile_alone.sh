@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 17's per-stage profile: the default method and GPTQ at one budget on each model, one compare at a time
+# with nothing else on the machine (data, training and the build finish first), on all host threads.
+#   bench/profile_alone.sh [MODEL...]      resnet50, bert, mobilenet (default: resnet50 bert)
+# Needs the raw data under .gpu/raw (bench/prepare_gpu_carry.sh). Per model, $OUT/profile_MODEL.{json,md,log}: the
+# compare's per-stage wall times (shared_timings: capture, codebook design, feedback, measured-table forwards and
+# quantization), each row's quantize time and peak device memory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=.gpu
+OUT=${OUT:-$W/out}
+mkdir -p "$OUT"
+models=("$@")
+[ ${#models[@]} -eq 0 ] && models=(resnet50 bert)
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+threads=$(nproc)
+THREADS=$threads bench/gpu_bench.sh build data-fmnist > "$OUT/profile_prepare.log" 2>&1
+for m in "${models[@]}"; do
+  case $m in
+    bert) bench/gpu_bench.sh data-wordnet train-bert >> "$OUT/profile_prepare.log" 2>&1 ;;
+    resnet50) bench/gpu_bench.sh train-resnet50 >> "$OUT/profile_prepare.log" 2>&1 ;;
+    mobilenet) bench/gpu_bench.sh train-mobilenet >> "$OUT/profile_prepare.log" 2>&1 ;;
+    *) echo "unknown model $m" >&2; exit 2 ;;
+  esac
+done
+for m in "${models[@]}"; do
+  case $m in
+    bert) args=(--model $W/models/bert.pt --calib $W/data/wordnet_calib512.pt --data $W/data/wordnet_eval.pt --batch-size 16) ;;
+    resnet50) args=(--model $W/models/resnet50.pt --calib $W/data/fmnist_calib.pt --data $W/data/fmnist_eval.pt) ;;
+    mobilenet) args=(--model $W/models/mobilenet_v2.pt --calib $W/data/fmnist_calib.pt --data $W/data/fmnist_eval.pt) ;;
+  esac
+  log "profile $m (threads $threads)"
+  build-gpu/bayesq compare "${args[@]}" --device cuda --threads "$threads" --seed 0 --bits 3 --methods bayesq,gptq \
+    --json-output "$OUT/profile_$m.json" --markdown-output "$OUT/profile_$m.md" > "$OUT/profile_$m.log" 2>&1
+  cat "$OUT/profile_$m.md"
+done
