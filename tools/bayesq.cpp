@@ -204,7 +204,7 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
       ->capture_default_str();
   app->add_option("--batch-size", run.batch_size, "Calibration batch size")->capture_default_str();
   app->add_option("--output-index", run.output_index, "Which model output is the logits (index or dict key)");
-  app->add_option("--threads", run.threads, "CPU threads (0: all cores)")->capture_default_str();
+  app->add_option("--threads", run.threads, "CPU threads for bayesq and libtorch (0: OMP_NUM_THREADS when set, else all cores)")->capture_default_str();
   app->add_option("--max-examples", run.max_examples, "Use at most this many calibration examples (0: all)")
       ->capture_default_str();
   app->add_option("--holdout", run.holdout,
@@ -372,7 +372,7 @@ int main(int argc, char** argv) {
   calibrate->add_option("--output-index", c.run.output_index, "Which model output is the logits");
   calibrate->add_option("--device", c.run.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   calibrate->add_option("--seed", c.run.seed, "Seed")->check(CLI::NonNegativeNumber)->capture_default_str();
-  calibrate->add_option("--threads", c.run.threads, "CPU threads (0: all cores)")->capture_default_str();
+  calibrate->add_option("--threads", c.run.threads, "CPU threads for bayesq and libtorch (0: OMP_NUM_THREADS when set, else all cores)")->capture_default_str();
 
   // eval
   bayesq::EvalOptions e;
@@ -384,7 +384,7 @@ int main(int argc, char** argv) {
   eval->add_option("--batch-size", e.run.batch_size, "Batch size")->capture_default_str();
   eval->add_option("--output-index", e.run.output_index, "Which model output is the logits");
   eval->add_option("--device", e.run.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  eval->add_option("--threads", e.run.threads, "CPU threads (0: all cores)")->capture_default_str();
+  eval->add_option("--threads", e.run.threads, "CPU threads for bayesq and libtorch (0: OMP_NUM_THREADS when set, else all cores)")->capture_default_str();
   eval->add_flag("--json", eval_json, "Print JSON instead of a table");
 
   // inspect

@@ -122,8 +122,9 @@ torch::jit::Value* lift_to_top(torch::jit::Graph& graph, torch::jit::Value* v) {
 // the hidden products (for the LSTM and the plain RNN those are the gate pre-activations, as for weight_ih; for
 // the GRU the candidate gate's rows see r * that gradient, which is what the hidden product gets).
 constexpr const char* kUnrolledSource = R"JIT(
-def bq_lstm(input: Tensor, hx: List[Tensor], params: List[Tensor], has_biases: bool, num_layers: int,
-            dropout: float, train: bool, bidirectional: bool, batch_first: bool):
+def bq_recurrence(input: Tensor, hx: List[Tensor], params: List[Tensor], has_biases: bool, num_layers: int,
+                  dropout: float, train: bool, bidirectional: bool, batch_first: bool, cell: int):
+    # cell: 0 LSTM (hx = [h0, c0]), 1 GRU, 2 RNN tanh, 3 RNN relu (hx = [h0])
     x = input.transpose(0, 1) if batch_first else input
     dirs = 2 if bidirectional else 1
     stride = 4 if has_biases else 2
@@ -144,7 +145,7 @@ def bq_lstm(input: Tensor, hx: List[Tensor], params: List[Tensor], has_biases: b
                 xw = xw + params[k * stride + 2]
             input_products.append(xw)
             h = hx[0][k]
-            c = hx[1][k]
+            c = hx[1][k] if cell == 0 else h
             hs: List[Tensor] = []
             previous: List[Tensor] = []
             for s in range(steps):
@@ -154,9 +155,21 @@ def bq_lstm(input: Tensor, hx: List[Tensor], params: List[Tensor], has_biases: b
                 if has_biases:
                     hw = hw + params[k * stride + 3]
                 hidden_products.append(hw)
-                gates = (xw[t] + hw).chunk(4, 1)
-                c = torch.sigmoid(gates[1]) * c + torch.sigmoid(gates[0]) * torch.tanh(gates[2])
-                h = torch.sigmoid(gates[3]) * torch.tanh(c)
+                if cell == 0:  # i, f, g, o
+                    gates = (xw[t] + hw).chunk(4, 1)
+                    c = torch.sigmoid(gates[1]) * c + torch.sigmoid(gates[0]) * torch.tanh(gates[2])
+                    h = torch.sigmoid(gates[3]) * torch.tanh(c)
+                elif cell == 1:  # r, z, n
+                    xg = xw[t].chunk(3, 1)
+                    hg = hw.chunk(3, 1)
+                    r = torch.sigmoid(xg[0] + hg[0])
+                    z = torch.sigmoid(xg[1] + hg[1])
+                    n = torch.tanh(xg[2] + r * hg[2])
+                    h = (1.0 - z) * n + z * h
+                elif cell == 2:
+                    h = torch.tanh(xw[t] + hw)
+                else:
+                    h = torch.relu(xw[t] + hw)
                 hs.append(h)
             if d == 1:
                 hs.reverse()
@@ -167,57 +180,6 @@ def bq_lstm(input: Tensor, hx: List[Tensor], params: List[Tensor], has_biases: b
         x = torch.cat(outputs, 2)
     out = x.transpose(0, 1) if batch_first else x
     return out, torch.stack(h_last), torch.stack(c_last), layer_inputs, input_products, hidden_inputs, hidden_products
-
-def bq_rnn(input: Tensor, hx: Tensor, params: List[Tensor], has_biases: bool, num_layers: int,
-           dropout: float, train: bool, bidirectional: bool, batch_first: bool, cell: int):
-    x = input.transpose(0, 1) if batch_first else input
-    dirs = 2 if bidirectional else 1
-    stride = 4 if has_biases else 2
-    steps = x.size(0)
-    layer_inputs: List[Tensor] = []
-    hidden_inputs: List[Tensor] = []
-    input_products: List[Tensor] = []
-    hidden_products: List[Tensor] = []
-    h_last: List[Tensor] = []
-    for layer in range(num_layers):
-        layer_inputs.append(x)
-        outputs: List[Tensor] = []
-        for d in range(dirs):
-            k = layer * dirs + d
-            xw = torch.matmul(x, params[k * stride].t())
-            if has_biases:
-                xw = xw + params[k * stride + 2]
-            input_products.append(xw)
-            h = hx[k]
-            hs: List[Tensor] = []
-            previous: List[Tensor] = []
-            for s in range(steps):
-                t = steps - 1 - s if d == 1 else s
-                previous.append(h)
-                hw = torch.matmul(h, params[k * stride + 1].t())
-                if has_biases:
-                    hw = hw + params[k * stride + 3]
-                hidden_products.append(hw)
-                if cell == 0:  # GRU: r, z, n
-                    xg = xw[t].chunk(3, 1)
-                    hg = hw.chunk(3, 1)
-                    r = torch.sigmoid(xg[0] + hg[0])
-                    z = torch.sigmoid(xg[1] + hg[1])
-                    n = torch.tanh(xg[2] + r * hg[2])
-                    h = (1.0 - z) * n + z * h
-                elif cell == 1:
-                    h = torch.tanh(xw[t] + hw)
-                else:
-                    h = torch.relu(xw[t] + hw)
-                hs.append(h)
-            if d == 1:
-                hs.reverse()
-            hidden_inputs.append(torch.stack(previous))
-            outputs.append(torch.stack(hs))
-            h_last.append(h)
-        x = torch.cat(outputs, 2)
-    out = x.transpose(0, 1) if batch_first else x
-    return out, torch.stack(h_last), layer_inputs, input_products, hidden_inputs, hidden_products
 )JIT";
 
 // The values an unrolled recurrence adds (Note [Unrolled recurrence]), lifted to the top of the graph.
@@ -231,21 +193,23 @@ struct UnrolledValues {
 UnrolledValues unroll_recurrence(torch::jit::Graph& graph, torch::jit::Node* n) {
   static const std::shared_ptr<torch::jit::CompilationUnit> unit = torch::jit::compile(kUnrolledSource);
   const std::string kind = n->kind().toQualString();
-  const bool lstm = kind == "aten::lstm";
-  auto body = torch::jit::toGraphFunction(unit->get_function(lstm ? "bq_lstm" : "bq_rnn")).graph()->copy();
+  const int64_t cell = kind == "aten::lstm" ? 0 : kind == "aten::gru" ? 1 : kind == "aten::rnn_tanh" ? 2 : 3;
+  auto body = torch::jit::toGraphFunction(unit->get_function("bq_recurrence")).graph()->copy();
   torch::jit::Inline(*body);
   torch::jit::WithInsertPoint before(n);
   std::vector<torch::jit::Value*> inputs(n->inputs().begin(), n->inputs().end());
-  if (!lstm) inputs.push_back(graph.insertConstant(int64_t{kind == "aten::gru" ? 0 : kind == "aten::rnn_tanh" ? 1 : 2}));
+  if (cell != 0)  // hx is one tensor: the function takes the LSTM's list form
+    inputs[1] = graph.insertNode(graph.createList(c10::TensorType::get(), {inputs[1]}))->output();
+  inputs.push_back(graph.insertConstant(cell));
   torch::jit::Value* tuple = torch::jit::insertGraph(graph, *body, inputs).at(0);
   torch::jit::Node* unpack = graph.insertNode(graph.createTupleUnpack(tuple));
-  const std::size_t originals = n->outputs().size();
-  for (std::size_t i = 0; i < originals; ++i) n->outputs()[i]->replaceAllUsesWith(unpack->outputs()[i]);
+  // (output, h_n, c_n) of an LSTM, (output, h_n) of the others; then the four lists.
+  for (std::size_t i = 0; i < n->outputs().size(); ++i) n->outputs()[i]->replaceAllUsesWith(unpack->outputs()[i]);
   n->destroy();
   UnrolledValues v;
   torch::jit::Value** lists[] = {&v.layer_inputs, &v.input_products, &v.hidden_inputs, &v.hidden_products};
   for (std::size_t i = 0; i < 4; ++i) {
-    *lists[i] = lift_to_top(graph, unpack->outputs()[originals + i]);
+    *lists[i] = lift_to_top(graph, unpack->outputs()[3 + i]);
     if (!*lists[i]) return UnrolledValues{};
   }
   return v;
@@ -452,10 +416,15 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
       try {
         const auto grads = torch::autograd::grad({objective}, outputs_of_blocks, {}, false, false, /*allow_unused=*/true);
         for (const auto& [k, at] : taken) {
-          const std::vector<torch::Tensor> parts(grads.begin() + static_cast<std::ptrdiff_t>(at),
-                                                 grads.begin() + static_cast<std::ptrdiff_t>(at + counts[k]));
-          if (std::all_of(parts.begin(), parts.end(), [](const torch::Tensor& g) { return g.defined(); }))
-            results[k] = parts.size() == 1 ? parts[0] : torch::stack(parts);
+          if (counts[k] == 1) {
+            results[k] = grads[at];  // undefined when the output does not reach the objective
+            continue;
+          }
+          // A recurrence's steps: one that does not reach the objective has a zero gradient.
+          std::vector<torch::Tensor> parts;
+          for (std::size_t i = at; i < at + counts[k]; ++i)
+            parts.push_back(grads[i].defined() ? grads[i] : torch::zeros_like(outputs_of_blocks[i]));
+          results[k] = torch::stack(parts);
         }
       } catch (const std::exception&) {
         if (begin != 0) throw;  // the first batch had a backward: this is not a missing derivative

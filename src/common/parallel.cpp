@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -23,6 +24,12 @@ struct WorkerScope {
 int num_threads() {
   const int configured = g_threads.load();
   if (configured > 0) return configured;
+  // OMP_NUM_THREADS, the usual cap, when it is a positive number (several runs sharing a machine set it).
+  if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && n > 0 && n <= 4096) return static_cast<int>(n);
+  }
   return std::max(1u, std::thread::hardware_concurrency());
 }
 

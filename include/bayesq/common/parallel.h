@@ -7,7 +7,8 @@
 
 namespace bayesq {
 
-// Number of worker threads used by parallel_for (default: hardware concurrency, at least 1).
+// Number of worker threads used by parallel_for and libtorch: set_num_threads's value, else OMP_NUM_THREADS when it
+// is a positive number, else the hardware concurrency (at least 1).
 int num_threads();
 void set_num_threads(int threads);
 
