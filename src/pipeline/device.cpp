@@ -33,7 +33,8 @@ torch::Device parse_device(const std::string& name) {
 Compute start_run(const RunContext& run) {
   run.validate();
   // libtorch's own default can be one thread (Debian's libtorch 1.13 with OpenMP starts at one on a 2-core machine):
-  // "all cores" is set explicitly, for bayesq's threads, libtorch's and, through OpenMP, an OpenMP BLAS's.
+  // the count (--threads, else OMP_NUM_THREADS, else every core) is set explicitly, for bayesq's threads,
+  // libtorch's and, through OpenMP, an OpenMP BLAS's. Reductions depend on it: same count, same bytes.
   set_num_threads(run.threads);
   torch::set_num_threads(num_threads());
   Compute c;
