@@ -18,6 +18,12 @@ std::vector<float> random_weights(std::size_t n, uint32_t seed, float scale = 0.
   for (auto& x : w) x = normal(rng);
   return w;
 }
+// Log-normal precisions: positive, spread over a few orders of magnitude.
+std::vector<float> random_precision(std::size_t n, uint32_t seed) {
+  std::vector<float> p = random_weights(n, seed, 1.0f);
+  for (auto& x : p) x = std::exp(x);
+  return p;
+}
 }  // namespace
 
 TEST(Rtn, ErrorIsBoundedByHalfAStepPerRow) {
@@ -68,9 +74,7 @@ TEST(BlockQuantizer, GroupsHaveTheirOwnCodebooks) {
 TEST(BlockQuantizer, SameResultForAnyThreadCount) {
   const int64_t rows = 33, cols = 50;
   const auto w = random_weights(static_cast<std::size_t>(rows * cols), 3);
-  const auto p = random_weights(static_cast<std::size_t>(rows * cols), 4, 1.0f);
-  std::vector<float> precision(p.size());
-  for (std::size_t i = 0; i < p.size(); ++i) precision[i] = std::exp(p[i]);
+  const auto precision = random_precision(static_cast<std::size_t>(rows * cols), 4);
   QuantizerParams params;
   params.tau = 0.5;
   set_num_threads(1);
@@ -108,9 +112,7 @@ TEST(BlockQuantizer, CurvatureWeightingMovesErrorToUnimportantWeights) {
 TEST(BlockQuantizer, OptionsAtOnceAreEachOptionAlone) {
   const int64_t rows = 9, cols = 70;
   const auto w = random_weights(static_cast<std::size_t>(rows * cols), 5);
-  const auto p = random_weights(static_cast<std::size_t>(rows * cols), 6, 1.0f);
-  std::vector<float> precision(p.size());
-  for (std::size_t i = 0; i < p.size(); ++i) precision[i] = std::exp(p[i]);
+  const auto precision = random_precision(static_cast<std::size_t>(rows * cols), 6);
   const std::vector<std::pair<int, CodebookKind>> options = {
       {1, CodebookKind::lloyd},   {2, CodebookKind::lloyd},   {4, CodebookKind::lloyd},
       {2, CodebookKind::uniform_asymmetric}, {4, CodebookKind::uniform_asymmetric},
