@@ -96,7 +96,7 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
     const GptqResult result = gptq_quantize_batched(w, torch::stack(stats.input_moment), levels, params);
     accumulate(gptq_stats, result.stats);
     const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
-    const int64_t* c = codes.data_ptr<int64_t>();
+    const uint8_t* c = codes.data_ptr<uint8_t>();
     for (int64_t cg = 0; cg < conv_groups; ++cg)
       for (int64_t e = 0; e < count; ++e)
         for (int64_t i = 0; i < rows_per_group * cols; ++i)
@@ -116,7 +116,7 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
                                             params);
     accumulate(gptq_stats, result.stats);
     const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
-    const int64_t* c = codes.data_ptr<int64_t>();
+    const uint8_t* c = codes.data_ptr<uint8_t>();
     for (int64_t e = 0; e < count; ++e)
       for (int64_t i = 0; i < rows_per_group * cols; ++i)
         out[static_cast<std::size_t>(e)].codes[static_cast<std::size_t>(first * cols + i)] =
@@ -166,7 +166,7 @@ QuantizedBlock quantize_with_feedback(const torch::Tensor& rows, const BlockInfo
                                                     torch::stack(stats.input_moment), levels, params);
     accumulate(gptq_stats, result.stats);
     const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
-    const int64_t* c = codes.data_ptr<int64_t>();
+    const uint8_t* c = codes.data_ptr<uint8_t>();
     for (int64_t i = 0; i < total_rows * cols; ++i) q.codes[static_cast<std::size_t>(i)] = static_cast<uint8_t>(c[i]);
     return q;
   }
@@ -186,7 +186,7 @@ QuantizedBlock quantize_with_feedback(const torch::Tensor& rows, const BlockInfo
                                       grid, params);
     accumulate(gptq_stats, result.stats);
     const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
-    const int64_t* c = codes.data_ptr<int64_t>();
+    const uint8_t* c = codes.data_ptr<uint8_t>();
     for (int64_t i = 0; i < rows_per_group * cols; ++i)
       q.codes[static_cast<std::size_t>(first * cols + i)] = static_cast<uint8_t>(c[i]);
   }

@@ -118,7 +118,9 @@ GptqResult gptq_quantize(const torch::Tensor& weights, const torch::Tensor& hess
   result.stats.percdamp_used = percdamp;
 
   torch::Tensor Q = torch::zeros_like(W);
-  torch::Tensor codes = torch::zeros({rows, cols}, W.options().dtype(torch::kLong));
+  // uint8: at most 2^8 levels, and an eighth of int64's memory (the stacked options of a 20k-token table are
+  // 420k rows).
+  torch::Tensor codes = torch::zeros({rows, cols}, W.options().dtype(torch::kByte));
   torch::Tensor current_levels;
   int64_t current_group = -1;
   for (int64_t i1 = 0; i1 < cols; i1 += params.block_size) {
@@ -221,7 +223,7 @@ GptqResult gptq_quantize_batched(const torch::Tensor& weights, const torch::Tens
 
   const torch::Tensor flat_levels = levels.to(torch::kFloat32).reshape({problems * rows, -1}).contiguous();
   torch::Tensor Q = torch::zeros_like(W);
-  torch::Tensor codes = torch::zeros({problems, rows, cols}, W.options().dtype(torch::kLong));
+  torch::Tensor codes = torch::zeros({problems, rows, cols}, W.options().dtype(torch::kByte));  // as above
   const torch::Tensor pivots = Hinv.diagonal(0, 1, 2);  // [G, cols]
   for (int64_t j = 0; j < cols; ++j) {
     const torch::Tensor w = W.select(2, j);  // [G, rows]

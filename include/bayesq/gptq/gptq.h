@@ -34,7 +34,7 @@ using GptqGrid = std::function<torch::Tensor(const torch::Tensor& group_weights,
 
 struct GptqResult {
   torch::Tensor quantized;  // [rows, cols], original column order
-  torch::Tensor codes;      // [rows, cols] int64, index into the column's group levels
+  torch::Tensor codes;      // [rows, cols] uint8, index into the column's group levels
   GptqStats stats;
 };
 
@@ -51,7 +51,7 @@ GptqResult gptq_quantize(const torch::Tensor& weights, const torch::Tensor& hess
 // (ascending; +inf padding allowed). Same algorithm as gptq_quantize with one group per row (dead columns,
 // act-order per problem, damping grown per problem until its factorisation is well conditioned), without lazy
 // blocks: every column update is applied at once, which for the short rows this is meant for costs nothing.
-// Returns codes [G, rows, cols] (int64) and the quantized weights, in the original column order.
+// Returns codes [G, rows, cols] (uint8) and the quantized weights, in the original column order.
 GptqResult gptq_quantize_batched(const torch::Tensor& weights, const torch::Tensor& hessians,
                                  const torch::Tensor& levels, const GptqParams& params);
 
