@@ -42,6 +42,33 @@ target_compile_options(bayesq_torch PRIVATE -Wall -Wno-unused-parameter)
 target_precompile_headers(bayesq_torch PRIVATE <torch/script.h> <torch/torch.h>)
 if(TORCH_CUDA_LIBRARIES OR TARGET c10_cuda OR TARGET torch_cuda)
   target_compile_definitions(bayesq_torch PRIVATE BAYESQ_WITH_CUDA)
+  # bayesq's own kernels (src/gptq/feedback_block.cu) need nvcc; without it the same work runs on host threads.
+  option(BAYESQ_CUDA_KERNELS "Build bayesq's CUDA kernels (needs a CUDA compiler)" ON)
+  if(BAYESQ_CUDA_KERNELS)
+    include(CheckLanguage)
+    check_language(CUDA)
+    if(CMAKE_CUDA_COMPILER)
+      enable_language(CUDA)
+      # The build machine's GPUs by default (libtorch's config may set CMAKE_CUDA_ARCHITECTURES to an old
+      # architecture, whose code a new GPU would have to JIT-compile); set this for other targets, e.g. "80;90".
+      set(default_architectures "70;80;90")
+      if(CMAKE_VERSION VERSION_GREATER_EQUAL 3.24)
+        set(default_architectures native)
+      endif()
+      set(BAYESQ_CUDA_ARCHITECTURES "${default_architectures}" CACHE STRING "CUDA architectures of bayesq's kernels")
+      add_library(bayesq_cuda_kernels STATIC src/gptq/feedback_block.cu)
+      set_target_properties(bayesq_cuda_kernels PROPERTIES CUDA_ARCHITECTURES "${BAYESQ_CUDA_ARCHITECTURES}")
+      target_include_directories(bayesq_cuda_kernels PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/include)
+      # libtorch's own (shared) CUDA runtime: one runtime in the process.
+      set_target_properties(bayesq_cuda_kernels PROPERTIES CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON
+                            CUDA_RUNTIME_LIBRARY Shared POSITION_INDEPENDENT_CODE ON)
+      target_link_libraries(bayesq_torch PRIVATE bayesq_cuda_kernels)
+      target_compile_definitions(bayesq_torch PRIVATE BAYESQ_CUDA_KERNELS)
+      message(STATUS "bayesq: CUDA kernels for ${BAYESQ_CUDA_ARCHITECTURES}")
+    else()
+      message(STATUS "bayesq: no CUDA compiler, GPTQ feedback runs its lazy blocks on host threads")
+    endif()
+  endif()
 endif()
 
 add_executable(bayesq tools/bayesq.cpp)

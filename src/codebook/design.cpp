@@ -17,11 +17,13 @@ constexpr double kGoldenRatio = 0.61803398874989484820;  // (sqrt 5 - 1) / 2
 // Expected loss of an ascending set of levels (no fp16 rounding): 1/2 sum_k W2_k.
 double levels_loss(const WeightedRow& row, const std::vector<double>& levels) {
   if (row.tau == 0.0 && levels.size() > 1 && row.size() < levels.size() * 8) {
-    // Few points per level: one pass over the points beats a binary search per cell.
+    // Few points per level: one pass over the points beats a binary search per cell. The points are sorted, so
+    // the first level >= x (lower_bound) only moves forward: a merge of the two sorted lists.
     double total = 0.0;
+    auto it = levels.begin();
     for (std::size_t i = 0; i < row.size(); ++i) {
       const double x = row.mu[i];
-      const auto it = std::lower_bound(levels.begin(), levels.end(), x);
+      while (it != levels.end() && *it < x) ++it;
       double e = std::numeric_limits<double>::infinity();
       if (it != levels.end()) e = *it - x;
       if (it != levels.begin()) e = std::min(std::fabs(e), x - *(it - 1));

@@ -1,5 +1,6 @@
 #include "bayesq/gptq/feedback.h"
 
+#include <cstring>
 #include <limits>
 
 #include <torch/torch.h>
@@ -49,7 +50,8 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
                                                            const LayerStats& stats,
                                                            const std::vector<FeedbackOption>& options,
                                                            int64_t group_size, const GptqParams& params,
-                                                           GptqStats* gptq_stats) {
+                                                           GptqStats* gptq_stats,
+                                                           std::vector<torch::Tensor>* dequantized) {
   BQ_ASSERT(stats.captured, "no layer statistics for ", info.name);
   const int64_t total_rows = rows.size(0), cols = rows.size(1);
   const int64_t conv_groups = stats.groups();
@@ -97,12 +99,24 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
     accumulate(gptq_stats, result.stats);
     const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
     const uint8_t* c = codes.data_ptr<uint8_t>();
+    const std::size_t run = static_cast<std::size_t>(rows_per_group * cols);  // one option's rows of one group
     for (int64_t cg = 0; cg < conv_groups; ++cg)
       for (int64_t e = 0; e < count; ++e)
-        for (int64_t i = 0; i < rows_per_group * cols; ++i)
-          out[static_cast<std::size_t>(e)].codes[static_cast<std::size_t>(cg * rows_per_group * cols + i)] =
-              static_cast<uint8_t>(c[((cg * count + e) * rows_per_group) * cols + i]);
+        std::memcpy(out[static_cast<std::size_t>(e)].codes.data() + cg * run, c + (cg * count + e) * run, run);
+    if (dequantized) {
+      // [groups, options x rows, cols] -> per option [groups x rows, cols], rows in block order.
+      const torch::Tensor q = result.quantized.reshape({conv_groups, count, rows_per_group, cols});
+      dequantized->clear();
+      for (int64_t e = 0; e < count; ++e) dequantized->push_back(q.select(1, e).reshape({total_rows, cols}));
+    }
     return out;
+  }
+  // One convolution group (every linear layer): each option's rows are a view of the stacked result, no copy
+  // (for a 20k-token table the stacked options are a 1.3 GB float tensor).
+  if (dequantized) {
+    dequantized->clear();
+    if (conv_groups > 1)
+      for (int64_t e = 0; e < count; ++e) dequantized->push_back(torch::empty({total_rows, cols}, rows.options()));
   }
   for (int64_t cg = 0; cg < conv_groups; ++cg) {
     const int64_t first = cg * rows_per_group;
@@ -117,10 +131,15 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
     accumulate(gptq_stats, result.stats);
     const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
     const uint8_t* c = codes.data_ptr<uint8_t>();
+    const std::size_t run = static_cast<std::size_t>(rows_per_group * cols);
     for (int64_t e = 0; e < count; ++e)
-      for (int64_t i = 0; i < rows_per_group * cols; ++i)
-        out[static_cast<std::size_t>(e)].codes[static_cast<std::size_t>(first * cols + i)] =
-            static_cast<uint8_t>(c[e * rows_per_group * cols + i]);
+      std::memcpy(out[static_cast<std::size_t>(e)].codes.data() + first * cols, c + e * run, run);
+    if (dequantized)
+      for (int64_t e = 0; e < count; ++e) {
+        const torch::Tensor option = result.quantized.slice(0, e * rows_per_group, (e + 1) * rows_per_group);
+        if (conv_groups == 1) dequantized->push_back(option);
+        else (*dequantized)[static_cast<std::size_t>(e)].slice(0, first, first + rows_per_group).copy_(option);
+      }
   }
   return out;
 }

@@ -3,6 +3,12 @@
 #include <torch/torch.h>
 
 #include "bayesq/common/errors.h"
+#include "bayesq/gptq/feedback_block.h"
+
+#ifdef BAYESQ_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace bayesq {
 
@@ -11,16 +17,72 @@ namespace {
 // sqrt of float32's epsilon: below this ratio of Cholesky pivots, cond(H) exceeds 1 / epsilon.
 constexpr double kMinPivotRatio = 3.5e-4;
 
-// Nearest of each row's ascending levels: codes and values for one column w [rows].
-std::pair<torch::Tensor, torch::Tensor> round_column(const torch::Tensor& w, const torch::Tensor& levels) {
-  const torch::Tensor boundaries = 0.5 * (levels.slice(1, 1) + levels.slice(1, 0, -1));
-  // searchsorted (left): number of boundaries < w, so an exact tie goes to the lower level.
-  const torch::Tensor codes = torch::searchsorted(boundaries.contiguous(), w.unsqueeze(1).contiguous()).squeeze(1);
-  const torch::Tensor q = levels.gather(1, codes.unsqueeze(1)).squeeze(1);
-  return {codes, q};
+#ifdef BAYESQ_CUDA_KERNELS
+// On the tensors' device and its current stream, so that libtorch's own operations order around the kernel.
+void launch_feedback_block_cuda(const FeedbackBlockView& view, const torch::Device& device) {
+  const c10::cuda::CUDAGuard guard(device);
+  feedback_block_cuda(view, static_cast<void*>(c10::cuda::getCurrentCUDAStream(device.index()).stream()));
 }
+#endif
 
 }  // namespace
+
+FedBackBlock feed_back_block(const torch::Tensor& w1, const torch::Tensor& hinv, const torch::Tensor& levels,
+                             const std::vector<int32_t>& column_slot, bool host) {
+  const int64_t problems = w1.size(0), rows = w1.size(1), count = w1.size(2);
+  BQ_ASSERT(hinv.dim() == 3 && hinv.size(0) == problems && hinv.size(1) == count && hinv.size(2) == count,
+            "Hinv block ", hinv.sizes(), " for W ", w1.sizes());
+  BQ_ASSERT(levels.dim() == 4 && levels.size(1) == problems && levels.size(2) == rows && levels.is_contiguous(),
+            "levels ", levels.sizes(), " for W ", w1.sizes());
+  BQ_ASSERT(column_slot.empty() || static_cast<int64_t>(column_slot.size()) == count, "column slots");
+  for (int32_t slot : column_slot) BQ_ASSERT(slot >= 0 && slot < levels.size(0), "slot ", slot);
+#ifdef BAYESQ_CUDA_KERNELS
+  const bool on_device = w1.is_cuda() && !host;
+#else
+  const bool on_device = false;
+#endif
+  const torch::Device compute_device = on_device ? w1.device() : torch::Device(torch::kCPU);
+  torch::Tensor work, h = hinv.stride(2) == 1 ? hinv : hinv.contiguous(), l = levels;
+  if (on_device) {
+    work = w1.transpose(1, 2).contiguous();  // [P, count, rows]
+  } else {
+    work = w1.to(torch::kCPU, torch::kFloat32, false, /*copy=*/true, torch::MemoryFormat::Contiguous);  // [P, rows, count]
+    h = h.to(torch::kCPU);
+    l = levels.to(torch::kCPU);
+  }
+  torch::Tensor quantized = torch::empty_like(work), error = torch::empty_like(work);
+  torch::Tensor codes = torch::empty(work.sizes(), work.options().dtype(torch::kByte));
+  torch::Tensor slots;
+  if (!column_slot.empty())
+    slots = torch::from_blob(const_cast<int32_t*>(column_slot.data()), {count}, torch::kInt32).to(compute_device);
+  FeedbackBlockView view;
+  view.problems = problems;
+  view.rows = rows;
+  view.count = count;
+  view.stride_problem = work.stride(0);
+  view.stride_row = on_device ? work.stride(2) : work.stride(1);
+  view.stride_col = on_device ? work.stride(1) : work.stride(2);
+  view.w = work.data_ptr<float>();
+  view.quantized = quantized.data_ptr<float>();
+  view.error = error.data_ptr<float>();
+  view.codes = codes.data_ptr<uint8_t>();
+  view.hinv = h.data_ptr<float>();
+  view.hinv_problem = h.stride(0);
+  view.hinv_ld = h.stride(1);
+  view.levels = l.data_ptr<float>();
+  view.width = l.size(3);
+  view.column_slot = slots.defined() ? slots.data_ptr<int32_t>() : nullptr;
+  if (on_device) {
+#ifdef BAYESQ_CUDA_KERNELS
+    launch_feedback_block_cuda(view, w1.device());
+#endif
+    return {quantized.transpose(1, 2), error.transpose(1, 2), codes.transpose(1, 2)};
+  }
+  BQ_ASSERT(h.stride(2) == 1, "Hinv block on the host");
+  feedback_block_host(view);
+  return {quantized.to(w1.device()), error.to(w1.device()), codes.to(w1.device())};
+}
+
 
 std::pair<torch::Tensor, torch::Tensor> minmax_scale_offset(const torch::Tensor& group_weights, int bits,
                                                            bool fp16_metadata) {
@@ -106,7 +168,7 @@ GptqResult gptq_quantize(const torch::Tensor& weights, const torch::Tensor& hess
     if (well_conditioned) {
       auto [U, info_inverse] = torch::linalg_cholesky_ex(torch::cholesky_inverse(L), /*upper=*/true);
       if (info_inverse.item<int64_t>() == 0 && torch::isfinite(U).all().item<bool>()) {
-        Hinv = U;
+        Hinv = U.contiguous();  // LAPACK returns it column-major; the feedback reads rows
         break;
       }
     }
@@ -126,36 +188,51 @@ GptqResult gptq_quantize(const torch::Tensor& weights, const torch::Tensor& hess
   for (int64_t i1 = 0; i1 < cols; i1 += params.block_size) {
     const int64_t i2 = std::min(i1 + params.block_size, cols);
     const int64_t count = i2 - i1;
-    torch::Tensor W1 = W.slice(1, i1, i2).clone();
-    torch::Tensor Q1 = torch::zeros_like(W1);
-    torch::Tensor Err1 = torch::zeros_like(W1);
-    const torch::Tensor Hinv1 = Hinv.slice(0, i1, i2).slice(1, i1, i2);
-    // The pivots of this lazy block, read once: a .item() per column would wait for the device every column.
-    const torch::Tensor pivots = Hinv1.diagonal().to(torch::kCPU, torch::kFloat64).contiguous();
-    const double* pivot = pivots.data_ptr<double>();
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t column = i1 + i;
-      const int64_t g = order[static_cast<std::size_t>(column)] / group;
-      if (group == cols) {
-        current_levels = row_levels;
-      } else if (static_groups) {
-        current_levels = levels[static_cast<std::size_t>(g)];
-      } else if (column % group == 0 || current_group < 0) {
-        // Dynamic grid from the outer W, which holds the updates of earlier lazy blocks (reference behaviour).
-        current_levels = grid(W.slice(1, column, std::min(cols, column + group)), column / group);
-        current_group = column / group;
+    // The grids of this lazy block's columns, as level slots. Every grid is known before the block runs: static
+    // and per-row grids are fixed, and a dynamic grid comes from the outer W, which holds the updates of earlier
+    // lazy blocks only (reference behaviour), so it can be read before this block's loop.
+    std::vector<torch::Tensor> slot_levels;
+    std::vector<int32_t> column_slot(static_cast<std::size_t>(count), 0);
+    std::vector<int64_t> static_slot;  // static group -> slot in this block, -1 when unused so far
+    if (group == cols) {
+      slot_levels.push_back(row_levels);
+    } else {
+      if (static_groups) static_slot.assign(levels.size(), -1);
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t column = i1 + i;
+        if (static_groups) {
+          const std::size_t g = static_cast<std::size_t>(order[static_cast<std::size_t>(column)] / group);
+          if (static_slot[g] < 0) {
+            static_slot[g] = static_cast<int64_t>(slot_levels.size());
+            slot_levels.push_back(levels[g]);
+          }
+          column_slot[static_cast<std::size_t>(i)] = static_cast<int32_t>(static_slot[g]);
+          continue;
+        }
+        if (column % group == 0 || current_group < 0) {
+          current_levels = grid(W.slice(1, column, std::min(cols, column + group)), column / group);
+          current_group = column / group;
+          slot_levels.push_back(current_levels);
+        } else if (i == 0) {
+          slot_levels.push_back(current_levels);  // a group that began in an earlier lazy block
+        }
+        column_slot[static_cast<std::size_t>(i)] = static_cast<int32_t>(slot_levels.size()) - 1;
       }
-      const torch::Tensor w = W1.select(1, i);
-      const double d = pivot[i];
-      auto [code, q] = round_column(w, current_levels);
-      Q1.select(1, i).copy_(q);
-      codes.select(1, column).copy_(code);
-      const torch::Tensor err = (w - q) / d;
-      W1.slice(1, i).sub_(err.unsqueeze(1).matmul(Hinv1.select(0, i).slice(0, i).unsqueeze(0)));
-      Err1.select(1, i).copy_(err);
     }
-    Q.slice(1, i1, i2).copy_(Q1);
-    if (i2 < cols) W.slice(1, i2).sub_(Err1.matmul(Hinv.slice(0, i1, i2).slice(1, i2)));
+    for (const torch::Tensor& l : slot_levels)
+      BQ_ASSERT(l.dim() == 2 && l.size(0) == rows && l.size(1) == slot_levels.front().size(1),
+                "a grid of ", l.sizes(), " for ", rows, " rows");
+    const torch::Tensor block_levels =
+        (slot_levels.size() == 1 ? slot_levels.front().unsqueeze(0) : torch::stack(slot_levels))
+            .to(W.device(), torch::kFloat32)
+            .contiguous()
+            .unsqueeze(1);  // [slots, 1 problem, rows, width]
+    const FedBackBlock fed = feed_back_block(W.slice(1, i1, i2).unsqueeze(0),
+                                             Hinv.slice(0, i1, i2).slice(1, i1, i2).unsqueeze(0), block_levels,
+                                             group == cols ? std::vector<int32_t>{} : column_slot);
+    Q.slice(1, i1, i2).copy_(fed.quantized.squeeze(0));
+    codes.slice(1, i1, i2).copy_(fed.codes.squeeze(0));
+    if (i2 < cols) W.slice(1, i2).sub_(fed.error.squeeze(0).matmul(Hinv.slice(0, i1, i2).slice(1, i2)));
   }
   if (params.act_order) {
     const torch::Tensor inverse = torch::argsort(perm);
@@ -221,21 +298,11 @@ GptqResult gptq_quantize_batched(const torch::Tensor& weights, const torch::Tens
   }
   result.stats.percdamp_used = percdamp.max().item<double>();
 
-  const torch::Tensor flat_levels = levels.to(torch::kFloat32).reshape({problems * rows, -1}).contiguous();
-  torch::Tensor Q = torch::zeros_like(W);
-  torch::Tensor codes = torch::zeros({problems, rows, cols}, W.options().dtype(torch::kByte));  // as above
-  const torch::Tensor pivots = Hinv.diagonal(0, 1, 2);  // [G, cols]
-  for (int64_t j = 0; j < cols; ++j) {
-    const torch::Tensor w = W.select(2, j);  // [G, rows]
-    auto [code, q] = round_column(w.reshape({-1}), flat_levels);
-    code = code.view({problems, rows});
-    q = q.view({problems, rows});
-    Q.select(2, j).copy_(q);
-    codes.select(2, j).copy_(code);
-    const torch::Tensor err = (w - q) / pivots.select(1, j).unsqueeze(1);  // [G, rows]
-    // W[:, :, j:] -= err (x) Hinv[:, j, j:], as gptq_quantize's update within a lazy block.
-    W.slice(2, j).sub_(err.unsqueeze(2) * Hinv.select(1, j).slice(1, j).unsqueeze(1));
-  }
+  // Every column of every problem in one pass: the rows are short (cols <= a lazy block), so the whole row is
+  // one lazy block.
+  const FedBackBlock fed = feed_back_block(W, Hinv.contiguous(), levels.to(W.device(), torch::kFloat32).contiguous().unsqueeze(0), {});
+  torch::Tensor Q = fed.quantized.contiguous();
+  torch::Tensor codes = fed.codes.contiguous();
   if (params.act_order) {
     const torch::Tensor inverse = torch::argsort(perm, /*dim=*/1, /*descending=*/false).unsqueeze(1).expand({problems, rows, cols});
     Q = Q.gather(2, inverse);

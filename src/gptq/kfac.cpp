@@ -31,42 +31,52 @@ torch::Tensor weight_rows(const BlockWeights& w, const torch::Device& device) {
 }
 }  // namespace
 
-std::vector<QuantizedBlock> kfac_option_blocks(const BlockWeights& weights, const BlockInfo& info,
-                                               const LayerStats& stats,
-                                               const std::vector<std::pair<int, CodebookKind>>& choices,
-                                               const QuantizerParams& quantizer, const GptqParams& gptq,
-                                               const torch::Device& device, KfacOptionTimes* times) {
-  std::vector<QuantizedBlock> out;
-  auto start = Clock::now();
-  out = quantize_block_options(weights, choices, quantizer);
-  if (times) times->design_seconds += seconds_since(start);
-  if (!stats.captured) return out;
+KfacDesigns design_kfac_options(const BlockWeights& weights,
+                                const std::vector<std::pair<int, CodebookKind>>& choices,
+                                const QuantizerParams& quantizer, bool captured) {
+  const auto start = Clock::now();
+  KfacDesigns out;
+  out.designed = quantize_block_options(weights, choices, quantizer);
   // Note [Two grids]: a uniform grid designed for the weights as they are (range-optimised in the diagonal
   // metric) clips their extremes; the feedback then moves later weights by the earlier errors, beyond the clipped
   // range at 2-3 bits, where GPTQ's min-max grid keeps room for them. Each uniform option is therefore also fed
   // back on the min-max grid (the RTN grid, as GPTQ's reference builds it), and each row keeps whichever result
   // has the lower feedback objective d_r H d_r^T. Rows are independent given H, so the mixed block is exactly
   // what the feedback gives for those per-row grids; the cost is one more row stack per uniform option.
-  start = Clock::now();
-  std::vector<QuantizedBlock> minmax;
-  std::vector<std::size_t> minmax_of;  // the option each min-max grid belongs to
-  for (std::size_t e = 0; e < out.size(); ++e)
-    if (out[e].kind == CodebookKind::uniform_asymmetric) {
-      minmax.push_back(quantize_block_rtn(weights, out[e].bits, quantizer.group_size));
-      minmax_of.push_back(e);
-    }
+  if (captured)
+    for (std::size_t e = 0; e < out.designed.size(); ++e)
+      if (out.designed[e].kind == CodebookKind::uniform_asymmetric) {
+        out.minmax.push_back(quantize_block_rtn(weights, out.designed[e].bits, quantizer.group_size));
+        out.minmax_of.push_back(e);
+      }
+  out.seconds = seconds_since(start);
+  return out;
+}
+
+std::vector<QuantizedBlock> feed_back_kfac_options(KfacDesigns designs, const BlockWeights& weights,
+                                                   const BlockInfo& info, const LayerStats& stats,
+                                                   const QuantizerParams& quantizer, const GptqParams& gptq,
+                                                   const torch::Device& device, KfacOptionTimes* times) {
+  if (times) times->design_seconds += designs.seconds;
+  std::vector<QuantizedBlock>& out = designs.designed;
+  if (!stats.captured) return std::move(out);
+  const auto start = Clock::now();
+  const std::vector<QuantizedBlock>& minmax = designs.minmax;
+  const std::vector<std::size_t>& minmax_of = designs.minmax_of;
   std::vector<FeedbackOption> options;
   for (const QuantizedBlock& plain : out) options.push_back({plain.bits, plain.kind, &plain.codebooks});
   for (const QuantizedBlock& grid : minmax) options.push_back({grid.bits, grid.kind, &grid.codebooks});
   const torch::Tensor w = weight_rows(weights, device);
-  std::vector<QuantizedBlock> fed = quantize_with_feedback_options(w, info, stats, options, quantizer.group_size, gptq);
+  std::vector<torch::Tensor> dequantized;
+  std::vector<QuantizedBlock> fed = quantize_with_feedback_options(w, info, stats, options, quantizer.group_size, gptq,
+                                                                   nullptr, minmax.empty() ? nullptr : &dequantized);
   if (!minmax.empty()) {
     const KfacMetric metric(stats, info.rows(), gptq.percdamp, device);
     for (std::size_t k = 0; k < minmax.size(); ++k) {
       QuantizedBlock& chosen = fed[minmax_of[k]];
       const QuantizedBlock& other = fed[out.size() + k];
-      const torch::Tensor designed = metric.row_losses(dequantized_rows(chosen, device) - w).cpu();
-      const torch::Tensor plain = metric.row_losses(dequantized_rows(other, device) - w).cpu();
+      const torch::Tensor designed = metric.row_losses(dequantized[minmax_of[k]] - w).cpu();
+      const torch::Tensor plain = metric.row_losses(dequantized[out.size() + k] - w).cpu();
       const auto a = designed.accessor<double, 1>(), b = plain.accessor<double, 1>();
       const int64_t cols = chosen.cols, per_row = static_cast<int64_t>(chosen.codebooks.size()) / chosen.rows;
       for (int64_t r = 0; r < chosen.rows; ++r) {
@@ -80,6 +90,15 @@ std::vector<QuantizedBlock> kfac_option_blocks(const BlockWeights& weights, cons
   for (std::size_t e = 0; e < fed.size(); ++e) fed[e].plugin_loss = out[e].plugin_loss;  // codebook fit, tau 0
   if (times) times->feedback_seconds += seconds_since(start);
   return fed;
+}
+
+std::vector<QuantizedBlock> kfac_option_blocks(const BlockWeights& weights, const BlockInfo& info,
+                                               const LayerStats& stats,
+                                               const std::vector<std::pair<int, CodebookKind>>& choices,
+                                               const QuantizerParams& quantizer, const GptqParams& gptq,
+                                               const torch::Device& device, KfacOptionTimes* times) {
+  return feed_back_kfac_options(design_kfac_options(weights, choices, quantizer, stats.captured), weights, info,
+                                stats, quantizer, gptq, device, times);
 }
 
 void score_kfac_entries(BlockLosses& losses, const std::vector<QuantizedBlock>& blocks, const BlockWeights& weights,

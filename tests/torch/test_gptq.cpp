@@ -3,6 +3,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 
 #include <torch/script.h>
 #include <torch/serialize.h>
@@ -310,6 +311,53 @@ TEST(Gptq, CholeskyFailureHealsByDampingAndIsReported) {
   const nlohmann::json report = run_quantize(o).report_json.at(0);
   const nlohmann::json& block = report["details"]["gptq_blocks"][0];
   EXPECT_GT(block["damp_increases"].get<int>(), 0) << report["details"].dump();
+}
+
+// One lazy block (feed_back_block): the per-row loop on host threads, and the CUDA kernel where there is a GPU,
+// give exactly what GPTQ's column-by-column tensor loop gives (round each column to the nearest of its slot's
+// levels, ties to the lower, then subtract e (x) Hinv[i, i+1:] from the later columns): codes, values and errors
+// equal, bit for bit. Three problems, two level slots over the columns, rows padded with +inf to the widest
+// codebook, and a weight exactly on a boundary.
+TEST(Gptq, LazyBlockIsTheColumnByColumnLoop) {
+  torch::manual_seed(11);
+  const int64_t problems = 3, rows = 37, count = 20, width = 8;
+  torch::Tensor w1 = torch::randn({problems, rows, count});
+  const torch::Tensor X = torch::randn({problems, count, 60});
+  const torch::Tensor H = torch::bmm(X, X.transpose(1, 2)) / 60.0 + 0.1 * torch::eye(count);
+  const torch::Tensor hinv = torch::linalg_cholesky(torch::cholesky_inverse(torch::linalg_cholesky(H)), /*upper=*/true);
+  torch::Tensor levels = std::get<0>(torch::sort(1.5 * torch::randn({2, problems, rows, width}), 3));
+  levels.select(2, 5).slice(2, 4).fill_(std::numeric_limits<float>::infinity());  // row 5: a 2-bit codebook
+  const std::vector<int32_t> column_slot = {0, 0, 1, 1, 1, 0, 1, 0, 0, 0, 1, 1, 0, 1, 0, 0, 1, 0, 1, 1};
+  w1[1][3][0] = 0.5f * (levels[0][1][3][2] + levels[0][1][3][3]).item<float>();  // a tie: the lower level
+  // The oracle: the tensor loop, one column at a time.
+  torch::Tensor W = w1.clone(), Q = torch::zeros_like(w1), E = torch::zeros_like(w1);
+  torch::Tensor codes = torch::zeros(w1.sizes(), torch::kLong);
+  for (int64_t p = 0; p < problems; ++p)
+    for (int64_t i = 0; i < count; ++i) {
+      const torch::Tensor lv = levels[column_slot[static_cast<std::size_t>(i)]][p];
+      const torch::Tensor boundaries = (0.5 * (lv.slice(1, 1) + lv.slice(1, 0, -1))).contiguous();
+      const torch::Tensor w = W[p].select(1, i);
+      const torch::Tensor code = torch::searchsorted(boundaries, w.unsqueeze(1).contiguous()).squeeze(1);
+      const torch::Tensor q = lv.gather(1, code.unsqueeze(1)).squeeze(1);
+      const torch::Tensor e = (w - q) / hinv[p][i][i];
+      Q[p].select(1, i).copy_(q);
+      E[p].select(1, i).copy_(e);
+      codes[p].select(1, i).copy_(code);
+      W[p].slice(1, i + 1).sub_(e.unsqueeze(1) * hinv[p][i].slice(0, i + 1).unsqueeze(0));
+    }
+  EXPECT_EQ(codes[1][3][0].item<int64_t>(), 2);
+  const FedBackBlock host = feed_back_block(w1, hinv, levels, column_slot, /*host=*/true);
+  EXPECT_TRUE(torch::equal(host.codes.to(torch::kLong), codes));
+  EXPECT_TRUE(torch::equal(host.quantized, Q));
+  EXPECT_TRUE(torch::equal(host.error, E));
+  EXPECT_LT(host.codes.select(1, 5).max().item<int64_t>(), 4);  // never the padding
+  if (!torch::cuda::is_available()) return;
+  const torch::Device cuda(torch::kCUDA);
+  const FedBackBlock device = feed_back_block(w1.to(cuda), hinv.to(cuda), levels.to(cuda), column_slot);
+  ASSERT_TRUE(device.codes.is_cuda());
+  EXPECT_TRUE(torch::equal(device.codes.cpu(), host.codes));
+  EXPECT_TRUE(torch::equal(device.quantized.cpu(), host.quantized));
+  EXPECT_TRUE(torch::equal(device.error.cpu(), host.error));
 }
 
 // The batched GPTQ of a grouped convolution gives, problem by problem, exactly gptq_quantize's codes: with and

@@ -232,6 +232,31 @@ TEST(Pipeline, PythonLoadsPackedAndFakeAndAgreesWithCpp) {
 // calibration examples gives the same figure; the table's prediction (its entries summed) sits beside it. So is
 // the held-out score: the file evaluated on the examples set aside, which are recomputed here from the rule
 // (h = floor(0.125 N) examples, the middle of each of h equal stretches of the file) and never fitted to.
+// The next block's codebooks designed on another thread while this block is fed back and measured (what a GPU
+// run does) give the same table, allocation and file as designing them in turn.
+TEST(Pipeline, DesignBesideTheMeasurementGivesTheSameModel) {
+  std::vector<std::string> files;
+  std::vector<nlohmann::json> allocations;  // the report's blocks
+  for (MeasureParams::Overlap overlap : {MeasureParams::Overlap::off, MeasureParams::Overlap::on}) {
+    QuantizeOptions o;
+    o.model = fixture("separable.pt");
+    o.calib = fixture("separable_calib.pt");
+    o.bits = {3.0};
+    o.method.measure.examples = 64;
+    o.method.measure.overlap_design = overlap;
+    o.output = scratch(std::string("overlap_") + (overlap == MeasureParams::Overlap::on ? "on" : "off") + ".pt");
+    const QuantizeOutcome out = run_quantize(o);
+    const nlohmann::json& report = out.report_json.at(0);
+    allocations.push_back(report["blocks"]);  // per block: bits, kind, expected (measured) loss
+    if (overlap == MeasureParams::Overlap::on) EXPECT_TRUE(report["timings"].contains("kfac_design_wait"));
+    std::ifstream in(o.output, std::ios::binary);
+    files.emplace_back((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    ASSERT_FALSE(files.back().empty());
+  }
+  EXPECT_EQ(allocations[0], allocations[1]);
+  EXPECT_TRUE(files[0] == files[1]) << "the two files differ";
+}
+
 TEST(Pipeline, JointAndHeldOutKlAreTheWrittenModels) {
   // Also on recurrent models: a scripted LSTM's forward reads its weights from a list attribute, which every
   // in-memory swap must update too, or the measured KL would be the float model's (assign_tensor).

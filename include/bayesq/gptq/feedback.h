@@ -34,11 +34,14 @@ struct FeedbackOption {
 // are independent given H, so the options' copies of the rows are stacked into one taller matrix and share one
 // pass over the columns (levels padded to the longest codebook with +inf, which rounding never picks): one column
 // loop instead of one per option, which is what a loss table over many options costs otherwise.
+// `dequantized`, when given, receives each option's de-quantized rows [rows, cols] on the rows' device (what
+// dequantized_rows gives for the returned block, without decoding it on the host).
 std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& rows, const BlockInfo& info,
                                                            const LayerStats& stats,
                                                            const std::vector<FeedbackOption>& options,
                                                            int64_t group_size, const GptqParams& params,
-                                                           GptqStats* gptq_stats = nullptr);
+                                                           GptqStats* gptq_stats = nullptr,
+                                                           std::vector<torch::Tensor>* dequantized = nullptr);
 
 // The [rows, cols] de-quantized weights of a QuantizedBlock as a float32 tensor on `device`.
 torch::Tensor dequantized_rows(const QuantizedBlock& q, const torch::Device& device);

@@ -12,6 +12,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <torch/script.h>
 
@@ -54,6 +55,18 @@ GptqResult gptq_quantize(const torch::Tensor& weights, const torch::Tensor& hess
 // Returns codes [G, rows, cols] (uint8) and the quantized weights, in the original column order.
 GptqResult gptq_quantize_batched(const torch::Tensor& weights, const torch::Tensor& hessians,
                                  const torch::Tensor& levels, const GptqParams& params);
+
+// One lazy block of GPTQ's column loop for P problems at once (feedback_block.h): w1 [P, rows, count] (not
+// modified), hinv [P, count, count] (the block of the upper Cholesky factor of H^-1), levels [S, P, rows, width]
+// ascending (+inf padding allowed), column_slot[i] the level slot of column i (empty: slot 0). Returns the
+// quantized values, the errors (w - q) / Hinv_ii that the columns after the block are updated with, and the
+// codes (uint8), each [P, rows, count]. CUDA tensors run as one kernel where the build has bayesq's kernels;
+// elsewhere, or with `host`, on host threads (and back to the tensors' device).
+struct FedBackBlock {
+  torch::Tensor quantized, error, codes;
+};
+FedBackBlock feed_back_block(const torch::Tensor& w1, const torch::Tensor& hinv, const torch::Tensor& levels,
+                             const std::vector<int32_t>& column_slot, bool host = false);
 
 torch::Tensor minmax_levels(const torch::Tensor& group_weights, int bits, bool fp16_metadata);
 // The same grid as per-row (scale, offset), levels = k * scale + offset in float32.

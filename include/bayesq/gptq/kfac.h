@@ -22,7 +22,7 @@ namespace bayesq {
 std::vector<float> kfac_precision(const LayerStats& stats, const BlockInfo& info, double damp);
 
 struct KfacOptionTimes {
-  double design_seconds = 0.0;    // codebook design in the diagonal metric
+  double design_seconds = 0.0;    // codebook design in the diagonal metric (and the min-max grids), host
   double feedback_seconds = 0.0;  // the stacked error-feedback pass
 };
 
@@ -34,6 +34,24 @@ std::vector<QuantizedBlock> kfac_option_blocks(const BlockWeights& weights, cons
                                                const std::vector<std::pair<int, CodebookKind>>& choices,
                                                const QuantizerParams& quantizer, const GptqParams& gptq,
                                                const torch::Device& device, KfacOptionTimes* times = nullptr);
+
+// kfac_option_blocks in two halves, so that the host's half for the next block can run on another thread while
+// the device feeds back this one (measured tables on a GPU). design_kfac_options touches no libtorch state:
+// the codebooks of every option and, where the block has statistics (`captured`), the min-max grid of each
+// uniform option (Note [Two grids] in kfac.cpp).
+struct KfacDesigns {
+  std::vector<QuantizedBlock> designed;  // one per choice, in order
+  std::vector<QuantizedBlock> minmax;    // min-max grids of the uniform options ...
+  std::vector<std::size_t> minmax_of;    // ... and the choice each belongs to
+  double seconds = 0.0;                  // wall time of the design
+};
+KfacDesigns design_kfac_options(const BlockWeights& weights,
+                                const std::vector<std::pair<int, CodebookKind>>& choices,
+                                const QuantizerParams& quantizer, bool captured);
+std::vector<QuantizedBlock> feed_back_kfac_options(KfacDesigns designs, const BlockWeights& weights,
+                                                   const BlockInfo& info, const LayerStats& stats,
+                                                   const QuantizerParams& quantizer, const GptqParams& gptq,
+                                                   const torch::Device& device, KfacOptionTimes* times = nullptr);
 
 // Scores a block's table entries (in entry order, as `blocks`) by the K-FAC metric of their weight error
 // (kfac_loss in feedback.h), or by the codebook's own expected loss where the block has no statistics, and sets

@@ -7,6 +7,11 @@ namespace bayesq {
 
 struct MeasureParams {
   int64_t examples = 128;  // calibration examples each entry's KL is measured on (0 or more than the file: all)
+  // K-FAC tables: design the next block's codebooks on another thread while this block is fed back and measured.
+  // automatic: on a CUDA device (on a CPU both would compete for the same cores). The designs, hence the
+  // output, are the same either way.
+  enum class Overlap { automatic, off, on };
+  Overlap overlap_design = Overlap::automatic;
 };
 
 }  // namespace bayesq
