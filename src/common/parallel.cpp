@@ -13,6 +13,7 @@ namespace {
 std::atomic<int> g_threads{0};
 // A parallel_for inside a worker runs serially: work is split once, at the outermost level.
 thread_local bool t_inside_worker = false;
+thread_local int t_worker_limit = 0;  // ScopedWorkerLimit's cap, 0: none
 
 struct WorkerScope {
   bool previous;
@@ -35,10 +36,14 @@ int num_threads() {
 
 void set_num_threads(int threads) { g_threads.store(std::max(0, threads)); }
 
+ScopedWorkerLimit::ScopedWorkerLimit(int workers) : previous_(t_worker_limit) { t_worker_limit = std::max(1, workers); }
+ScopedWorkerLimit::~ScopedWorkerLimit() { t_worker_limit = previous_; }
+
 void parallel_for(std::size_t n, const std::function<void(std::size_t)>& fn) {
   if (n == 0) return;
-  const std::size_t workers =
-      t_inside_worker ? 1 : std::min<std::size_t>(static_cast<std::size_t>(num_threads()), n);
+  int allowed = num_threads();
+  if (t_worker_limit > 0) allowed = std::min(allowed, t_worker_limit);
+  const std::size_t workers = t_inside_worker ? 1 : std::min<std::size_t>(static_cast<std::size_t>(allowed), n);
   if (workers <= 1) {
     for (std::size_t i = 0; i < n; ++i) fn(i);
     return;

@@ -42,7 +42,7 @@ torch::jit::Module eval_copy(const torch::jit::Module& model, const torch::Devic
 
 MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
                                 const OptionBlocks& options, const MeasureParams& params, const Compute& compute,
-                                const std::string& model_path, LossTable& table, const OptionPrefetch& prefetch) {
+                                const std::string& model_path, LossTable& table) {
   const auto t = Clock::now();
   MeasureStats stats;
   const int64_t n = std::min<int64_t>(data.size(), params.examples > 0 ? params.examples : data.size());
@@ -56,19 +56,11 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     return kl;
   };
   Progress progress("measured table", static_cast<int64_t>(index.blocks.size()), "blocks");
-  auto choices_of = [&](std::size_t b) {
-    std::vector<std::pair<int, CodebookKind>> choices;
-    for (const LossEntry& e : table.blocks[b].entries) choices.emplace_back(e.bits, e.kind);
-    return choices;
-  };
   for (std::size_t b = 0; b < index.blocks.size(); ++b) {
     const BlockInfo& info = index.blocks[b];
     const torch::Tensor original = find_tensor(work, info.name);
-    const std::vector<std::pair<int, CodebookKind>> choices = choices_of(b);
-    if (prefetch) {
-      if (b == 0) prefetch(b, choices);
-      if (b + 1 < index.blocks.size()) prefetch(b + 1, choices_of(b + 1));
-    }
+    std::vector<std::pair<int, CodebookKind>> choices;
+    for (const LossEntry& e : table.blocks[b].entries) choices.emplace_back(e.bits, e.kind);
     auto start = Clock::now();
     const std::vector<QuantizedBlock> blocks = options(b, choices);
     stats.quantize_seconds += seconds_since(start);

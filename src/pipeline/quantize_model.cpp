@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <future>
-#include <map>
 #include <regex>
 
 #include "bayesq/common/errors.h"
+#include "bayesq/common/parallel.h"
 #include "bayesq/common/progress.h"
 #include "bayesq/common/timer.h"
 #include "bayesq/distill/distill.h"
@@ -145,41 +145,52 @@ LossTable build_table(Session& session, const MethodConfig& config) {
     if (kind == TableKind::kfac) session.kfac_stats();
     else if (kind == TableKind::posterior) session.posterior_rows(config);
     const std::string key = table_key(config).dump();
-    // On a GPU the K-FAC options' codebook design (host) of the next block runs on another thread while this
-    // block's feedback and forwards run on the device: the same designs, in less wall time. (On a CPU the two
-    // would only compete for the same cores.)
-    std::map<std::size_t, std::future<KfacDesigns>> designing;
-    OptionPrefetch prefetch;
-    QuantizerParams prefetch_quantizer = config.table.quantizer;
-    prefetch_quantizer.level_scale = effective_level_scale(config, index);
-    auto prefetch_weights = [&](std::size_t b) {
+    // On a GPU the K-FAC codebooks of the next block are designed on another host thread while this block is fed
+    // back and measured on the device: the same designs, in less wall time. One design at a time, started as soon
+    // as this block's is in hand, on one host thread fewer than usual, so that the thread driving the device keeps
+    // a core to launch its kernels. (On a CPU the two would only compete for the same cores.)
+    const MeasureParams::Overlap overlap = config.measure.overlap_design;
+    const bool overlap_design =
+        kind == TableKind::kfac && (overlap == MeasureParams::Overlap::on ||
+                                    (overlap == MeasureParams::Overlap::automatic && session.compute().device.is_cuda()));
+    QuantizerParams kfac_quantizer = config.table.quantizer;
+    kfac_quantizer.level_scale = effective_level_scale(config, index);
+    auto kfac_weights = [&](std::size_t b) {
       return session.weights(b, &session.kfac_precision(config.posterior.damp)[b]);
     };
-    const MeasureParams::Overlap overlap = config.measure.overlap_design;
-    if (kind == TableKind::kfac && (overlap == MeasureParams::Overlap::on ||
-                                    (overlap == MeasureParams::Overlap::automatic && session.compute().device.is_cuda()))) {
-      prefetch = [&](std::size_t b, const std::vector<std::pair<int, CodebookKind>>& choices) {
-        // Session state is looked up here, on this thread; the design thread reads only the weight and precision
-        // arrays, which nothing writes while the table is measured.
-        const BlockWeights w = prefetch_weights(b);
-        const bool captured = session.kfac_stats()[b].captured;
-        const QuantizerParams qp = prefetch_quantizer;
-        designing[b] = std::async(std::launch::async,
-                                  [w, choices, qp, captured] { return design_kfac_options(w, choices, qp, captured); });
-      };
-    }
+    std::future<KfacDesigns> next_design;
+    std::size_t next_block = index.blocks.size();  // the block next_design is for (none)
+    auto start_design = [&](std::size_t b) {
+      // Session state is looked up here, on this thread; the design thread reads only the weight and precision
+      // arrays, which nothing writes while the table is measured.
+      const BlockWeights w = kfac_weights(b);
+      const bool captured = session.kfac_stats()[b].captured;
+      const std::vector<std::pair<int, CodebookKind>> choices = entry_choices(table.blocks[b]);
+      const QuantizerParams qp = kfac_quantizer;
+      const int workers = std::max(1, num_threads() - 1);
+      next_block = b;
+      next_design = std::async(std::launch::async, [w, choices, qp, captured, workers] {
+        const ScopedWorkerLimit limit(workers);
+        return design_kfac_options(w, choices, qp, captured);
+      });
+    };
     const OptionBlocks options = [&](std::size_t b, const std::vector<std::pair<int, CodebookKind>>& choices) {
       std::vector<QuantizedBlock> blocks;
-      const auto pending = designing.find(b);
-      if (pending != designing.end()) {
+      if (overlap_design) {
+        if (next_block != b) start_design(b);  // the first block
         const auto wait_start = Clock::now();
-        KfacDesigns designs = pending->second.get();
+        KfacDesigns designs = next_design.get();
         const double wait = seconds_since(wait_start);
-        designing.erase(pending);
+        next_block = index.blocks.size();
+        BQ_ASSERT(designs.designed.size() == choices.size(), "designs for ", designs.designed.size(), " options of ",
+                  index.blocks[b].name, ", asked for ", choices.size());
+        for (std::size_t i = 0; i < choices.size(); ++i)
+          BQ_ASSERT(designs.designed[i].bits == choices[i].first && designs.designed[i].kind == choices[i].second,
+                    "option ", i, " of ", index.blocks[b].name, " was designed for another choice");
+        if (b + 1 < index.blocks.size()) start_design(b + 1);
         KfacOptionTimes times;
-        blocks = feed_back_kfac_options(std::move(designs), prefetch_weights(b), index.blocks[b],
-                                        session.kfac_stats()[b], prefetch_quantizer, config.gptq,
-                                        session.compute().device, &times);
+        blocks = feed_back_kfac_options(std::move(designs), kfac_weights(b), index.blocks[b], session.kfac_stats()[b],
+                                        kfac_quantizer, config.gptq, session.compute().device, &times);
         add_kfac_times(session, times, wait);
       } else {
         blocks = option_blocks(session, config, b, choices);
@@ -188,8 +199,7 @@ LossTable build_table(Session& session, const MethodConfig& config) {
       return blocks;
     };
     const MeasureStats stats = measure_loss_table(session.model().module, index, session.measurement(), options,
-                                                  config.measure, session.compute(), session.inputs().model, table,
-                                                  prefetch);
+                                                  config.measure, session.compute(), session.inputs().model, table);
     session.add_time("measure_table", stats.seconds);
     session.add_time("measure_table_quantize", stats.quantize_seconds);
     session.add_time("measure_table_forward", stats.forward_seconds);

@@ -12,6 +12,19 @@ namespace bayesq {
 int num_threads();
 void set_num_threads(int threads);
 
+// While it lives, parallel_for calls made on this thread use at most `workers` threads (the calling one included),
+// e.g. for work that runs beside a thread that needs a core of its own.
+class ScopedWorkerLimit {
+ public:
+  explicit ScopedWorkerLimit(int workers);
+  ~ScopedWorkerLimit();
+  ScopedWorkerLimit(const ScopedWorkerLimit&) = delete;
+  ScopedWorkerLimit& operator=(const ScopedWorkerLimit&) = delete;
+
+ private:
+  int previous_;
+};
+
 // Calls fn(i) for i in [0, n) on up to num_threads() threads with dynamic scheduling. The first exception thrown
 // by fn is rethrown on the calling thread after all workers stop.
 void parallel_for(std::size_t n, const std::function<void(std::size_t)>& fn);

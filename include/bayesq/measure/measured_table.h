@@ -39,14 +39,9 @@ struct MeasureStats {
 // and each block's `monotone`. The model is not modified (a copy runs on compute.device). Forward passes run in
 // batches of max(compute.batch_size, 128) without gradients; `options` runs with autograd as it was, since it may
 // compute statistics on first use.
-// `prefetch`, when set, is told the next block and its options before `options` is called for the current one,
-// so that it can start the next block's host work while this block's run on the device.
-using OptionPrefetch =
-    std::function<void(std::size_t block, const std::vector<std::pair<int, CodebookKind>>&)>;
 MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
                                 const OptionBlocks& options, const MeasureParams& params, const Compute& compute,
-                                const std::string& model_path, LossTable& table,
-                                const OptionPrefetch& prefetch = nullptr);
+                                const std::string& model_path, LossTable& table);
 
 // Mean KL(reference || model) per example over the first `examples` examples of `data` (all when 0 or more), in
 // double precision as evaluate() computes it: how far a whole quantized model is from the float one, where a
