@@ -15,6 +15,7 @@ add_library(bayesq_torch STATIC
   src/model/block_tensor.cpp
   src/model/forward.cpp
   src/data/data_file.cpp
+  src/distributed/world.cpp
   src/calibrate/curvature.cpp
   src/capture/layer_capture.cpp
   src/gptq/gptq.cpp
@@ -69,6 +70,18 @@ if(TORCH_CUDA_LIBRARIES OR TARGET c10_cuda OR TARGET torch_cuda)
       message(STATUS "bayesq: no CUDA compiler, GPTQ feedback runs its lazy blocks on host threads")
     endif()
   endif()
+endif()
+
+# torch.distributed (c10d's TCPStore and ProcessGroupGloo, compiled into libtorch): its headers include Gloo's,
+# which Debian ships in libgloo-dev (scripts/setup.sh installs it). Without them a job of several processes is
+# refused with a clear message.
+find_path(BAYESQ_GLOO_INCLUDE_DIR gloo/config.h HINTS ${TORCH_INCLUDE_DIRS})
+if(BAYESQ_GLOO_INCLUDE_DIR)
+  target_include_directories(bayesq_torch PRIVATE ${BAYESQ_GLOO_INCLUDE_DIR})
+  target_compile_definitions(bayesq_torch PRIVATE BAYESQ_DISTRIBUTED USE_C10D_GLOO)
+  message(STATUS "bayesq: torch.distributed with Gloo (${BAYESQ_GLOO_INCLUDE_DIR})")
+else()
+  message(STATUS "bayesq: no Gloo headers, multi-process jobs disabled")
 endif()
 
 add_executable(bayesq tools/bayesq.cpp)

@@ -7,6 +7,7 @@ packages=(
   cmake g++ ninja-build
   libtorch-dev libeigen3-dev libcli11-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
   libopenblas0-openmp  # libtorch-dev alone links the reference BLAS: matrix products 4-5x slower
+  libgloo-dev  # Gloo headers for torch.distributed (multi-process jobs; the library itself comes with libtorch)
   python3-torch python3-torchvision
   dataset-fashion-mnist
   "$@"

@@ -32,7 +32,7 @@ gtest_discover_tests(bayesq_torch_tests DISCOVERY_TIMEOUT 120
                      PROPERTIES FIXTURES_REQUIRED bayesq_fixtures LABELS torch)
 
 # The command line, as a user runs it: exit codes, one-line errors, no partial outputs. No libtorch headers here.
-add_executable(bayesq_cli_tests cli/test_cli.cpp cli/test_reliability.cpp)
+add_executable(bayesq_cli_tests cli/test_cli.cpp cli/test_reliability.cpp cli/test_distributed.cpp)
 # bayesq_core for the method table (no libtorch): the help test loops over its rows.
 target_link_libraries(bayesq_cli_tests PRIVATE bayesq_core GTest::gtest GTest::gtest_main nlohmann_json::nlohmann_json)
 target_compile_features(bayesq_cli_tests PRIVATE cxx_std_17)

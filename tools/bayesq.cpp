@@ -15,6 +15,7 @@
 
 #include "bayesq/common/atomic_file.h"
 #include "bayesq/common/errors.h"
+#include "bayesq/distributed/world.h"
 #include "bayesq/common/log.h"
 #include "bayesq/common/progress.h"
 #include "bayesq/codebook/codebook.h"
@@ -152,6 +153,7 @@ void print_inspect(const nlohmann::json& r) {
 }
 
 void print_quantize(const bayesq::QuantizeOutcome& outcome) {
+  if (outcome.outputs.empty()) return;  // a process of a multi-process job other than rank 0
   std::printf("%-8s %-40s %12s %10s %10s %9s\n", "bits", "output", "bytes", "avg bits", "w/o meta", "vs float");
   for (std::size_t i = 0; i < outcome.outputs.size(); ++i) {
     const auto& t = outcome.report_json[i]["totals"];
@@ -206,6 +208,9 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
   app->add_option("--output-index", run.output_index, "Which model output is the logits (index or dict key)");
   app->add_option("--threads", run.threads, "CPU threads for bayesq and libtorch (0: OMP_NUM_THREADS when set, else all cores)")->capture_default_str();
   app->add_option("--max-examples", run.max_examples, "Use at most this many calibration examples (0: all)")
+      ->capture_default_str();
+  app->add_option("--dist-timeout", run.dist_timeout,
+                  "Seconds a process of a multi-process job (torchrun, srun) waits for the others before it fails")
       ->capture_default_str();
   app->add_option("--holdout", run.holdout,
                   "Fraction of the calibration examples held out (spread over the file): never fitted to, the "
@@ -413,6 +418,12 @@ int main(int argc, char** argv) {
   bayesq::Progress::set_enabled(!quiet && ::isatty(STDERR_FILENO));
 
   try {
+    // Only quantize splits its work over the processes of a job; any other command would run N times over.
+    if (!*quantize) {
+      const bayesq::LaunchInfo launch = bayesq::launch_from_environment();
+      BQ_CHECK(launch.world_size <= 1, ExitCode::usage, "only `bayesq quantize` runs as a job of several processes (",
+               launch.launcher, " set a world of ", launch.world_size, "); run this command once");
+    }
     if (*quantize) {
       qx.apply(q, true);
       q.command_line.assign(argv, argv + argc);

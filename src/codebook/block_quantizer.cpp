@@ -176,6 +176,56 @@ QuantizedBlock quantize_block_rtn(const BlockWeights& block, int bits, int64_t g
                        });
 }
 
+void write_block(ByteWriter& out, const QuantizedBlock& block) {
+  out.put<int32_t>(block.bits);
+  out.put<int32_t>(static_cast<int32_t>(block.kind));
+  out.put<int64_t>(block.rows);
+  out.put<int64_t>(block.cols);
+  out.put<int64_t>(block.group_size);
+  out.put<uint64_t>(block.codebooks.size());
+  for (const Codebook& c : block.codebooks) {
+    out.put<int32_t>(static_cast<int32_t>(c.kind));
+    out.put<int32_t>(c.bits);
+    out.put<float>(c.scale);
+    out.put<float>(c.offset);
+    out.put_vector(c.levels);
+    out.put_vector(c.boundaries);
+  }
+  out.put_vector(block.codes);
+  out.put<double>(block.expected_loss);
+  out.put<double>(block.plugin_loss);
+  out.put<int32_t>(block.lloyd_fallbacks);
+}
+
+QuantizedBlock read_block(ByteReader& in) {
+  QuantizedBlock block;
+  block.bits = in.get<int32_t>();
+  block.kind = static_cast<CodebookKind>(in.get<int32_t>());
+  block.rows = in.get<int64_t>();
+  block.cols = in.get<int64_t>();
+  block.group_size = in.get<int64_t>();
+  const uint64_t codebooks = in.get<uint64_t>();
+  BQ_ASSERT(codebooks <= static_cast<uint64_t>(std::max<int64_t>(block.rows, 0)) *
+                             static_cast<uint64_t>(std::max<int64_t>(block.cols, 1)),
+            codebooks, " codebooks for a block of ", block.rows, " x ", block.cols);
+  block.codebooks.resize(static_cast<std::size_t>(codebooks));
+  for (Codebook& c : block.codebooks) {
+    c.kind = static_cast<CodebookKind>(in.get<int32_t>());
+    c.bits = in.get<int32_t>();
+    c.scale = in.get<float>();
+    c.offset = in.get<float>();
+    c.levels = in.get_vector<float>();
+    c.boundaries = in.get_vector<double>();
+  }
+  block.codes = in.get_vector<uint8_t>();
+  block.expected_loss = in.get<double>();
+  block.plugin_loss = in.get<double>();
+  block.lloyd_fallbacks = in.get<int32_t>();
+  BQ_ASSERT(static_cast<int64_t>(block.codes.size()) == block.rows * block.cols, "codes of a ", block.rows, " x ",
+            block.cols, " block: ", block.codes.size());
+  return block;
+}
+
 std::vector<float> QuantizedBlock::dequantize() const {
   std::vector<float> out(codes.size());
   for (int64_t r = 0; r < rows; ++r)

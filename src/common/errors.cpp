@@ -10,6 +10,7 @@ const char* exit_code_name(ExitCode code) {
     case ExitCode::input: return "input error";
     case ExitCode::numerical: return "numerical failure";
     case ExitCode::io: return "I/O error";
+    case ExitCode::distributed: return "distributed job failure";
   }
   return "unknown";
 }

@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "bayesq/common/bytes.h"
 #include "bayesq/common/errors.h"
 #include "bayesq/common/progress.h"
 #include "bayesq/common/timer.h"
@@ -49,7 +50,7 @@ void to_full_table(const LossTable& table, Allocation& allocation) {
 JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
                                   const LossTable& table, const Allocation& start, const AllocationParams& params,
                                   const JointParams& joint, const MeasureParams& measure, const OptionBlock& option,
-                                  const Compute& compute, const std::string& model_path) {
+                                  const Compute& compute, const std::string& model_path, const World* world) {
   const auto t0 = Clock::now();
   BQ_ASSERT(start.blocks.size() == index.blocks.size() && table.blocks.size() == index.blocks.size(),
             "joint allocation: table, allocation and index disagree");
@@ -94,34 +95,74 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
     local.group_size = table.group_size;
     std::vector<std::vector<double>> trial_kl(count);  // J with block b at local entry i
     std::vector<std::vector<int>> full_entry(count);
+    std::vector<int64_t> trials(count, 0);              // forward passes block b's entries need
+    for (std::size_t b = 0; b < count; ++b) {
+      const BlockLosses& losses = table.blocks[b];
+      const BlockChoice& c = out.allocation.blocks[b];
+      const int centre = c.keep_fp ? 0 : bit_rank(losses, c.bits);
+      for (std::size_t i = 0; i < losses.entries.size(); ++i) {
+        if (!c.keep_fp && std::abs(bit_rank(losses, losses.entries[i].bits) - centre) > joint.window) continue;
+        full_entry[b].push_back(static_cast<int>(i));
+        if (!c.keep_fp && static_cast<int>(i) != c.entry) ++trials[b];
+      }
+    }
+    // Blocks split over the processes of a job by their number of trials; each trial starts from the same
+    // model (every other block at its current option), so where it runs does not change its value.
+    std::vector<int> owner(count, world ? world->rank() : 0);
+    if (world && world->distributed())
+      owner = assign_blocks(std::vector<double>(trials.begin(), trials.end()), world->size());
+    const int me = world ? world->rank() : 0;
     Progress progress("joint refinement, round " + std::to_string(round + 1), static_cast<int64_t>(count), "blocks");
+    for (std::size_t b = 0; b < count; ++b) {
+      const BlockChoice& c = out.allocation.blocks[b];
+      if (owner[b] == me) {
+        for (int i : full_entry[b]) {
+          double trial = kl;
+          if (!c.keep_fp && i != c.entry) {
+            assign_tensor(work, table.blocks[b].name, dequantized(b, i));
+            trial = measure_kl();
+          }
+          trial_kl[b].push_back(trial);
+        }
+        if (!c.keep_fp) assign_tensor(work, table.blocks[b].name, current[b]);
+      }
+      progress.advance();
+    }
+    progress.finish();
+    if (world && world->distributed()) {
+      ByteWriter mine;
+      for (std::size_t b = 0; b < count; ++b)
+        if (owner[b] == me) {
+          mine.put<uint64_t>(b);
+          mine.put_vector(trial_kl[b]);
+        }
+      const std::vector<std::vector<uint8_t>> all = world->all_gather_bytes(mine.bytes());
+      for (int r = 0; r < world->size(); ++r) {
+        if (r == me) continue;
+        ByteReader in(all[static_cast<std::size_t>(r)]);
+        while (!in.done()) {
+          const std::size_t b = static_cast<std::size_t>(in.get<uint64_t>());
+          BQ_ASSERT(b < count && owner[b] == r, "rank ", r, " sent trials of block ", b, ", which is not its own");
+          trial_kl[b] = in.get_vector<double>();
+          BQ_ASSERT(trial_kl[b].size() == full_entry[b].size(), "rank ", r, " sent ", trial_kl[b].size(),
+                    " trials of block ", b, " for ", full_entry[b].size(), " entries");
+          out.forwards += trials[b];  // counted as one process counts them
+        }
+      }
+    }
     for (std::size_t b = 0; b < count; ++b) {
       const BlockLosses& losses = table.blocks[b];
       BlockLosses l;
       l.name = losses.name;
       l.rows = losses.rows;
       l.cols = losses.cols;
-      const BlockChoice& c = out.allocation.blocks[b];
-      const int centre = c.keep_fp ? 0 : bit_rank(losses, c.bits);
-      for (std::size_t i = 0; i < losses.entries.size(); ++i) {
-        const LossEntry& e = losses.entries[i];
-        if (!c.keep_fp && std::abs(bit_rank(losses, e.bits) - centre) > joint.window) continue;
-        double trial = kl;
-        if (!c.keep_fp && static_cast<int>(i) != c.entry) {
-          assign_tensor(work, losses.name, dequantized(b, static_cast<int>(i)));
-          trial = measure_kl();
-        }
-        LossEntry le = e;
-        le.expected_loss = trial * double(data.size());  // the table's scale: N x mean KL
+      for (std::size_t k = 0; k < full_entry[b].size(); ++k) {
+        LossEntry le = losses.entries[static_cast<std::size_t>(full_entry[b][k])];
+        le.expected_loss = trial_kl[b][k] * double(data.size());  // the table's scale: N x mean KL
         l.entries.push_back(le);
-        trial_kl[b].push_back(trial);
-        full_entry[b].push_back(static_cast<int>(i));
       }
-      if (!c.keep_fp) assign_tensor(work, losses.name, current[b]);
       local.blocks.push_back(std::move(l));
-      progress.advance();
     }
-    progress.finish();
     Allocation next = allocate(local, local_params);
     r.predicted_kl = kl;
     std::vector<std::size_t> changed;

@@ -42,7 +42,8 @@ torch::jit::Module eval_copy(const torch::jit::Module& model, const torch::Devic
 
 MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
                                 const OptionBlocks& options, const MeasureParams& params, const Compute& compute,
-                                const std::string& model_path, LossTable& table) {
+                                const std::string& model_path, LossTable& table,
+                                const std::vector<bool>* measure_here) {
   const auto t = Clock::now();
   MeasureStats stats;
   const int64_t n = std::min<int64_t>(data.size(), params.examples > 0 ? params.examples : data.size());
@@ -57,6 +58,10 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
   };
   Progress progress("measured table", static_cast<int64_t>(index.blocks.size()), "blocks");
   for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+    if (measure_here && !(*measure_here)[b]) {
+      progress.advance();
+      continue;
+    }
     const BlockInfo& info = index.blocks[b];
     const torch::Tensor original = find_tensor(work, info.name);
     std::vector<std::pair<int, CodebookKind>> choices;

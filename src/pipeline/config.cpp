@@ -38,13 +38,15 @@ void RunContext::validate() const {
   BQ_CHECK(threads >= 0, ExitCode::usage, "--threads must be >= 0 (0: all cores)");
   BQ_CHECK(holdout >= 0.0 && holdout <= 0.5, ExitCode::usage, "--holdout must be in [0, 0.5]");
   BQ_CHECK(measure_disjoint >= 0, ExitCode::usage, "--measure-disjoint must be >= 0 (0: off)");
+  BQ_CHECK(dist_timeout > 0 && dist_timeout <= 86400, ExitCode::usage, "--dist-timeout must be in [1, 86400] seconds");
 }
 
 void to_json(nlohmann::json& j, const RunContext& r) {
   j = nlohmann::json{{"device", r.device},         {"seed", r.seed},
                      {"threads", r.threads},       {"batch_size", r.batch_size},
                      {"max_examples", r.max_examples}, {"output_index", r.output_index},
-                     {"holdout", r.holdout},       {"measure_disjoint", r.measure_disjoint}};
+                     {"holdout", r.holdout},       {"measure_disjoint", r.measure_disjoint},
+                     {"dist_timeout", r.dist_timeout}};
 }
 
 void from_json(const nlohmann::json& j, RunContext& r) {
@@ -57,6 +59,7 @@ void from_json(const nlohmann::json& j, RunContext& r) {
   r.output_index = j.value("output_index", r.output_index);
   r.holdout = j.value("holdout", r.holdout);
   r.measure_disjoint = j.value("measure_disjoint", r.measure_disjoint);
+  r.dist_timeout = j.value("dist_timeout", r.dist_timeout);
 }
 
 LossTableParams MethodConfig::default_table() {

@@ -137,13 +137,15 @@ void quantize_every_budget(const QuantizeOptions& options, Session& session, con
                            const Compute& compute, OutputFormat format, Clock::time_point start,
                            QuantizeOutcome& outcome, std::vector<std::string>& written) {
   const bool several = options.bits.size() > 1;
+  const bool writes = session.world().rank() == 0;
   for (double budget : options.bits) {
     const std::string path = output_path(options, budget);
-    const BudgetResult r = run_budget(session, config, budget, path, format);
-    written.push_back(path);
+    const BudgetResult r = run_budget(session, config, budget, writes ? path : std::string(), format);
+    if (writes) written.push_back(path);
     nlohmann::json timings = session.timings();
     for (const auto& item : r.timings.items()) timings[item.key()] = item.value();
     timings["total"] = seconds_since(start);
+    if (!writes) continue;  // the job's outputs, reports included, are rank 0's to write
     outcome.outputs.push_back(path);
 
     nlohmann::json report = quantized_model_report(session, config, r, budget);
@@ -158,6 +160,10 @@ void quantize_every_budget(const QuantizeOptions& options, Session& session, con
     report["timings"] = timings;
     report["peak_memory"] = {{"host_bytes", peak_host_bytes()}, {"device_bytes", peak_device_bytes(compute.device)}};
     if (!session.skipped().empty()) report["left_in_floating_point"] = session.skipped();
+    if (!session.distributed_report().is_null()) {
+      report["distributed"] = session.distributed_report();
+      report["distributed"]["launcher"] = launch_from_environment().launcher;
+    }
     log::info("wrote ", path, " (", r.written.file_bytes, " bytes, ", r.average_bits(),
               " bits per weight with metadata)");
     if (!options.report.empty()) {
@@ -229,10 +235,17 @@ std::string output_name(const std::string& pattern, double bits, bool several) {
 QuantizeOutcome run_quantize(const QuantizeOptions& options) {
   const auto start = Clock::now();
   validate(options);
-  const Compute compute = start_run(options.run);
+  // A job of several processes (torchrun, srun): every rank runs the same pipeline, splits the per-block work
+  // with the others, and rank 0 alone writes (Note [Multi-process jobs] in distributed/world.h).
+  const std::shared_ptr<const World> world =
+      World::join(launch_from_environment(), std::chrono::milliseconds(int64_t(options.run.dist_timeout) * 1000));
+  if (world->rank() != 0) log::set_level(log::Level::warn);
+  Compute compute = start_run(options.run);
+  if (world->distributed() && compute.device.is_cuda() && !compute.device.has_index())
+    compute.device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(world->local_rank()));
   reset_peak_device_bytes(compute.device);
   Session session({options.model, options.calib, options.posterior, options.run.holdout, options.run.measure_disjoint},
-                  compute);
+                  compute, world);
   const MethodConfig config = options.method.resolved(session.has_calibration(), !options.posterior.empty());
   if (config.curvature == Curvature::data_free)
     log::warn("no calibration data: data-free mode (each weight's precision from its block's weights alone); "

@@ -5,6 +5,7 @@
 #include <future>
 #include <regex>
 
+#include "bayesq/common/bytes.h"
 #include "bayesq/common/errors.h"
 #include "bayesq/common/parallel.h"
 #include "bayesq/common/progress.h"
@@ -127,6 +128,55 @@ QuantizedBlock option_block(Session& session, const MethodConfig& config, std::s
   return std::move(option_blocks(session, config, block, {{bits, kind}}).front());
 }
 
+// Every process's measured blocks, on every process: the table entries and the quantized options the joint
+// refinement and the final pass take (Session::keep_options), so that each process continues with the table and
+// blocks one process alone would have. The report gets each rank's share.
+void gather_table(Session& session, const std::vector<int>& owner, const std::string& key, double seconds,
+                  LossTable& table) {
+  const World& world = session.world();
+  ByteWriter out;
+  for (std::size_t b = 0; b < owner.size(); ++b) {
+    if (owner[b] != world.rank()) continue;
+    const BlockLosses& losses = table.blocks[b];
+    out.put<uint64_t>(b);
+    out.put<uint8_t>(losses.monotone ? 1 : 0);
+    out.put<uint64_t>(losses.entries.size());
+    for (const LossEntry& e : losses.entries) {
+      out.put<double>(e.expected_loss);
+      out.put<double>(e.plugin_loss);
+      out.put<int64_t>(e.lloyd_fallbacks);
+      const QuantizedBlock* kept = session.kept_option(key, b, e.bits, e.kind);
+      out.put<uint8_t>(kept ? 1 : 0);  // none past the session's bound: quantized again where used
+      if (kept) write_block(out, *kept);
+    }
+  }
+  const std::vector<std::vector<uint8_t>> all = world.all_gather_bytes(out.bytes());
+  for (int r = 0; r < world.size(); ++r) {
+    if (r == world.rank()) continue;
+    ByteReader in(all[static_cast<std::size_t>(r)]);
+    while (!in.done()) {
+      const std::size_t b = static_cast<std::size_t>(in.get<uint64_t>());
+      BQ_ASSERT(b < owner.size() && owner[b] == r, "rank ", r, " sent block ", b, ", which is not its own");
+      BlockLosses& losses = table.blocks[b];
+      losses.monotone = in.get<uint8_t>() != 0;
+      BQ_ASSERT(in.get<uint64_t>() == losses.entries.size(), "rank ", r, " measured other options of block ", b);
+      std::vector<QuantizedBlock> blocks;
+      for (LossEntry& e : losses.entries) {
+        e.expected_loss = in.get<double>();
+        e.plugin_loss = in.get<double>();
+        e.lloyd_fallbacks = in.get<int64_t>();
+        if (in.get<uint8_t>() != 0) blocks.push_back(read_block(in));
+      }
+      if (blocks.size() == losses.entries.size()) session.keep_options(key, b, blocks);
+    }
+  }
+  std::vector<int64_t> blocks_per_rank(static_cast<std::size_t>(world.size()), 0);
+  for (int o : owner) ++blocks_per_rank[static_cast<std::size_t>(o)];
+  session.distributed_report() = {{"world_size", world.size()},
+                                  {"measured_table_blocks_per_rank", blocks_per_rank},
+                                  {"measured_table_seconds_per_rank", world.all_gather(seconds)}};
+}
+
 LossTable build_table(Session& session, const MethodConfig& config) {
   const BlockIndex& index = session.index();
   const TableKind kind = config.variant().table;
@@ -149,6 +199,22 @@ LossTable build_table(Session& session, const MethodConfig& config) {
     // back and measured on the device: the same designs, in less wall time. One design at a time, started as soon
     // as this block's is in hand, on one host thread fewer than usual, so that the thread driving the device keeps
     // a core to launch its kernels. (On a CPU the two would only compete for the same cores.)
+    // A job of several processes splits the blocks by an estimate of their work (weights x options); each process
+    // measures its own and the results are gathered below.
+    const World& world = session.world();
+    std::vector<int> owner(index.blocks.size(), world.rank());
+    if (world.distributed()) {
+      std::vector<double> cost;
+      for (std::size_t b = 0; b < index.blocks.size(); ++b)
+        cost.push_back(double(index.blocks[b].numel()) * double(table.blocks[b].entries.size()));
+      owner = assign_blocks(cost, world.size());
+    }
+    std::vector<bool> measure_here;
+    for (int o : owner) measure_here.push_back(o == world.rank());
+    auto next_owned = [&](std::size_t b) {  // the first block from b on that this process measures
+      while (b < index.blocks.size() && !measure_here[b]) ++b;
+      return b;
+    };
     const MeasureParams::Overlap overlap = config.measure.overlap_design;
     const bool overlap_design =
         kind == TableKind::kfac && (overlap == MeasureParams::Overlap::on ||
@@ -187,7 +253,7 @@ LossTable build_table(Session& session, const MethodConfig& config) {
         for (std::size_t i = 0; i < choices.size(); ++i)
           BQ_ASSERT(designs.designed[i].bits == choices[i].first && designs.designed[i].kind == choices[i].second,
                     "option ", i, " of ", index.blocks[b].name, " was designed for another choice");
-        if (b + 1 < index.blocks.size()) start_design(b + 1);
+        if (next_owned(b + 1) < index.blocks.size()) start_design(next_owned(b + 1));
         KfacOptionTimes times;
         blocks = feed_back_kfac_options(std::move(designs), kfac_weights(b), index.blocks[b], session.kfac_stats()[b],
                                         kfac_quantizer, config.gptq, session.compute().device, &times);
@@ -199,7 +265,9 @@ LossTable build_table(Session& session, const MethodConfig& config) {
       return blocks;
     };
     const MeasureStats stats = measure_loss_table(session.model().module, index, session.measurement(), options,
-                                                  config.measure, session.compute(), session.inputs().model, table);
+                                                  config.measure, session.compute(), session.inputs().model, table,
+                                                  world.distributed() ? &measure_here : nullptr);
+    if (world.distributed()) gather_table(session, owner, key, stats.seconds, table);
     session.add_time("measure_table", stats.seconds);
     session.add_time("measure_table_quantize", stats.quantize_seconds);
     session.add_time("measure_table_forward", stats.forward_seconds);
@@ -274,7 +342,7 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
     };
     JointRefinement joint = refine_allocation(session.model().module, index, session.measurement(), loss_table,
                                               *out.allocation, ap, config.joint, config.measure, option,
-                                              session.compute(), session.inputs().model);
+                                              session.compute(), session.inputs().model, &session.world());
     out.allocation = std::move(joint.allocation);
     out.joint = std::move(joint);
     out.timings["joint_allocation"] = seconds_since(t);
@@ -345,8 +413,10 @@ BudgetResult run_budget(Session& session, const MethodConfig& config, double bit
     r.timings["distill"] = seconds_since(t);
   }
   t = Clock::now();
-  r.written = write_quantized_model(r.module, session.index(), r.quantized.slots(), format, path);
-  r.timings["write"] = seconds_since(t);
+  if (!path.empty()) {  // empty: another process of the job writes
+    r.written = write_quantized_model(r.module, session.index(), r.quantized.slots(), format, path);
+    r.timings["write"] = seconds_since(t);
+  }
   for (std::size_t b = 0; b < r.quantized.blocks.size(); ++b) {
     if (!r.quantized.present[b]) continue;
     const BlockCost c = r.quantized.blocks[b].cost();

@@ -25,7 +25,8 @@ std::string posterior_key(const MethodConfig& config) {
 }
 }  // namespace
 
-Session::Session(const SessionInputs& inputs, const Compute& compute) : inputs_(inputs), compute_(compute) {
+Session::Session(const SessionInputs& inputs, const Compute& compute, std::shared_ptr<const World> world)
+    : inputs_(inputs), compute_(compute), world_(world ? std::move(world) : std::make_shared<const World>()) {
   const auto t = Clock::now();
   model_ = load_model(inputs.model);
   model_.module.eval();

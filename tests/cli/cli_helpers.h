@@ -55,10 +55,11 @@ inline std::string slurp(const fs::path& path) {
 
 // Runs `bayesq ARGS` (through sh, so ARGS may hold redirections and quotes). A run still going after `seconds`
 // is stopped and reads as exit code 124: a hang fails its test instead of the whole suite.
-inline Result run(const std::string& args, int seconds = 300) {
+inline Result run(const std::string& args, int seconds = 300, const std::string& environment = "") {
   const std::string out = scratch("stdout.txt"), err = scratch("stderr.txt");
-  const std::string command = "timeout " + std::to_string(seconds) + " " + std::string(BAYESQ_BINARY) + " " + args +
-                              " > " + out + " 2> " + err;
+  const std::string command = (environment.empty() ? "" : "env " + environment + " ") + "timeout " +
+                              std::to_string(seconds) + " " + std::string(BAYESQ_BINARY) + " " + args + " > " + out +
+                              " 2> " + err;
   const int status = std::system(command.c_str());
   Result r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -66,6 +67,9 @@ inline Result run(const std::string& args, int seconds = 300) {
   r.err = slurp(err);
   return r;
 }
+
+// `bayesq ARGS` with environment variables ("NAME=value NAME=value") set for it alone.
+inline Result run_with_env(const std::string& environment, const std::string& args) { return run(args, 300, environment); }
 
 // Every failure: the documented code, exactly one line on stderr that names `file`, and nothing written.
 inline void expect_failure(const std::string& args, int code, const std::string& file, const std::string& output) {

@@ -6,6 +6,7 @@
 
 #include "bayesq/codebook/block_quantizer.h"
 #include "bayesq/codebook/expected_loss.h"
+#include "bayesq/common/errors.h"
 #include "bayesq/common/parallel.h"
 
 using namespace bayesq;
@@ -141,4 +142,53 @@ TEST(BlockQuantizer, OptionsAtOnceAreEachOptionAlone) {
       EXPECT_EQ(all[o].cost().total(), alone.cost().total()) << o;
     }
   }
+}
+
+// A block sent to another process of a job is the same block there: every field through write_block/read_block,
+// several blocks back to back; a truncated buffer is refused, not read past its end.
+TEST(BlockQuantizer, BlockBytesReadBackToTheSameBlock) {
+  const int64_t rows = 6, cols = 40;
+  const auto w = random_weights(static_cast<std::size_t>(rows * cols), 8);
+  const auto precision = random_precision(static_cast<std::size_t>(rows * cols), 9);
+  QuantizerParams params;
+  params.group_size = 16;
+  params.level_scale = LevelScale::gain;  // rescaled codebooks keep their design's cells: boundaries matter
+  const BlockWeights block{w.data(), precision.data(), rows, cols};
+  const std::vector<QuantizedBlock> blocks = quantize_block_options(
+      block, {{3, CodebookKind::lloyd}, {2, CodebookKind::uniform_asymmetric}, {4, CodebookKind::uniform_symmetric}},
+      params);
+  ByteWriter out;
+  for (const QuantizedBlock& b : blocks) write_block(out, b);
+  const std::vector<uint8_t> bytes = out.bytes();
+  ByteReader in(bytes);
+  for (const QuantizedBlock& b : blocks) {
+    const QuantizedBlock r = read_block(in);
+    EXPECT_EQ(r.bits, b.bits);
+    EXPECT_EQ(r.kind, b.kind);
+    EXPECT_EQ(r.rows, b.rows);
+    EXPECT_EQ(r.cols, b.cols);
+    EXPECT_EQ(r.group_size, b.group_size);
+    EXPECT_EQ(r.codes, b.codes);
+    EXPECT_EQ(r.expected_loss, b.expected_loss);
+    EXPECT_EQ(r.plugin_loss, b.plugin_loss);
+    EXPECT_EQ(r.lloyd_fallbacks, b.lloyd_fallbacks);
+    ASSERT_EQ(r.codebooks.size(), b.codebooks.size());
+    for (std::size_t c = 0; c < b.codebooks.size(); ++c) {
+      EXPECT_EQ(r.codebooks[c].kind, b.codebooks[c].kind);
+      EXPECT_EQ(r.codebooks[c].bits, b.codebooks[c].bits);
+      EXPECT_EQ(r.codebooks[c].scale, b.codebooks[c].scale);
+      EXPECT_EQ(r.codebooks[c].offset, b.codebooks[c].offset);
+      EXPECT_EQ(r.codebooks[c].levels, b.codebooks[c].levels);
+      EXPECT_EQ(r.codebooks[c].boundaries, b.codebooks[c].boundaries);
+    }
+    EXPECT_EQ(r.dequantize(), b.dequantize());
+  }
+  EXPECT_TRUE(in.done());
+  const std::vector<uint8_t> truncated(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(bytes.size() / 2));
+  ByteReader short_in(truncated);
+  EXPECT_THROW(
+      {
+        for (int i = 0; i < 3; ++i) read_block(short_in);
+      },
+      InternalError);
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "bayesq/codebook/codebook.h"
+#include "bayesq/common/bytes.h"
 #include "bayesq/codebook/design.h"
 
 namespace bayesq {
@@ -58,6 +59,11 @@ struct QuantizedBlock {
   std::vector<float> dequantize() const;  // rows * cols
   BlockCost cost() const { return block_cost(rows, cols, bits, kind, group_size); }
 };
+
+// A block to and from bytes (common/bytes.h), for the processes of one job: every field, so the block read back
+// is the block written.
+void write_block(ByteWriter& out, const QuantizedBlock& block);
+QuantizedBlock read_block(ByteReader& in);
 
 // Designs every codebook in parallel over rows; deterministic.
 QuantizedBlock quantize_block(const BlockWeights& block, int bits, const QuantizerParams& params);

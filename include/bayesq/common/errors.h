@@ -21,6 +21,7 @@ enum class ExitCode : int {
   input = 3,      // a model or data file that is missing, malformed or does not fit
   numerical = 4,  // a numerical failure that no fallback could recover
   io = 5,         // an output could not be written
+  distributed = 6,  // another process of a multi-process job failed, or did not answer within --dist-timeout
 };
 
 const char* exit_code_name(ExitCode code);

@@ -23,6 +23,7 @@
 #include "bayesq/allocate/allocation.h"
 #include "bayesq/codebook/block_quantizer.h"
 #include "bayesq/data/data_file.h"
+#include "bayesq/distributed/world.h"
 #include "bayesq/index/block_index.h"
 #include "bayesq/measure/measure_params.h"
 #include "bayesq/model/compute.h"
@@ -53,11 +54,14 @@ struct JointRefinement {
 };
 
 // J is the mean KL(float || quantized) per scored row over the first measure.examples examples of `data`, the
-// examples the table was measured on. `start` must come from allocate(table, params).
+// examples the table was measured on. `start` must come from allocate(table, params). In a job of several
+// processes (`world`), each round's trials are split by block over the processes and gathered before the
+// re-allocation: every process gets the numbers one process alone measures, and the same refinement.
 JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
                                   const LossTable& table, const Allocation& start, const AllocationParams& params,
                                   const JointParams& joint, const MeasureParams& measure, const OptionBlock& option,
-                                  const Compute& compute, const std::string& model_path);
+                                  const Compute& compute, const std::string& model_path,
+                                  const World* world = nullptr);
 
 void to_json(nlohmann::json& j, const JointRound& r);
 void to_json(nlohmann::json& j, const JointRefinement& r);  // without the allocation

@@ -16,6 +16,7 @@
 #include "bayesq/capture/layer_capture.h"
 #include "bayesq/codebook/block_quantizer.h"
 #include "bayesq/data/data_file.h"
+#include "bayesq/distributed/world.h"
 #include "bayesq/index/block_index.h"
 #include "bayesq/model/compute.h"
 #include "bayesq/model/model_file.h"
@@ -42,11 +43,15 @@ class Session {
  public:
   // Loads and checks the model (and the posterior, which must belong to it); the calibration file is loaded
   // when first needed.
-  Session(const SessionInputs& inputs, const Compute& compute);
+  // `world`: the processes of this job (distributed/world.h); null: this process alone.
+  Session(const SessionInputs& inputs, const Compute& compute, std::shared_ptr<const World> world = nullptr);
 
   const LoadedModel& model() const { return model_; }
   const BlockIndex& index() const { return index_; }
   const Compute& compute() const { return compute_; }
+  const World& world() const { return *world_; }
+  // What the report says about a job of several processes (world size, each rank's share); null for one.
+  nlohmann::json& distributed_report() { return distributed_report_; }
   const SessionInputs& inputs() const { return inputs_; }
   const std::vector<std::string>& skipped() const { return skipped_; }
   bool has_calibration() const { return !inputs_.calib.empty(); }
@@ -113,6 +118,8 @@ class Session {
   int64_t kept_option_bytes_ = 0;
   bool kept_options_full_ = false;
   nlohmann::json timings_ = nlohmann::json::object();
+  std::shared_ptr<const World> world_;
+  nlohmann::json distributed_report_;
 };
 
 }  // namespace bayesq

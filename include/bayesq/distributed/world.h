@@ -1,0 +1,76 @@
+// One job over N processes (torch.distributed's c10d: a TCPStore for the rendezvous, a Gloo process group for the
+// collectives), or a world of one process.
+//
+// Launch: the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; with
+// TORCHELASTIC_USE_AGENT_STORE=True the launcher's agent already serves the store, so rank 0 connects to it as a
+// client) or SLURM's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, with MASTER_ADDR and MASTER_PORT set by the job
+// script). Without them the world is one process and nothing else changes.
+//
+// Every collective waits at most the job's timeout (--dist-timeout): a rank that died or hangs makes the others
+// fail with UserError(ExitCode::distributed) instead of waiting for ever.
+//
+// Note [Multi-process jobs]: every process runs the same `bayesq quantize` on its own device (cuda:LOCAL_RANK
+// for --device cuda). What is split: the measured loss table, by far the largest stage of the default method
+// (codebook design, error feedback and the forward passes of every option of a block): blocks go to ranks by an
+// estimate of their work (weights x options, assign_blocks), each rank measures its own, and one all-gather gives
+// every rank all entries and all quantized options; and each round of the joint refinement, whose trials are
+// split by block the same way and gathered before the re-allocation. Everything else runs on every rank,
+// redundantly and identically (loading, the calibration statistics, the allocation, the final assembly); rank 0
+// alone writes the model and the reports, after the last exchange, so a failed job leaves no output. A block's
+// measurement does not depend on which blocks were measured before it, so the job writes the bytes one process
+// writes with the same --threads. Not split yet: the calibration statistics (sums over examples).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace bayesq {
+
+struct LaunchInfo {
+  int rank = 0, world_size = 1, local_rank = 0;
+  std::string master_addr;
+  int master_port = 0;
+  bool agent_store = false;  // torchrun's agent serves the store: rank 0 is a client too
+  std::string launcher;      // "torchrun or RANK/WORLD_SIZE", "slurm", or empty for one process
+};
+
+// The launch variables of this process. Throws UserError(usage) naming the variable when they are incomplete or
+// out of range (WORLD_SIZE set without MASTER_ADDR, RANK >= WORLD_SIZE, ...).
+LaunchInfo launch_from_environment();
+
+class World {
+ public:
+  // A world of one process.
+  World();
+  ~World();
+  World(const World&) = delete;
+  World& operator=(const World&) = delete;
+
+  // Joins the job described by `launch` (a world of one when world_size is 1). Throws UserError(distributed)
+  // when the rendezvous does not complete within `timeout`, UserError(usage) when this build has no c10d.
+  static std::shared_ptr<World> join(const LaunchInfo& launch, std::chrono::milliseconds timeout);
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  int local_rank() const { return local_rank_; }
+  bool distributed() const { return size_ > 1; }
+
+  // Every rank's bytes, on every rank, in rank order (one all-gather of the sizes, one of the padded bytes).
+  std::vector<std::vector<uint8_t>> all_gather_bytes(const std::vector<uint8_t>& mine) const;
+  // The same for one double per rank.
+  std::vector<double> all_gather(double mine) const;
+
+ private:
+  struct Group;  // c10d's store and process group, where this build has them
+  std::unique_ptr<Group> group_;
+  int rank_ = 0, size_ = 1, local_rank_ = 0;
+};
+
+// The blocks each rank works on when per-block work is split: `cost[b]` an estimate of block b's work, assigned
+// largest first to the least loaded rank (ties: the lower rank), so the split is the same on every rank.
+std::vector<int> assign_blocks(const std::vector<double>& cost, int ranks);
+
+}  // namespace bayesq

@@ -1,0 +1,210 @@
+#include "bayesq/distributed/world.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+
+#include <torch/torch.h>
+
+#include "bayesq/common/errors.h"
+
+#ifdef BAYESQ_DISTRIBUTED
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
+
+namespace bayesq {
+
+namespace {
+
+const char* env(const char* name) {
+  const char* value = std::getenv(name);
+  return value && *value ? value : nullptr;
+}
+
+// A non-negative integer variable; `fallback` when unset.
+int env_int(const char* name, int fallback, int max) {
+  const char* value = env(name);
+  if (!value) return fallback;
+  char* end = nullptr;
+  const long n = std::strtol(value, &end, 10);
+  BQ_CHECK(end != value && *end == '\0' && n >= 0 && n <= max, ExitCode::usage, "environment variable ", name, "='",
+           value, "' is not an integer in [0, ", max, "]");
+  return static_cast<int>(n);
+}
+
+}  // namespace
+
+LaunchInfo launch_from_environment() {
+  LaunchInfo launch;
+  const bool torchrun = env("WORLD_SIZE") != nullptr;
+  // SLURM sets its variables for every task of an allocation; srun starts the tasks. Several tasks without
+  // MASTER_ADDR are refused below rather than run as N independent jobs writing the same files.
+  const bool slurm = !torchrun && env("SLURM_NTASKS") != nullptr;
+  if (!torchrun && !slurm) return launch;
+  constexpr int kMaxRanks = 1 << 16;
+  if (torchrun) {
+    launch.launcher = "torchrun or RANK/WORLD_SIZE";
+    launch.world_size = env_int("WORLD_SIZE", 1, kMaxRanks);
+    BQ_CHECK(launch.world_size <= 1 || env("RANK"), ExitCode::usage, "WORLD_SIZE=", launch.world_size,
+             " is set but RANK is not: set RANK (and LOCAL_RANK) for each process, as torchrun and srun do");
+    launch.rank = env_int("RANK", 0, kMaxRanks);
+    launch.local_rank = env_int("LOCAL_RANK", 0, kMaxRanks);
+  } else {
+    launch.launcher = "slurm";
+    launch.world_size = env_int("SLURM_NTASKS", 1, kMaxRanks);
+    launch.rank = env_int("SLURM_PROCID", 0, kMaxRanks);
+    launch.local_rank = env_int("SLURM_LOCALID", 0, kMaxRanks);
+  }
+  BQ_CHECK(launch.world_size >= 1, ExitCode::usage, "the world size is 0 (", launch.launcher, ")");
+  BQ_CHECK(launch.rank < launch.world_size, ExitCode::usage, "rank ", launch.rank, " is not below the world size ",
+           launch.world_size, " (", launch.launcher, ")");
+  if (launch.world_size == 1) return launch;
+  const char* addr = env("MASTER_ADDR");
+  BQ_CHECK(addr, ExitCode::usage, "a job of ", launch.world_size, " processes (", launch.launcher,
+           ") needs MASTER_ADDR (the host of rank 0) and MASTER_PORT; with srun, set them in the job script (README)");
+  launch.master_addr = addr;
+  launch.master_port = env_int("MASTER_PORT", -1, 65535);
+  BQ_CHECK(launch.master_port > 0, ExitCode::usage, "a job of ", launch.world_size,
+           " processes needs MASTER_PORT (a free TCP port on MASTER_ADDR)");
+  if (const char* agent = env("TORCHELASTIC_USE_AGENT_STORE")) launch.agent_store = std::string(agent) == "True";
+  return launch;
+}
+
+std::vector<int> assign_blocks(const std::vector<double>& cost, int ranks) {
+  std::vector<int> owner(cost.size(), 0);
+  if (ranks <= 1) return owner;
+  std::vector<std::size_t> order(cost.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return cost[a] > cost[b]; });
+  std::vector<double> load(static_cast<std::size_t>(ranks), 0.0);
+  for (std::size_t b : order) {
+    const auto least = std::min_element(load.begin(), load.end());  // the first: the lowest rank on ties
+    owner[b] = static_cast<int>(least - load.begin());
+    *least += cost[b];
+  }
+  return owner;
+}
+
+#ifdef BAYESQ_DISTRIBUTED
+
+struct World::Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  std::chrono::milliseconds timeout{0};  // each collective's
+};
+
+namespace {
+// c10d reports a dead peer or a timeout as a c10::Error (or a std::runtime_error) with a multi-line message:
+// one line for the user.
+[[noreturn]] void rethrow_as_job_failure(const std::string& what, int rank, const std::exception& e) {
+  std::string message = e.what();
+  const auto newline = message.find('\n');
+  if (newline != std::string::npos) message = message.substr(0, newline);
+  throw UserError(ExitCode::distributed, "rank " + std::to_string(rank) + ": " + what + " failed: " + message);
+}
+}  // namespace
+
+World::World() = default;
+World::~World() = default;
+
+std::shared_ptr<World> World::join(const LaunchInfo& launch, std::chrono::milliseconds timeout) {
+  auto world = std::make_shared<World>();
+  world->rank_ = launch.rank;
+  world->size_ = launch.world_size;
+  world->local_rank_ = launch.local_rank;
+  if (launch.world_size <= 1) return world;
+  world->group_ = std::make_unique<Group>();
+  try {
+    c10d::TCPStoreOptions options;
+    options.port = static_cast<std::uint16_t>(launch.master_port);
+    options.isServer = launch.rank == 0 && !launch.agent_store;
+    options.numWorkers = static_cast<std::size_t>(launch.world_size);
+    options.waitWorkers = true;
+    // The rendezvous waits twice (every rank joining the store, then Gloo connecting the ranks through it): 2/5
+    // of the timeout each keeps the whole join within it. Collectives get the whole timeout each.
+    options.timeout = timeout * 2 / 5;
+    world->group_->store = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, options);
+    auto gloo = c10d::ProcessGroupGloo::Options::create(timeout * 2 / 5);
+    world->group_->timeout = timeout;
+    if (const char* ifname = env("GLOO_SOCKET_IFNAME"))
+      gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+    else
+      gloo->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    gloo->threads = 2;
+    world->group_->group =
+        c10::make_intrusive<c10d::ProcessGroupGloo>(world->group_->store, launch.rank, launch.world_size, gloo);
+  } catch (const UserError&) {
+    throw;
+  } catch (const std::exception& e) {
+    rethrow_as_job_failure("joining the job at " + launch.master_addr + ":" + std::to_string(launch.master_port),
+                           launch.rank, e);
+  }
+  return world;
+}
+
+std::vector<std::vector<uint8_t>> World::all_gather_bytes(const std::vector<uint8_t>& mine) const {
+  if (size_ <= 1) return {mine};
+  try {
+    // Sizes first, then every rank's bytes padded to the largest.
+    std::vector<at::Tensor> size_in{torch::tensor({static_cast<int64_t>(mine.size())}, torch::kInt64)};
+    std::vector<std::vector<at::Tensor>> size_out(1);
+    for (int r = 0; r < size_; ++r) size_out[0].push_back(torch::zeros({1}, torch::kInt64));
+    c10d::AllgatherOptions options;
+    options.timeout = group_->timeout;
+    group_->group->allgather(size_out, size_in, options)->wait();
+    std::vector<int64_t> sizes;
+    for (const at::Tensor& t : size_out[0]) sizes.push_back(t.item<int64_t>());
+    const int64_t longest = std::max<int64_t>(1, *std::max_element(sizes.begin(), sizes.end()));
+    at::Tensor padded = torch::zeros({longest}, torch::kUInt8);
+    if (!mine.empty()) std::memcpy(padded.data_ptr<uint8_t>(), mine.data(), mine.size());
+    std::vector<at::Tensor> bytes_in{padded};
+    std::vector<std::vector<at::Tensor>> bytes_out(1);
+    for (int r = 0; r < size_; ++r) bytes_out[0].push_back(torch::zeros({longest}, torch::kUInt8));
+    group_->group->allgather(bytes_out, bytes_in, options)->wait();
+    std::vector<std::vector<uint8_t>> out;
+    for (int r = 0; r < size_; ++r) {
+      const uint8_t* p = bytes_out[0][static_cast<std::size_t>(r)].data_ptr<uint8_t>();
+      out.emplace_back(p, p + sizes[static_cast<std::size_t>(r)]);
+    }
+    return out;
+  } catch (const UserError&) {
+    throw;
+  } catch (const std::exception& e) {
+    rethrow_as_job_failure("exchanging results with the other processes", rank_, e);
+  }
+}
+
+#else  // no c10d in this build
+
+struct World::Group {};
+
+World::World() = default;
+World::~World() = default;
+
+std::shared_ptr<World> World::join(const LaunchInfo& launch, std::chrono::milliseconds) {
+  BQ_CHECK(launch.world_size <= 1, ExitCode::usage, "this bayesq was built without torch.distributed (Gloo headers "
+           "not found at build time), so it cannot join a job of ", launch.world_size, " processes (",
+           launch.launcher, ")");
+  return std::make_shared<World>();
+}
+
+std::vector<std::vector<uint8_t>> World::all_gather_bytes(const std::vector<uint8_t>& mine) const { return {mine}; }
+
+#endif
+
+std::vector<double> World::all_gather(double mine) const {
+  std::vector<uint8_t> bytes(sizeof(double));
+  std::memcpy(bytes.data(), &mine, sizeof(double));
+  std::vector<double> out;
+  for (const std::vector<uint8_t>& b : all_gather_bytes(bytes)) {
+    BQ_ASSERT(b.size() == sizeof(double), "a rank sent ", b.size(), " bytes for one double");
+    double v = 0.0;
+    std::memcpy(&v, b.data(), sizeof(double));
+    out.push_back(v);
+  }
+  return out;
+}
+
+}  // namespace bayesq

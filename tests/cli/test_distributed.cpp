@@ -1,0 +1,139 @@
+// Multi-process jobs (issue 18): bayesq started as torchrun or srun start it, with the launch variables set here,
+// on the quickstart CNN. Two processes must write what one writes; a killed process must make the other fail
+// with the documented code, one line and no output, within --dist-timeout.
+#include <chrono>
+#include <cstdlib>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "cli_helpers.h"
+
+using namespace bayesq_cli_test;
+
+namespace {
+
+// A port for this test process's jobs (ctest runs tests in parallel; each job gets its own).
+int job_port(int job) { return 21000 + static_cast<int>(::getpid() % 20000) + job; }
+
+struct RankResult {
+  int code = -1;
+  std::string out, err;
+};
+
+// Starts `ranks` processes of `bayesq ARGS` with the launch variables `style` uses ("torchrun": RANK, WORLD_SIZE,
+// LOCAL_RANK; "slurm": SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; both with MASTER_ADDR and MASTER_PORT), rank r
+// behind `prefix[r]` (e.g. "timeout -s KILL 2": rank r is killed after 2 s), and waits for all of them.
+std::vector<RankResult> run_job(const std::string& args, int ranks, int port, const std::string& style,
+                                const std::vector<std::string>& prefix = {}) {
+  std::string script;
+  for (int r = ranks - 1; r >= 0; --r) {
+    const std::string tag = scratch("rank" + std::to_string(r));
+    std::string vars = "MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " ";
+    if (style == "torchrun")
+      vars += "WORLD_SIZE=" + std::to_string(ranks) + " RANK=" + std::to_string(r) + " LOCAL_RANK=" + std::to_string(r);
+    else
+      vars += "SLURM_NTASKS=" + std::to_string(ranks) + " SLURM_PROCID=" + std::to_string(r) +
+              " SLURM_LOCALID=" + std::to_string(r);
+    const std::string before = r < static_cast<int>(prefix.size()) ? prefix[static_cast<std::size_t>(r)] + " " : "";
+    // The prefix goes right before bayesq: a `timeout -s KILL` around another timeout would kill only that one.
+    script += "( env " + vars + " timeout 300 " + before + BAYESQ_BINARY + " " + args + " > " + tag + ".out 2> " +
+              tag + ".err; echo $? > " + tag + ".code ) & ";
+  }
+  script += "wait";
+  EXPECT_EQ(std::system(("sh -c '" + script + "'").c_str()), 0) << script;
+  std::vector<RankResult> out(static_cast<std::size_t>(ranks));
+  for (int r = 0; r < ranks; ++r) {
+    const std::string tag = scratch("rank" + std::to_string(r));
+    out[static_cast<std::size_t>(r)].code = std::atoi(slurp(tag + ".code").c_str());
+    out[static_cast<std::size_t>(r)].out = slurp(tag + ".out");
+    out[static_cast<std::size_t>(r)].err = slurp(tag + ".err");
+  }
+  return out;
+}
+
+std::string quickstart(const std::string& output, const std::string& report) {
+  return "quantize --model " + fixture("quickstart_cnn.pt") + " --calib " + fixture("quickstart_calib.pt") +
+         " --bits 3.0 --threads 1 -o " + output + " --report " + report;
+}
+
+}  // namespace
+
+TEST(Distributed, TwoProcessesWriteWhatOneProcessWrites) {
+  const Result one = run(quickstart(scratch("one.pt"), scratch("one.json")));
+  ASSERT_EQ(one.code, 0) << one.err;
+  const nlohmann::json a = nlohmann::json::parse(slurp(scratch("one.json")));
+  EXPECT_FALSE(a.contains("distributed"));
+  int job = 0;
+  for (const std::string style : {"torchrun", "slurm"}) {
+    SCOPED_TRACE(style);
+    const std::string output = scratch("two_" + style + ".pt"), report = scratch("two_" + style + ".json");
+    const std::vector<RankResult> ranks = run_job(quickstart(output, report), 2, job_port(job++), style);
+    for (const RankResult& r : ranks) EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_TRUE(ranks[1].out.empty()) << "rank 1 printed: " << ranks[1].out;  // rank 0 reports
+    EXPECT_EQ(slurp(output), slurp(scratch("one.pt"))) << "the two-process file differs from the one-process file";
+    const nlohmann::json b = nlohmann::json::parse(slurp(report));
+    ASSERT_EQ(a["blocks"].size(), b["blocks"].size());
+    for (std::size_t i = 0; i < a["blocks"].size(); ++i) {
+      EXPECT_EQ(a["blocks"][i]["bits"], b["blocks"][i]["bits"]) << i;
+      EXPECT_EQ(a["blocks"][i]["kind"], b["blocks"][i]["kind"]) << i;
+    }
+    EXPECT_NEAR(a["joint_calibration_kl"]["measured"].get<double>(), b["joint_calibration_kl"]["measured"].get<double>(),
+                1e-6);
+    // The joint refinement's trials are split too: every round's prediction (from the gathered trials), change
+    // and forward count as one process has them.
+    EXPECT_EQ(a["joint_calibration_kl"]["refinement"], b["joint_calibration_kl"]["refinement"]);
+    ASSERT_FALSE(b["joint_calibration_kl"]["refinement"]["rounds"].empty());
+    const nlohmann::json& d = b["distributed"];
+    ASSERT_TRUE(d.is_object()) << b.dump();
+    EXPECT_EQ(d["world_size"], 2);
+    const auto blocks = d["measured_table_blocks_per_rank"].get<std::vector<int64_t>>();
+    ASSERT_EQ(blocks.size(), 2u);
+    EXPECT_GT(blocks[0], 0);
+    EXPECT_GT(blocks[1], 0);
+    EXPECT_EQ(blocks[0] + blocks[1], static_cast<int64_t>(a["blocks"].size()));
+    EXPECT_EQ(d["measured_table_seconds_per_rank"].size(), 2u);
+  }
+}
+
+// Rank 1 is killed after 1.5 s (SIGKILL, while it measures its blocks: before the exchange); rank 0 must fail with
+// exit code 6 and one line, write nothing, and do so within its --dist-timeout of 20 s (plus its own work).
+TEST(Distributed, AKilledProcessMakesTheOtherFailWithinTheTimeout) {
+  const std::string output = scratch("killed.pt");
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<RankResult> ranks =
+      run_job(quickstart(output, scratch("killed.json")) + " --dist-timeout 20", 2, job_port(10), "torchrun",
+              {"", "timeout -s KILL 1.5"});
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(ranks[1].code, 137);  // killed
+  EXPECT_EQ(ranks[0].code, 6) << ranks[0].err;
+  Result r0;
+  r0.err = ranks[0].err;
+  EXPECT_EQ(r0.err_lines(), 1) << r0.err;
+  EXPECT_EQ(r0.stray_lines(), 0) << r0.err;
+  EXPECT_NE(r0.err.find("rank 0"), std::string::npos) << r0.err;
+  EXPECT_LT(seconds, 40.0);
+  EXPECT_FALSE(fs::exists(output));
+  EXPECT_FALSE(fs::exists(scratch("killed.json")));
+  for (const auto& e : fs::directory_iterator(scratch_dir()))
+    EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << "temporary left: " << e.path();
+}
+
+TEST(Distributed, IncompleteLaunchVariablesAreUsageErrors) {
+  const std::string args = quickstart(scratch("bad_launch.pt"), scratch("bad_launch.json"));
+  const Result no_rank = run_with_env("WORLD_SIZE=2", args);
+  EXPECT_EQ(no_rank.code, 2) << no_rank.err;
+  EXPECT_EQ(no_rank.err_lines(), 1) << no_rank.err;
+  EXPECT_NE(no_rank.err.find("RANK"), std::string::npos) << no_rank.err;
+  const Result no_master = run_with_env("WORLD_SIZE=2 RANK=0", args);
+  EXPECT_EQ(no_master.code, 2) << no_master.err;
+  EXPECT_NE(no_master.err.find("MASTER_ADDR"), std::string::npos) << no_master.err;
+  const Result bad_rank = run_with_env("WORLD_SIZE=2 RANK=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1", args);
+  EXPECT_EQ(bad_rank.code, 2) << bad_rank.err;
+  EXPECT_NE(bad_rank.err.find("rank 2"), std::string::npos) << bad_rank.err;
+  EXPECT_FALSE(fs::exists(scratch("bad_launch.pt")));
+  // A world of one: as without the variables.
+  const Result alone = run_with_env("WORLD_SIZE=1 RANK=0", args);
+  EXPECT_EQ(alone.code, 0) << alone.err;
+  EXPECT_TRUE(fs::exists(scratch("bad_launch.pt")));
+}
