@@ -46,7 +46,8 @@ FedBackBlock feed_back_block(const torch::Tensor& w1, const torch::Tensor& hinv,
   if (on_device) {
     work = w1.transpose(1, 2).contiguous();  // [P, count, rows]
   } else {
-    work = w1.to(torch::kCPU, torch::kFloat32, false, /*copy=*/true, torch::MemoryFormat::Contiguous);  // [P, rows, count]
+    // [P, rows, count], a copy the loop may overwrite.
+    work = w1.to(torch::kCPU, torch::kFloat32, false, /*copy=*/true, torch::MemoryFormat::Contiguous);
     h = h.to(torch::kCPU);
     l = levels.to(torch::kCPU);
   }
@@ -82,7 +83,6 @@ FedBackBlock feed_back_block(const torch::Tensor& w1, const torch::Tensor& hinv,
   feedback_block_host(view);
   return {quantized.to(w1.device()), error.to(w1.device()), codes.to(w1.device())};
 }
-
 
 std::pair<torch::Tensor, torch::Tensor> minmax_scale_offset(const torch::Tensor& group_weights, int bits,
                                                            bool fp16_metadata) {

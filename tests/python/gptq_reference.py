@@ -5,7 +5,8 @@ usage: gptq_reference.py CASES_FILE
 
 CASES_FILE (written by the C++ test with torch::pickle_save) is a dict with, per case "<name>": the weights
 "<name>/W" [rows, cols], the Hessian "<name>/H" [cols, cols], bayesq's result "<name>/Q", and the settings
-"<name>/bits", "<name>/act_order", "<name>/group" (0: per row), "<name>/percdamp", "<name>/block". Exits 1 if
+"<name>/bits", "<name>/act_order", "<name>/group" (0: per row), "<name>/percdamp", "<name>/block", and
+"<name>/dynamic" (1: each group's grid from the weights when the loop reaches it; else fixed up front). Exits 1 if
 any case differs by more than 1e-5 (relative to the weights' scale).
 """
 import sys
@@ -30,7 +31,7 @@ def quantize(x, scale, zero, maxq):
     return scale * (q - zero)
 
 
-def gptq(W, H, bits, act_order, group, percdamp, block):
+def gptq(W, H, bits, act_order, group, percdamp, block, dynamic=False):
     W = W.clone().float()
     H = H.clone().float()
     cols = W.shape[1]
@@ -39,7 +40,7 @@ def gptq(W, H, bits, act_order, group, percdamp, block):
     H[dead, dead] = 1
     W[:, dead] = 0
     groups = []
-    if group:
+    if group and not dynamic:
         # Static groups: grids from the original columns, so groups stay consecutive under act-order.
         for g in range(0, cols, group):
             groups.append(minmax_grid(W[:, g:g + group], bits))
@@ -60,7 +61,12 @@ def gptq(W, H, bits, act_order, group, percdamp, block):
         for i in range(i2 - i1):
             w = W1[:, i]
             d = Hinv1[i, i]
-            if group:
+            if group and dynamic:
+                # The grid of the group starting here, from the weights as the outer W holds them now (the
+                # updates of earlier lazy blocks; in the permuted order under act-order), as the paper's code does.
+                if (i1 + i) % group == 0:
+                    scale, zero, maxq = minmax_grid(W[:, i1 + i:i1 + i + group], bits)
+            elif group:
                 scale, zero, maxq = groups[int(perm[i1 + i]) // group]
             q = quantize(w, scale, zero, maxq)
             Q1[:, i] = q
@@ -83,8 +89,9 @@ def main():
     failed = False
     for name in names:
         get = lambda key: cases[f"{name}/{key}"]  # noqa: E731
+        dynamic = bool(cases.get(f"{name}/dynamic", 0))
         Q = gptq(get("W"), get("H"), int(get("bits")), bool(get("act_order")), int(get("group")),
-                 float(get("percdamp")), int(get("block")))
+                 float(get("percdamp")), int(get("block")), dynamic)
         scale = get("W").abs().max().item()
         err = (Q - get("Q")).abs().max().item()
         ok = err <= 1e-5 * scale

@@ -196,10 +196,11 @@ TEST(Gptq, MatchesAReferenceImplementationOnLinearAndConvLayers) {
     bool act_order;
     int64_t group;
     int bits;
+    bool dynamic = false;  // groups' grids from the weights as the loop reaches them (not fixed up front)
   };
   const Case all[] = {{"fc.weight", false, 0, 3},   {"fc.weight", true, 0, 2},    {"fc.weight", true, 16, 3},
                       {"pw2.weight", false, 0, 4},  {"pw2.weight", true, 8, 3},   {"stem.weight", false, 0, 3},
-                      {"pw1.weight", false, 4, 2}};
+                      {"pw1.weight", false, 4, 2},  {"fc.weight", false, 12, 3, true}, {"pw2.weight", true, 8, 2, true}};
   int n = 0;
   for (const Case& c : all) {
     const std::size_t b = f.block(c.block);
@@ -209,7 +210,7 @@ TEST(Gptq, MatchesAReferenceImplementationOnLinearAndConvLayers) {
     params.act_order = c.act_order;
     params.block_size = 16;  // several lazy blocks even for narrow layers
     const GptqResult r = gptq_quantize(
-        W, H, c.group, /*static_groups=*/c.group > 0,
+        W, H, c.group, /*static_groups=*/c.group > 0 && !c.dynamic,
         [&](const torch::Tensor& w, int64_t) { return minmax_levels(w, c.bits, /*fp16_metadata=*/false); }, params);
     const std::string name = "case" + std::to_string(n++);
     cases.insert(name + "/W", W);
@@ -218,6 +219,7 @@ TEST(Gptq, MatchesAReferenceImplementationOnLinearAndConvLayers) {
     cases.insert(name + "/bits", int64_t{c.bits});
     cases.insert(name + "/act_order", int64_t{c.act_order});
     cases.insert(name + "/group", c.group);
+    cases.insert(name + "/dynamic", int64_t{c.dynamic});
     cases.insert(name + "/percdamp", params.percdamp);
     cases.insert(name + "/block", params.block_size);
   }
