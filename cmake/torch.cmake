@@ -41,8 +41,10 @@ set_target_properties(bayesq_torch PROPERTIES CXX_STANDARD ${BAYESQ_TORCH_CXX_ST
 target_compile_options(bayesq_torch PRIVATE -Wall -Wno-unused-parameter)
 # One precompiled header for the heavy libtorch includes: each translation unit would otherwise reparse them.
 target_precompile_headers(bayesq_torch PRIVATE <torch/script.h> <torch/torch.h>)
+# Build switches go on the one source file that reads each, not on the target: the tests reuse the target's
+# precompiled header, which GCC ignores when the target's definitions differ from theirs.
 if(TORCH_CUDA_LIBRARIES OR TARGET c10_cuda OR TARGET torch_cuda)
-  target_compile_definitions(bayesq_torch PRIVATE BAYESQ_WITH_CUDA)
+  set_property(SOURCE src/pipeline/memory.cpp APPEND PROPERTY COMPILE_DEFINITIONS BAYESQ_WITH_CUDA)
   # bayesq's own kernels (src/gptq/feedback_block.cu) need nvcc; without it the same work runs on host threads.
   option(BAYESQ_CUDA_KERNELS "Build bayesq's CUDA kernels (needs a CUDA compiler)" ON)
   if(BAYESQ_CUDA_KERNELS)
@@ -64,7 +66,7 @@ if(TORCH_CUDA_LIBRARIES OR TARGET c10_cuda OR TARGET torch_cuda)
       set_target_properties(bayesq_cuda_kernels PROPERTIES CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON
                             CUDA_RUNTIME_LIBRARY Shared POSITION_INDEPENDENT_CODE ON)
       target_link_libraries(bayesq_torch PRIVATE bayesq_cuda_kernels)
-      target_compile_definitions(bayesq_torch PRIVATE BAYESQ_CUDA_KERNELS)
+      set_property(SOURCE src/gptq/gptq.cpp APPEND PROPERTY COMPILE_DEFINITIONS BAYESQ_CUDA_KERNELS)
       message(STATUS "bayesq: CUDA kernels for ${BAYESQ_CUDA_ARCHITECTURES}")
     else()
       message(STATUS "bayesq: no CUDA compiler, GPTQ feedback runs its lazy blocks on host threads")
@@ -77,8 +79,8 @@ endif()
 # refused with a clear message.
 find_path(BAYESQ_GLOO_INCLUDE_DIR gloo/config.h HINTS ${TORCH_INCLUDE_DIRS})
 if(BAYESQ_GLOO_INCLUDE_DIR)
-  target_include_directories(bayesq_torch PRIVATE ${BAYESQ_GLOO_INCLUDE_DIR})
-  target_compile_definitions(bayesq_torch PRIVATE BAYESQ_DISTRIBUTED USE_C10D_GLOO)
+  set_property(SOURCE src/distributed/world.cpp APPEND PROPERTY INCLUDE_DIRECTORIES ${BAYESQ_GLOO_INCLUDE_DIR})
+  set_property(SOURCE src/distributed/world.cpp APPEND PROPERTY COMPILE_DEFINITIONS BAYESQ_DISTRIBUTED USE_C10D_GLOO)
   message(STATUS "bayesq: torch.distributed with Gloo (${BAYESQ_GLOO_INCLUDE_DIR})")
 else()
   message(STATUS "bayesq: no Gloo headers, multi-process jobs disabled")
