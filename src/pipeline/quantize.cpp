@@ -237,6 +237,7 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
   validate(options);
   // A job of several processes (torchrun, srun): every rank runs the same pipeline, splits the per-block work
   // with the others, and rank 0 alone writes (Note [Multi-process jobs] in distributed/world.h).
+  options.run.validate();  // --dist-timeout before it is used
   const std::shared_ptr<const World> world =
       World::join(launch_from_environment(), std::chrono::milliseconds(int64_t(options.run.dist_timeout) * 1000));
   if (world->rank() != 0) log::set_level(log::Level::warn);

@@ -195,10 +195,6 @@ LossTable build_table(Session& session, const MethodConfig& config) {
     if (kind == TableKind::kfac) session.kfac_stats();
     else if (kind == TableKind::posterior) session.posterior_rows(config);
     const std::string key = table_key(config).dump();
-    // On a GPU the K-FAC codebooks of the next block are designed on another host thread while this block is fed
-    // back and measured on the device: the same designs, in less wall time. One design at a time, started as soon
-    // as this block's is in hand, on one host thread fewer than usual, so that the thread driving the device keeps
-    // a core to launch its kernels. (On a CPU the two would only compete for the same cores.)
     // A job of several processes splits the blocks by an estimate of their work (weights x options); each process
     // measures its own and the results are gathered below.
     const World& world = session.world();
@@ -215,6 +211,10 @@ LossTable build_table(Session& session, const MethodConfig& config) {
       while (b < index.blocks.size() && !measure_here[b]) ++b;
       return b;
     };
+    // On a GPU the K-FAC codebooks of the next block are designed on another host thread while this block is fed
+    // back and measured on the device: the same designs, in less wall time. One design at a time, started as soon
+    // as this block's is in hand, on one host thread fewer than usual, so that the thread driving the device keeps
+    // a core to launch its kernels. (On a CPU the two would only compete for the same cores.)
     const MeasureParams::Overlap overlap = config.measure.overlap_design;
     const bool overlap_design =
         kind == TableKind::kfac && (overlap == MeasureParams::Overlap::on ||

@@ -52,47 +52,56 @@ std::vector<RankResult> run_job(const std::string& args, int ranks, int port, co
   return out;
 }
 
-std::string quickstart(const std::string& output, const std::string& report) {
+std::string quickstart(const std::string& output, const std::string& report, const std::string& bits = "3.0") {
   return "quantize --model " + fixture("quickstart_cnn.pt") + " --calib " + fixture("quickstart_calib.pt") +
-         " --bits 3.0 --threads 1 -o " + output + " --report " + report;
+         " --bits " + bits + " --threads 1 -o " + output + " --report " + report;
 }
 
 }  // namespace
 
+// Two budgets from one calibration (a job array's usual task): each file as one process writes it.
 TEST(Distributed, TwoProcessesWriteWhatOneProcessWrites) {
-  const Result one = run(quickstart(scratch("one.pt"), scratch("one.json")));
+  const std::vector<std::string> budgets = {"2.5", "3"};  // as output_name spells them in {bits}
+  const Result one = run(quickstart(scratch("one-{bits}.pt"), scratch("one-{bits}.json"), "2.5,3.0"));
   ASSERT_EQ(one.code, 0) << one.err;
-  const nlohmann::json a = nlohmann::json::parse(slurp(scratch("one.json")));
-  EXPECT_FALSE(a.contains("distributed"));
   int job = 0;
   for (const std::string style : {"torchrun", "slurm"}) {
     SCOPED_TRACE(style);
-    const std::string output = scratch("two_" + style + ".pt"), report = scratch("two_" + style + ".json");
-    const std::vector<RankResult> ranks = run_job(quickstart(output, report), 2, job_port(job++), style);
+    const std::vector<RankResult> ranks = run_job(
+        quickstart(scratch("two_" + style + "-{bits}.pt"), scratch("two_" + style + "-{bits}.json"), "2.5,3.0"), 2,
+        job_port(job++), style);
     for (const RankResult& r : ranks) EXPECT_EQ(r.code, 0) << r.err;
     EXPECT_TRUE(ranks[1].out.empty()) << "rank 1 printed: " << ranks[1].out;  // rank 0 reports
-    EXPECT_EQ(slurp(output), slurp(scratch("one.pt"))) << "the two-process file differs from the one-process file";
-    const nlohmann::json b = nlohmann::json::parse(slurp(report));
-    ASSERT_EQ(a["blocks"].size(), b["blocks"].size());
-    for (std::size_t i = 0; i < a["blocks"].size(); ++i) {
-      EXPECT_EQ(a["blocks"][i]["bits"], b["blocks"][i]["bits"]) << i;
-      EXPECT_EQ(a["blocks"][i]["kind"], b["blocks"][i]["kind"]) << i;
+    for (const std::string& bits : budgets) {
+      SCOPED_TRACE(bits);
+      const std::string output = scratch("two_" + style + "-" + bits + ".pt");
+      ASSERT_TRUE(fs::exists(output));
+      EXPECT_EQ(slurp(output), slurp(scratch("one-" + bits + ".pt")))
+          << "the two-process file differs from the one-process file";
+      const nlohmann::json a = nlohmann::json::parse(slurp(scratch("one-" + bits + ".json")));
+      const nlohmann::json b = nlohmann::json::parse(slurp(scratch("two_" + style + "-" + bits + ".json")));
+      EXPECT_FALSE(a.contains("distributed"));
+      ASSERT_EQ(a["blocks"].size(), b["blocks"].size());
+      for (std::size_t i = 0; i < a["blocks"].size(); ++i) {
+        EXPECT_EQ(a["blocks"][i]["bits"], b["blocks"][i]["bits"]) << i;
+        EXPECT_EQ(a["blocks"][i]["kind"], b["blocks"][i]["kind"]) << i;
+      }
+      EXPECT_NEAR(a["joint_calibration_kl"]["measured"].get<double>(),
+                  b["joint_calibration_kl"]["measured"].get<double>(), 1e-6);
+      // The joint refinement's trials are split too: every round's prediction (from the gathered trials), change
+      // and forward count as one process has them.
+      EXPECT_EQ(a["joint_calibration_kl"]["refinement"], b["joint_calibration_kl"]["refinement"]);
+      ASSERT_FALSE(b["joint_calibration_kl"]["refinement"]["rounds"].empty());
+      const nlohmann::json& d = b["distributed"];
+      ASSERT_TRUE(d.is_object()) << b.dump();
+      EXPECT_EQ(d["world_size"], 2);
+      const auto blocks = d["measured_table_blocks_per_rank"].get<std::vector<int64_t>>();
+      ASSERT_EQ(blocks.size(), 2u);
+      EXPECT_GT(blocks[0], 0);
+      EXPECT_GT(blocks[1], 0);
+      EXPECT_EQ(blocks[0] + blocks[1], static_cast<int64_t>(a["blocks"].size()));
+      EXPECT_EQ(d["measured_table_seconds_per_rank"].size(), 2u);
     }
-    EXPECT_NEAR(a["joint_calibration_kl"]["measured"].get<double>(), b["joint_calibration_kl"]["measured"].get<double>(),
-                1e-6);
-    // The joint refinement's trials are split too: every round's prediction (from the gathered trials), change
-    // and forward count as one process has them.
-    EXPECT_EQ(a["joint_calibration_kl"]["refinement"], b["joint_calibration_kl"]["refinement"]);
-    ASSERT_FALSE(b["joint_calibration_kl"]["refinement"]["rounds"].empty());
-    const nlohmann::json& d = b["distributed"];
-    ASSERT_TRUE(d.is_object()) << b.dump();
-    EXPECT_EQ(d["world_size"], 2);
-    const auto blocks = d["measured_table_blocks_per_rank"].get<std::vector<int64_t>>();
-    ASSERT_EQ(blocks.size(), 2u);
-    EXPECT_GT(blocks[0], 0);
-    EXPECT_GT(blocks[1], 0);
-    EXPECT_EQ(blocks[0] + blocks[1], static_cast<int64_t>(a["blocks"].size()));
-    EXPECT_EQ(d["measured_table_seconds_per_rank"].size(), 2u);
   }
 }
 
