@@ -39,9 +39,10 @@ int env_int(const char* name, int fallback, int max) {
 LaunchInfo launch_from_environment() {
   LaunchInfo launch;
   const bool torchrun = env("WORLD_SIZE") != nullptr;
-  // SLURM sets its variables for every task of an allocation; srun starts the tasks. Several tasks without
-  // MASTER_ADDR are refused below rather than run as N independent jobs writing the same files.
-  const bool slurm = !torchrun && env("SLURM_NTASKS") != nullptr;
+  // SLURM sets SLURM_NTASKS in the whole allocation, the batch script included, where one bayesq is one job; a
+  // task that srun started also has its step's variables (SLURM_STEP_NUM_TASKS). Such tasks without MASTER_ADDR
+  // are refused below rather than run as N independent jobs writing the same files.
+  const bool slurm = !torchrun && env("SLURM_NTASKS") != nullptr && env("SLURM_STEP_NUM_TASKS") != nullptr;
   if (!torchrun && !slurm) return launch;
   constexpr int kMaxRanks = 1 << 16;
   if (torchrun) {

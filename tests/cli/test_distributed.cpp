@@ -22,7 +22,7 @@ struct RankResult {
 };
 
 // Starts `ranks` processes of `bayesq ARGS` with the launch variables `style` uses ("torchrun": RANK, WORLD_SIZE,
-// LOCAL_RANK; "slurm": SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; both with MASTER_ADDR and MASTER_PORT), rank r
+// LOCAL_RANK; "slurm": as srun sets them in a step's tasks; both with MASTER_ADDR and MASTER_PORT), rank r
 // behind `prefix[r]` (e.g. "timeout -s KILL 2": rank r is killed after 2 s), and waits for all of them.
 std::vector<RankResult> run_job(const std::string& args, int ranks, int port, const std::string& style,
                                 const std::vector<std::string>& prefix = {}) {
@@ -33,8 +33,8 @@ std::vector<RankResult> run_job(const std::string& args, int ranks, int port, co
     if (style == "torchrun")
       vars += "WORLD_SIZE=" + std::to_string(ranks) + " RANK=" + std::to_string(r) + " LOCAL_RANK=" + std::to_string(r);
     else
-      vars += "SLURM_NTASKS=" + std::to_string(ranks) + " SLURM_PROCID=" + std::to_string(r) +
-              " SLURM_LOCALID=" + std::to_string(r);
+      vars += "SLURM_NTASKS=" + std::to_string(ranks) + " SLURM_STEP_NUM_TASKS=" + std::to_string(ranks) +
+              " SLURM_PROCID=" + std::to_string(r) + " SLURM_LOCALID=" + std::to_string(r);
     const std::string before = r < static_cast<int>(prefix.size()) ? prefix[static_cast<std::size_t>(r)] + " " : "";
     // The prefix goes right before bayesq: a `timeout -s KILL` around another timeout would kill only that one.
     script += "( env " + vars + " timeout 300 " + before + BAYESQ_BINARY + " " + args + " > " + tag + ".out 2> " +
@@ -141,6 +141,13 @@ TEST(Distributed, IncompleteLaunchVariablesAreUsageErrors) {
   EXPECT_EQ(bad_rank.code, 2) << bad_rank.err;
   EXPECT_NE(bad_rank.err.find("rank 2"), std::string::npos) << bad_rank.err;
   EXPECT_FALSE(fs::exists(scratch("bad_launch.pt")));
+  // A SLURM batch script running bayesq itself (no srun step): one process, whatever the allocation's tasks.
+  const Result batch = run_with_env("SLURM_NTASKS=4 SLURM_PROCID=0 SLURM_LOCALID=0", args);
+  EXPECT_EQ(batch.code, 0) << batch.err;
+  // srun's tasks without MASTER_ADDR: refused, not run as four jobs writing the same files.
+  const Result step = run_with_env("SLURM_NTASKS=4 SLURM_STEP_NUM_TASKS=4 SLURM_PROCID=0 SLURM_LOCALID=0", args);
+  EXPECT_EQ(step.code, 2) << step.err;
+  EXPECT_NE(step.err.find("MASTER_ADDR"), std::string::npos) << step.err;
   // A world of one: as without the variables.
   const Result alone = run_with_env("WORLD_SIZE=1 RANK=0", args);
   EXPECT_EQ(alone.code, 0) << alone.err;

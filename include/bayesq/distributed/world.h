@@ -3,8 +3,9 @@
 //
 // Launch: the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; with
 // TORCHELASTIC_USE_AGENT_STORE=True the launcher's agent already serves the store, so rank 0 connects to it as a
-// client) or SLURM's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, with MASTER_ADDR and MASTER_PORT set by the job
-// script). Without them the world is one process and nothing else changes.
+// client) or, in tasks srun started (SLURM_STEP_NUM_TASKS set), SLURM's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
+// with MASTER_ADDR and MASTER_PORT set by the job script). Without them the world is one process and nothing else
+// changes (a batch script that runs bayesq itself, without srun, is one process).
 //
 // Every collective waits at most the job's timeout (--dist-timeout): a rank that died or hangs makes the others
 // fail with UserError(ExitCode::distributed) instead of waiting for ever.
