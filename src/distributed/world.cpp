@@ -115,6 +115,7 @@ std::shared_ptr<World> World::join(const LaunchInfo& launch, std::chrono::millis
   world->rank_ = launch.rank;
   world->size_ = launch.world_size;
   world->local_rank_ = launch.local_rank;
+  world->launcher_ = launch.launcher;
   if (launch.world_size <= 1) return world;
   world->group_ = std::make_unique<Group>();
   try {

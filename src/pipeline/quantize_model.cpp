@@ -173,6 +173,7 @@ void gather_table(Session& session, const std::vector<int>& owner, const std::st
   std::vector<int64_t> blocks_per_rank(static_cast<std::size_t>(world.size()), 0);
   for (int o : owner) ++blocks_per_rank[static_cast<std::size_t>(o)];
   session.distributed_report() = {{"world_size", world.size()},
+                                  {"launcher", world.launcher()},
                                   {"measured_table_blocks_per_rank", blocks_per_rank},
                                   {"measured_table_seconds_per_rank", world.all_gather(seconds)}};
 }

@@ -58,6 +58,7 @@ class World {
   int size() const { return size_; }
   int local_rank() const { return local_rank_; }
   bool distributed() const { return size_ > 1; }
+  const std::string& launcher() const { return launcher_; }  // LaunchInfo::launcher
 
   // Every rank's bytes, on every rank, in rank order (one all-gather of the sizes, one of the padded bytes).
   std::vector<std::vector<uint8_t>> all_gather_bytes(const std::vector<uint8_t>& mine) const;
@@ -68,6 +69,7 @@ class World {
   struct Group;  // c10d's store and process group, where this build has them
   std::unique_ptr<Group> group_;
   int rank_ = 0, size_ = 1, local_rank_ = 0;
+  std::string launcher_;
 };
 
 // The blocks each rank works on when per-block work is split: `cost[b]` an estimate of block b's work, assigned
