@@ -74,16 +74,16 @@ if(TORCH_CUDA_LIBRARIES OR TARGET c10_cuda OR TARGET torch_cuda)
   endif()
 endif()
 
-# torch.distributed (c10d's TCPStore and ProcessGroupGloo, compiled into libtorch): its headers include Gloo's,
-# which Debian ships in libgloo-dev (scripts/setup.sh installs it). Without them a job of several processes is
-# refused with a clear message.
+# torch.distributed (c10d, compiled into libtorch): the TCPStore always; ProcessGroupGloo where Gloo's headers
+# are found (Debian's libgloo-dev, which scripts/setup.sh installs; PyTorch's wheels do not ship them). Without
+# them a job's exchanges go through the store (distributed/world.h).
 find_path(BAYESQ_GLOO_INCLUDE_DIR gloo/config.h HINTS ${TORCH_INCLUDE_DIRS})
 if(BAYESQ_GLOO_INCLUDE_DIR)
   set_property(SOURCE src/distributed/world.cpp APPEND PROPERTY INCLUDE_DIRECTORIES ${BAYESQ_GLOO_INCLUDE_DIR})
-  set_property(SOURCE src/distributed/world.cpp APPEND PROPERTY COMPILE_DEFINITIONS BAYESQ_DISTRIBUTED USE_C10D_GLOO)
-  message(STATUS "bayesq: torch.distributed with Gloo (${BAYESQ_GLOO_INCLUDE_DIR})")
+  set_property(SOURCE src/distributed/world.cpp APPEND PROPERTY COMPILE_DEFINITIONS BAYESQ_GLOO USE_C10D_GLOO)
+  message(STATUS "bayesq: torch.distributed with Gloo (${BAYESQ_GLOO_INCLUDE_DIR}) and the TCPStore")
 else()
-  message(STATUS "bayesq: no Gloo headers, multi-process jobs disabled")
+  message(STATUS "bayesq: no Gloo headers, multi-process jobs exchange through c10d's TCPStore")
 endif()
 
 add_executable(bayesq tools/bayesq.cpp)

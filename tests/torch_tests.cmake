@@ -20,6 +20,7 @@ add_executable(bayesq_torch_tests
   torch/test_pipeline.cpp
   torch/test_gptq.cpp
   torch/test_distill.cpp
+  torch/test_world.cpp
 )
 target_link_libraries(bayesq_torch_tests PRIVATE bayesq_torch GTest::gtest GTest::gtest_main)
 set_target_properties(bayesq_torch_tests PROPERTIES CXX_STANDARD ${BAYESQ_TORCH_CXX_STANDARD} CXX_STANDARD_REQUIRED ON)

@@ -212,6 +212,10 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
   app->add_option("--dist-timeout", run.dist_timeout,
                   "Seconds a process of a multi-process job (torchrun, srun) waits for the others before it fails")
       ->capture_default_str();
+  app->add_option("--dist-backend", run.dist_backend,
+                  "What carries a multi-process job's exchanges: gloo (c10d's Gloo process group), store (c10d's "
+                  "TCPStore alone), auto (gloo where this build has it, else store)")
+      ->capture_default_str();
   app->add_option("--holdout", run.holdout,
                   "Fraction of the calibration examples held out (spread over the file): never fitted to, the "
                   "report scores the quantized model on them (0: none)")

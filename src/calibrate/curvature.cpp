@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "bayesq/common/bytes.h"
 #include "bayesq/common/errors.h"
 #include "bayesq/common/log.h"
 #include "bayesq/common/progress.h"
@@ -47,19 +48,36 @@ torch::Tensor curvature_loss(const torch::Tensor& output, LossKind kind, const t
   return (log_p_hat.exp() * (log_p_hat - log_p)).sum() / batch;
 }
 
+// Note [Calibration over several processes]: the statistics are sums over calibration batches (batch j holds
+// examples [j B, (j+1) B), whatever the number of processes). A job gives each rank a contiguous run of batches,
+// draws batch j's probes and sampled labels from a generator seeded by (seed, j), and sums each block's float32
+// terms in float64: B_j sum_p v (.) Hv per batch (hutchinson), g_n (.) g_n per example (fisher). Those sums are
+// exact while the terms' exponents stay within about 20 binary orders of each other (53 bits hold 24-bit terms
+// times a batch size with room to spare), and exact sums do not depend on their order: one process and N
+// processes give the same float32 diagonal (where a sum does round, they can differ in its last float64 bit,
+// which the float32 result shows only at a rounding boundary). The per-batch trace statistics are gathered and
+// combined in batch order on every rank.
 struct Accumulator {
-  torch::Tensor diagonal;                 // on the device, float32, the block's shape
-  double trace_weighted = 0.0;            // sum_j (B_j / N) mean_p t_pj
-  double trace_variance = 0.0;            // sum_j (B_j / N)^2 var_p(t_pj) / P
-  int64_t samples = 0;
-  std::vector<double> per_example_traces; // fisher: t_n = sum_i g_ni^2
+  torch::Tensor sum;  // float64 on the device: sum_j B_j sum_p v_p (.) H v_p, or sum_n g_n (.) g_n
+  // hutchinson, one entry per batch of this rank in batch order: mean and variance of the probes' traces, probes.
+  std::vector<double> batch_mean, batch_variance;
+  std::vector<int64_t> batch_probes, batch_index;
+  std::vector<double> per_example_traces;  // fisher: t_n = sum_i g_ni^2, in example order
 };
+
+// Batch j's generator seed: a splitmix64 step of (seed, j), so every batch has its own stream.
+uint64_t batch_seed(uint64_t seed, int64_t batch) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (static_cast<uint64_t>(batch) + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFFull;  // manual_seed's range on every version
+}
 
 }  // namespace
 
 CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& index, const DataFile& data,
                                 const CurvatureParams& params, const Compute& compute,
-                                const std::string& model_path) {
+                                const std::string& model_path, const World* world) {
   const auto start = std::chrono::steady_clock::now();
   BQ_CHECK(params.probes >= 1, ExitCode::usage, "--probes must be >= 1");
   BQ_CHECK(compute.batch_size >= 1, ExitCode::usage, "--batch-size must be >= 1");
@@ -72,7 +90,9 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
   module.eval();
   module.to(device);
   check_input_count(module, data, model_path);
-  torch::manual_seed(compute.seed);  // probes and sampled labels come from the default generators, in a fixed order
+  const int rank = world ? world->rank() : 0, ranks = world ? world->size() : 1;
+  const int64_t batches = (n + compute.batch_size - 1) / compute.batch_size;
+  const auto [first_batch, end_batch] = contiguous_share(batches, rank, ranks);  // this rank's batches
 
   // Only block weights need gradients; every other parameter is frozen for the pass and restored afterwards.
   std::vector<std::pair<torch::Tensor, bool>> saved;
@@ -92,7 +112,7 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
   std::vector<Accumulator> acc(index.blocks.size());
   for (std::size_t b = 0; b < index.blocks.size(); ++b) {
     const torch::Tensor w = find_tensor(module, index.blocks[b].name);
-    acc[b].diagonal = torch::zeros(w.sizes(), w.options().dtype(torch::kFloat32));
+    acc[b].sum = torch::zeros(w.sizes(), w.options().dtype(torch::kFloat64));
     if (!index.blocks[b].autograd_visible) continue;
     active.push_back(b);
     weights.push_back(w);
@@ -101,8 +121,8 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
 
   // One batch's contribution; returns false when autograd cannot differentiate the model (e.g. a fused inference
   // operator on the gradient path of some active block).
-  auto process = [&](int64_t begin, int64_t end) -> bool {
-    const double share = double(end - begin) / double(n);
+  auto process = [&](int64_t batch, int64_t begin, int64_t end) -> bool {
+    torch::manual_seed(batch_seed(compute.seed, batch));  // probes and sampled labels: batch j's own stream
     try {
       if (!fisher) {
         const torch::Tensor output = select_output(forward_batch(module, data, begin, end, device, model_path),
@@ -129,7 +149,7 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
               continue;
             }
             const torch::Tensor product = probes[k] * hv[k].to(torch::kFloat32);
-            acc[active[k]].diagonal.add_(product, share / double(params.probes));
+            acc[active[k]].sum.add_(product, end - begin);  // float64 += B_j x float32: exact (Note above)
             traces[k].push_back(product.sum().item<double>());
           }
         }
@@ -139,9 +159,10 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
           for (double v : traces[k]) mean += v / double(traces[k].size());
           for (double v : traces[k]) var += (v - mean) * (v - mean);
           var = traces[k].size() > 1 ? var / double(traces[k].size() - 1) : 0.0;
-          a.trace_weighted += share * mean;
-          a.trace_variance += share * share * var / double(traces[k].size());
-          a.samples += static_cast<int64_t>(traces[k].size());
+          a.batch_mean.push_back(mean);
+          a.batch_variance.push_back(var);
+          a.batch_probes.push_back(static_cast<int64_t>(traces[k].size()));
+          a.batch_index.push_back(batch);
         }
       } else {
         for (int64_t i = begin; i < end; ++i) {
@@ -163,7 +184,7 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
           for (std::size_t k = 0; k < weights.size(); ++k) {
             if (!grads[k].defined()) continue;
             const torch::Tensor square = grads[k].to(torch::kFloat32).pow(2);
-            acc[active[k]].diagonal.add_(square, 1.0 / double(n));
+            acc[active[k]].sum.add_(square);
             acc[active[k]].per_example_traces.push_back(square.sum().item<double>());
           }
         }
@@ -228,28 +249,31 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
     fisher = true;
   }
 
-  Progress progress("calibration", n, "examples", /*summary=*/false);
-  for (int64_t begin = 0; begin < n; begin += compute.batch_size) {
+  const int64_t first_begin = first_batch * compute.batch_size;
+  const int64_t own_examples = std::min(n, end_batch * compute.batch_size) - std::min(n, first_begin);
+  Progress progress("calibration", own_examples, "examples", /*summary=*/false);
+  for (int64_t batch = first_batch; batch < end_batch; ++batch) {
+    const int64_t begin = batch * compute.batch_size;
     const int64_t end = std::min(n, begin + compute.batch_size);
-    while (!process(begin, end)) {
+    while (!process(batch, begin, end)) {
       // Double backward is not implemented for some operators (e.g. fused attention kernels in libtorch 2.x).
       // If first-order gradients work, the Monte-Carlo Fisher needs nothing more: switch to it for the run.
-      if (!fisher && begin == 0 && first_order_works(begin, end)) {
+      if (!fisher && begin == first_begin && first_order_works(begin, end)) {
         log::warn("hutchinson needs double backward, which an operator of ", model_path,
                   " does not implement; using the fisher estimator instead");
         notes = "hutchinson unsupported by the model (no double backward); fisher used";
         fisher = true;
-        for (auto& a : acc) a = Accumulator{torch::zeros_like(a.diagonal)};
+        for (auto& a : acc) a = Accumulator{torch::zeros_like(a.sum)};
         continue;
       }
       // Drop the earliest active block (discovery order follows the forward graph) until autograd can reach the
       // rest; the dropped blocks get the flagged fallback. Only the first batch can get here.
-      BQ_CHECK(begin == 0 && !active.empty(), ExitCode::numerical,
+      BQ_CHECK(begin == first_begin && !active.empty(), ExitCode::numerical,
                "autograd cannot differentiate the model on calibration data: ", model_path);
       log::warn("block ", index.blocks[active.front()].name,
                 ": no gradient path (behind an operator without autograd support)");
       weights.front().set_requires_grad(false);
-      for (auto& a : acc) a = Accumulator{torch::zeros_like(a.diagonal)};
+      for (auto& a : acc) a = Accumulator{torch::zeros_like(a.sum)};
       active.erase(active.begin());
       weights.erase(weights.begin());
       if (active.empty()) break;
@@ -258,6 +282,65 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
     if (active.empty()) break;
   }
   progress.finish();
+
+  // Every rank's sums and per-batch statistics (Note [Calibration over several processes]); what a rank without
+  // batches (more ranks than batches) decided about the estimator and the reachable blocks comes from rank 0.
+  std::vector<bool> is_active(index.blocks.size(), false);
+  for (std::size_t b : active) is_active[b] = true;
+  std::vector<std::vector<double>> sums(index.blocks.size());
+  for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+    const torch::Tensor d = acc[b].sum.to(torch::kCPU).contiguous();
+    sums[b].assign(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+  }
+  std::vector<int64_t> examples_per_rank;
+  std::vector<double> seconds_per_rank;
+  if (ranks > 1) {
+    ByteWriter mine;
+    mine.put<int64_t>(own_examples);
+    mine.put<double>(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    mine.put<uint8_t>(end_batch > first_batch);
+    mine.put<uint8_t>(fisher);
+    for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+      mine.put<uint8_t>(is_active[b]);
+      mine.put_vector(sums[b]);
+      mine.put_vector(acc[b].batch_mean);
+      mine.put_vector(acc[b].batch_variance);
+      mine.put_vector(acc[b].batch_probes);
+      mine.put_vector(acc[b].batch_index);
+      mine.put_vector(acc[b].per_example_traces);
+    }
+    const std::vector<std::vector<uint8_t>> all = world->all_gather_bytes(mine.bytes());
+    std::vector<Accumulator> gathered(index.blocks.size());
+    for (std::size_t b = 0; b < index.blocks.size(); ++b) std::fill(sums[b].begin(), sums[b].end(), 0.0);
+    for (int r = 0; r < ranks; ++r) {  // rank order is batch order: shares are contiguous and ascending
+      ByteReader in(all[static_cast<std::size_t>(r)]);
+      examples_per_rank.push_back(in.get<int64_t>());
+      seconds_per_rank.push_back(in.get<double>());
+      const bool had_batches = in.get<uint8_t>() != 0;
+      const bool rank_fisher = in.get<uint8_t>() != 0;
+      if (r == 0) fisher = rank_fisher;
+      BQ_ASSERT(!had_batches || rank_fisher == fisher, "rank ", r, " chose another curvature estimator than rank 0");
+      for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+        const bool rank_active = in.get<uint8_t>() != 0;
+        if (r == 0) is_active[b] = rank_active;
+        BQ_ASSERT(!had_batches || rank_active == is_active[b], "rank ", r, " reached other blocks than rank 0");
+        const std::vector<double> part = in.get_vector<double>();
+        BQ_ASSERT(part.size() == sums[b].size(), "rank ", r, " sent ", part.size(), " entries for block ", b);
+        for (std::size_t i = 0; i < part.size(); ++i) sums[b][i] += part[i];
+        auto append = [](auto& to, const auto& from) { to.insert(to.end(), from.begin(), from.end()); };
+        append(gathered[b].batch_mean, in.get_vector<double>());
+        append(gathered[b].batch_variance, in.get_vector<double>());
+        append(gathered[b].batch_probes, in.get_vector<int64_t>());
+        append(gathered[b].batch_index, in.get_vector<int64_t>());
+        append(gathered[b].per_example_traces, in.get_vector<double>());
+      }
+      BQ_ASSERT(in.done(), "rank ", r, " sent more calibration bytes than expected");
+    }
+    for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+      gathered[b].sum = acc[b].sum;
+      acc[b] = std::move(gathered[b]);
+    }
+  }
 
   CurvatureSet set;
   set.examples = n;
@@ -268,24 +351,28 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
   set.seed = compute.seed;
   set.data_hash = data.hash();
   set.device = device_description(device);
-  std::vector<bool> is_active(index.blocks.size(), false);
-  for (std::size_t b : active) is_active[b] = true;
+  set.examples_per_rank = std::move(examples_per_rank);
+  set.seconds_per_rank = std::move(seconds_per_rank);
+  // The mean: hutchinson 1/(N P) sum_j B_j sum_p v (.) Hv (each batch's loss is its mean); fisher 1/N sum_n g^2.
+  const double scale = fisher ? double(n) : double(n) * double(params.probes);
   for (std::size_t b = 0; b < index.blocks.size(); ++b) {
     CurvatureStats c;
     c.name = index.blocks[b].name;
     c.available = is_active[b];
-    const torch::Tensor d = acc[b].diagonal.to(torch::kCPU).contiguous();
-    c.diagonal.assign(d.data_ptr<float>(), d.data_ptr<float>() + d.numel());
-    for (float& v : c.diagonal) {
+    c.diagonal.resize(sums[b].size());
+    for (std::size_t i = 0; i < sums[b].size(); ++i) {
+      float v = static_cast<float>(sums[b][i] / scale);
       if (!std::isfinite(v)) {
         ++c.non_finite;
       } else if (v < 0.0f) {
         ++c.clamped_negative;
         v = 0.0f;
       }
+      c.diagonal[i] = v;
     }
+    const Accumulator& a = acc[b];
     if (fisher) {
-      const auto& t = acc[b].per_example_traces;
+      const auto& t = a.per_example_traces;
       double mean = 0.0, var = 0.0;
       for (double v : t) mean += v / double(t.size());
       for (double v : t) var += (v - mean) * (v - mean);
@@ -293,9 +380,17 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
       c.trace_standard_error = t.size() > 1 ? std::sqrt(var / double(t.size() - 1) / double(t.size())) : 0.0;
       c.trace_samples = static_cast<int64_t>(t.size());
     } else {
-      c.trace = acc[b].trace_weighted;
-      c.trace_standard_error = std::sqrt(acc[b].trace_variance);
-      c.trace_samples = acc[b].samples;
+      // sum_j (B_j / N) mean_j, and its variance sum_j (B_j / N)^2 var_j / P_j, in batch order.
+      double trace = 0.0, variance = 0.0;
+      for (std::size_t j = 0; j < a.batch_mean.size(); ++j) {
+        const int64_t begin = a.batch_index[j] * compute.batch_size;
+        const double share = double(std::min(n, begin + compute.batch_size) - begin) / double(n);
+        trace += share * a.batch_mean[j];
+        variance += share * share * a.batch_variance[j] / double(a.batch_probes[j]);
+        c.trace_samples += a.batch_probes[j];
+      }
+      c.trace = trace;
+      c.trace_standard_error = std::sqrt(variance);
     }
     set.blocks.push_back(std::move(c));
   }

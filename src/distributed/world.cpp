@@ -5,13 +5,15 @@
 #include <cstring>
 #include <numeric>
 
+#include <c10/util/Logging.h>
 #include <torch/torch.h>
 
 #include "bayesq/common/errors.h"
 
-#ifdef BAYESQ_DISTRIBUTED
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef BAYESQ_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
 
 namespace bayesq {
@@ -73,6 +75,13 @@ LaunchInfo launch_from_environment() {
   return launch;
 }
 
+std::pair<int64_t, int64_t> contiguous_share(int64_t count, int rank, int ranks) {
+  if (ranks <= 1) return {0, count};
+  const int64_t base = count / ranks, extra = count % ranks;
+  const int64_t first = rank * base + std::min<int64_t>(rank, extra);
+  return {first, first + base + (rank < extra ? 1 : 0)};
+}
+
 std::vector<int> assign_blocks(const std::vector<double>& cost, int ranks) {
   std::vector<int> owner(cost.size(), 0);
   if (ranks <= 1) return owner;
@@ -88,12 +97,21 @@ std::vector<int> assign_blocks(const std::vector<double>& cost, int ranks) {
   return owner;
 }
 
-#ifdef BAYESQ_DISTRIBUTED
+Exchange exchange_from_name(const std::string& name) {
+  if (name == "auto") return Exchange::automatic;
+  if (name == "gloo") return Exchange::gloo;
+  if (name == "store") return Exchange::store;
+  BQ_FAIL(ExitCode::usage, "unknown --dist-backend '", name, "' (expected auto, gloo or store)");
+}
 
 struct World::Group {
-  c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  c10::intrusive_ptr<c10d::Store> store;  // under the job's key prefix
+#ifdef BAYESQ_GLOO
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;  // null: the store carries the exchanges
+#endif
   std::chrono::milliseconds timeout{0};  // each collective's
+  int64_t collectives = 0;               // store exchanges made so far: the next one's key
+  std::size_t previous_chunks = 0;       // this rank's chunks in the last store exchange (deleted in the next)
 };
 
 namespace {
@@ -105,12 +123,34 @@ namespace {
   if (newline != std::string::npos) message = message.substr(0, newline);
   throw UserError(ExitCode::distributed, "rank " + std::to_string(rank) + ": " + what + " failed: " + message);
 }
+
+std::string exchange_key(int64_t collective, int rank) {
+  return "bayesq/exchange/" + std::to_string(collective) + "/" + std::to_string(rank);
+}
+std::string chunk_key(int64_t collective, int rank, std::size_t chunk) {
+  return exchange_key(collective, rank) + "/" + std::to_string(chunk);
+}
+// One value per store request stays below the store server's limit (8 MiB in libtorch 2.x's libuv backend).
+constexpr std::size_t kStoreChunkBytes = std::size_t(4) << 20;
 }  // namespace
 
 World::World() = default;
 World::~World() = default;
 
-std::shared_ptr<World> World::join(const LaunchInfo& launch, std::chrono::milliseconds timeout) {
+const char* World::exchange() const {
+  if (!group_) return "none";
+#ifdef BAYESQ_GLOO
+  if (group_->gloo) return "gloo";
+#endif
+  return "store";
+}
+
+std::shared_ptr<World> World::join(const LaunchInfo& launch, std::chrono::milliseconds timeout, Exchange exchange) {
+#ifndef BAYESQ_GLOO
+  BQ_CHECK(exchange != Exchange::gloo || launch.world_size <= 1, ExitCode::usage,
+           "--dist-backend gloo: this bayesq was built without Gloo's headers (Debian: libgloo-dev); use "
+           "--dist-backend store");
+#endif
   auto world = std::make_shared<World>();
   world->rank_ = launch.rank;
   world->size_ = launch.world_size;
@@ -118,6 +158,9 @@ std::shared_ptr<World> World::join(const LaunchInfo& launch, std::chrono::millis
   world->launcher_ = launch.launcher;
   if (launch.world_size <= 1) return world;
   world->group_ = std::make_unique<Group>();
+  // c10d logs warnings of its own (socket timeouts, a peer's closed connection) with source locations and stack
+  // frames; the job's failure is reported as one line instead. TORCH_CPP_LOG_LEVEL, when set, still decides.
+  if (!env("TORCH_CPP_LOG_LEVEL")) FLAGS_caffe2_log_level = std::max(FLAGS_caffe2_log_level, 2);
   try {
     c10d::TCPStoreOptions options;
     options.port = static_cast<std::uint16_t>(launch.master_port);
@@ -127,16 +170,24 @@ std::shared_ptr<World> World::join(const LaunchInfo& launch, std::chrono::millis
     // The rendezvous waits twice (every rank joining the store, then Gloo connecting the ranks through it): 2/5
     // of the timeout each keeps the whole join within it. Collectives get the whole timeout each.
     options.timeout = timeout * 2 / 5;
-    world->group_->store = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, options);
-    auto gloo = c10d::ProcessGroupGloo::Options::create(timeout * 2 / 5);
+    const auto tcp = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, options);
+    // torchrun's agent keeps its store across restarts of the workers: keys carry the restart count.
+    const char* restart = env("TORCHELASTIC_RESTART_COUNT");
+    world->group_->store = c10::make_intrusive<c10d::PrefixStore>(
+        std::string("bayesq/attempt") + (restart ? restart : "0"), tcp);
     world->group_->timeout = timeout;
-    if (const char* ifname = env("GLOO_SOCKET_IFNAME"))
-      gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-    else
-      gloo->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    gloo->threads = 2;
-    world->group_->group =
-        c10::make_intrusive<c10d::ProcessGroupGloo>(world->group_->store, launch.rank, launch.world_size, gloo);
+#ifdef BAYESQ_GLOO
+    if (exchange != Exchange::store) {
+      auto gloo = c10d::ProcessGroupGloo::Options::create(timeout * 2 / 5);
+      if (const char* ifname = env("GLOO_SOCKET_IFNAME"))
+        gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+      else
+        gloo->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      gloo->threads = 2;
+      world->group_->gloo =
+          c10::make_intrusive<c10d::ProcessGroupGloo>(world->group_->store, launch.rank, launch.world_size, gloo);
+    }
+#endif
   } catch (const UserError&) {
     throw;
   } catch (const std::exception& e) {
@@ -149,26 +200,69 @@ std::shared_ptr<World> World::join(const LaunchInfo& launch, std::chrono::millis
 std::vector<std::vector<uint8_t>> World::all_gather_bytes(const std::vector<uint8_t>& mine) const {
   if (size_ <= 1) return {mine};
   try {
-    // Sizes first, then every rank's bytes padded to the largest.
-    std::vector<at::Tensor> size_in{torch::tensor({static_cast<int64_t>(mine.size())}, torch::kInt64)};
-    std::vector<std::vector<at::Tensor>> size_out(1);
-    for (int r = 0; r < size_; ++r) size_out[0].push_back(torch::zeros({1}, torch::kInt64));
-    c10d::AllgatherOptions options;
-    options.timeout = group_->timeout;
-    group_->group->allgather(size_out, size_in, options)->wait();
-    std::vector<int64_t> sizes;
-    for (const at::Tensor& t : size_out[0]) sizes.push_back(t.item<int64_t>());
-    const int64_t longest = std::max<int64_t>(1, *std::max_element(sizes.begin(), sizes.end()));
-    at::Tensor padded = torch::zeros({longest}, torch::kUInt8);
-    if (!mine.empty()) std::memcpy(padded.data_ptr<uint8_t>(), mine.data(), mine.size());
-    std::vector<at::Tensor> bytes_in{padded};
-    std::vector<std::vector<at::Tensor>> bytes_out(1);
-    for (int r = 0; r < size_; ++r) bytes_out[0].push_back(torch::zeros({longest}, torch::kUInt8));
-    group_->group->allgather(bytes_out, bytes_in, options)->wait();
+#ifdef BAYESQ_GLOO
+    if (group_->gloo) {
+      // Sizes first, then every rank's bytes padded to the largest.
+      std::vector<at::Tensor> size_in{torch::tensor({static_cast<int64_t>(mine.size())}, torch::kInt64)};
+      std::vector<std::vector<at::Tensor>> size_out(1);
+      for (int r = 0; r < size_; ++r) size_out[0].push_back(torch::zeros({1}, torch::kInt64));
+      c10d::AllgatherOptions options;
+      options.timeout = group_->timeout;
+      group_->gloo->allgather(size_out, size_in, options)->wait();
+      std::vector<int64_t> sizes;
+      for (const at::Tensor& t : size_out[0]) sizes.push_back(t.item<int64_t>());
+      const int64_t longest = std::max<int64_t>(1, *std::max_element(sizes.begin(), sizes.end()));
+      at::Tensor padded = torch::zeros({longest}, torch::kUInt8);
+      if (!mine.empty()) std::memcpy(padded.data_ptr<uint8_t>(), mine.data(), mine.size());
+      std::vector<at::Tensor> bytes_in{padded};
+      std::vector<std::vector<at::Tensor>> bytes_out(1);
+      for (int r = 0; r < size_; ++r) bytes_out[0].push_back(torch::zeros({longest}, torch::kUInt8));
+      group_->gloo->allgather(bytes_out, bytes_in, options)->wait();
+      std::vector<std::vector<uint8_t>> out;
+      for (int r = 0; r < size_; ++r) {
+        const uint8_t* p = bytes_out[0][static_cast<std::size_t>(r)].data_ptr<uint8_t>();
+        out.emplace_back(p, p + sizes[static_cast<std::size_t>(r)]);
+      }
+      return out;
+    }
+#endif
+    // The store: this rank's bytes in chunks under the collective's keys, then the chunk count under the rank's
+    // key (last, so a rank that sees the count finds the chunks); then every rank's. Once every count of collective
+    // k is there, every rank has finished collective k-1 (its reads included), so this rank's keys of k-1 go.
+    c10d::Store& store = *group_->store;
+    const int64_t k = group_->collectives++;
+    const std::size_t chunks = (mine.size() + kStoreChunkBytes - 1) / kStoreChunkBytes;
+    for (std::size_t c = 0; c < chunks; ++c) {
+      const auto from = mine.begin() + static_cast<std::ptrdiff_t>(c * kStoreChunkBytes);
+      const auto to = mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), (c + 1) * kStoreChunkBytes));
+      store.set(chunk_key(k, rank_, c), std::vector<uint8_t>(from, to));
+    }
+    store.set(exchange_key(k, rank_), std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(&chunks),
+                                                           reinterpret_cast<const uint8_t*>(&chunks) + sizeof chunks));
+    std::vector<std::string> keys;
+    for (int r = 0; r < size_; ++r) keys.push_back(exchange_key(k, r));
+    store.wait(keys, group_->timeout);
+    if (k > 0) {
+      store.deleteKey(exchange_key(k - 1, rank_));
+      for (std::size_t c = 0; c < group_->previous_chunks; ++c) store.deleteKey(chunk_key(k - 1, rank_, c));
+    }
+    group_->previous_chunks = chunks;
     std::vector<std::vector<uint8_t>> out;
     for (int r = 0; r < size_; ++r) {
-      const uint8_t* p = bytes_out[0][static_cast<std::size_t>(r)].data_ptr<uint8_t>();
-      out.emplace_back(p, p + sizes[static_cast<std::size_t>(r)]);
+      if (r == rank_) {
+        out.push_back(mine);
+        continue;
+      }
+      const std::vector<uint8_t> count = store.get(keys[static_cast<std::size_t>(r)]);
+      BQ_ASSERT(count.size() == sizeof(std::size_t), "rank ", r, " posted a chunk count of ", count.size(), " bytes");
+      std::size_t their_chunks = 0;
+      std::memcpy(&their_chunks, count.data(), sizeof their_chunks);
+      std::vector<uint8_t> bytes;
+      for (std::size_t c = 0; c < their_chunks; ++c) {
+        const std::vector<uint8_t> chunk = store.get(chunk_key(k, r, c));
+        bytes.insert(bytes.end(), chunk.begin(), chunk.end());
+      }
+      out.push_back(std::move(bytes));
     }
     return out;
   } catch (const UserError&) {
@@ -177,24 +271,6 @@ std::vector<std::vector<uint8_t>> World::all_gather_bytes(const std::vector<uint
     rethrow_as_job_failure("exchanging results with the other processes", rank_, e);
   }
 }
-
-#else  // no c10d in this build
-
-struct World::Group {};
-
-World::World() = default;
-World::~World() = default;
-
-std::shared_ptr<World> World::join(const LaunchInfo& launch, std::chrono::milliseconds) {
-  BQ_CHECK(launch.world_size <= 1, ExitCode::usage, "this bayesq was built without torch.distributed (Gloo headers "
-           "not found at build time), so it cannot join a job of ", launch.world_size, " processes (",
-           launch.launcher, ")");
-  return std::make_shared<World>();
-}
-
-std::vector<std::vector<uint8_t>> World::all_gather_bytes(const std::vector<uint8_t>& mine) const { return {mine}; }
-
-#endif
 
 std::vector<double> World::all_gather(double mine) const {
   std::vector<uint8_t> bytes(sizeof(double));

@@ -39,6 +39,8 @@ void RunContext::validate() const {
   BQ_CHECK(holdout >= 0.0 && holdout <= 0.5, ExitCode::usage, "--holdout must be in [0, 0.5]");
   BQ_CHECK(measure_disjoint >= 0, ExitCode::usage, "--measure-disjoint must be >= 0 (0: off)");
   BQ_CHECK(dist_timeout > 0 && dist_timeout <= 86400, ExitCode::usage, "--dist-timeout must be in [1, 86400] seconds");
+  BQ_CHECK(dist_backend == "auto" || dist_backend == "gloo" || dist_backend == "store", ExitCode::usage,
+           "unknown --dist-backend '", dist_backend, "' (expected auto, gloo or store)");
 }
 
 void to_json(nlohmann::json& j, const RunContext& r) {
@@ -46,7 +48,7 @@ void to_json(nlohmann::json& j, const RunContext& r) {
                      {"threads", r.threads},       {"batch_size", r.batch_size},
                      {"max_examples", r.max_examples}, {"output_index", r.output_index},
                      {"holdout", r.holdout},       {"measure_disjoint", r.measure_disjoint},
-                     {"dist_timeout", r.dist_timeout}};
+                     {"dist_timeout", r.dist_timeout}, {"dist_backend", r.dist_backend}};
 }
 
 void from_json(const nlohmann::json& j, RunContext& r) {
@@ -60,6 +62,7 @@ void from_json(const nlohmann::json& j, RunContext& r) {
   r.holdout = j.value("holdout", r.holdout);
   r.measure_disjoint = j.value("measure_disjoint", r.measure_disjoint);
   r.dist_timeout = j.value("dist_timeout", r.dist_timeout);
+  r.dist_backend = j.value("dist_backend", r.dist_backend);
 }
 
 LossTableParams MethodConfig::default_table() {

@@ -1,5 +1,7 @@
 #include "bayesq/pipeline/device.h"
 
+#include <algorithm>
+
 #include <ATen/Context.h>
 #include <torch/cuda.h>
 
@@ -8,10 +10,27 @@
 
 namespace bayesq {
 
-torch::Device parse_device(const std::string& name) {
+namespace {
+
+torch::Device selected_cuda(torch::Device device) {
+  // Same seed, same device: bit-identical results, also for convolutions.
+  at::globalContext().setDeterministicCuDNN(true);
+  at::globalContext().setBenchmarkCuDNN(false);
+  return device;
+}
+
+}  // namespace
+
+torch::Device parse_device(const std::string& name, int local_rank) {
   if (name.empty() || name == "cpu") return torch::kCPU;
   const bool cuda = torch::cuda::is_available();
-  if (name == "auto") return cuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  // Without an index, process LOCAL_RANK of a job takes the GPU of that number; more processes than GPUs share
+  // them round-robin (slower, still correct).
+  const auto unindexed = [&] {
+    const int count = static_cast<int>(torch::cuda::device_count());
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % std::max(count, 1)));
+  };
+  if (name == "auto") return cuda ? selected_cuda(unindexed()) : torch::Device(torch::kCPU);
   if (name.rfind("cuda", 0) == 0) {
     BQ_CHECK(cuda, ExitCode::usage, "--device ", name, " asked for, but this build or machine has no CUDA device");
     torch::Device device(torch::kCPU);
@@ -20,17 +39,15 @@ torch::Device parse_device(const std::string& name) {
     } catch (const c10::Error&) {
       BQ_FAIL(ExitCode::usage, "unknown device '", name, "' (expected cpu, cuda, cuda:N or auto)");
     }
-    if (device.index() < 0) device = torch::Device(torch::kCUDA, 0);
+    if (device.index() < 0) device = unindexed();
     BQ_CHECK(device.index() < static_cast<int>(torch::cuda::device_count()), ExitCode::usage, "--device ", name,
              ": only ", torch::cuda::device_count(), " CUDA device(s) present");
-    at::globalContext().setDeterministicCuDNN(true);
-    at::globalContext().setBenchmarkCuDNN(false);
-    return device;
+    return selected_cuda(device);
   }
   BQ_FAIL(ExitCode::usage, "unknown device '", name, "' (expected cpu, cuda, cuda:N or auto)");
 }
 
-Compute start_run(const RunContext& run) {
+Compute start_run(const RunContext& run, int local_rank) {
   run.validate();
   // libtorch's own default can be one thread (Debian's libtorch 1.13 with OpenMP starts at one on a 2-core machine):
   // the count (--threads, else OMP_NUM_THREADS, else every core) is set explicitly, for bayesq's threads,
@@ -38,7 +55,7 @@ Compute start_run(const RunContext& run) {
   set_num_threads(run.threads);
   torch::set_num_threads(num_threads());
   Compute c;
-  c.device = parse_device(run.device);
+  c.device = parse_device(run.device, local_rank);
   c.seed = run.seed;
   c.batch_size = run.batch_size;
   c.max_examples = run.max_examples;

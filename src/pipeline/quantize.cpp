@@ -119,6 +119,8 @@ nlohmann::json quantized_model_report(Session& session, const MethodConfig& conf
     report["curvature"] = {{"estimator", c.estimator}, {"loss", c.loss},       {"examples", c.examples},
                            {"probes", c.probes},       {"seconds", c.seconds}, {"data_hash", c.data_hash},
                            {"notes", c.notes}};
+    if (!c.examples_per_rank.empty())
+      report["curvature"]["per_rank"] = {{"examples", c.examples_per_rank}, {"seconds", c.seconds_per_rank}};
   }
   if (table == TableKind::kfac) {
     // Note [Backward probe]: whether G came from the model's backward or is the identity.
@@ -236,11 +238,10 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
   // with the others, and rank 0 alone writes (Note [Multi-process jobs] in distributed/world.h).
   options.run.validate();  // --dist-timeout before it is used
   const std::shared_ptr<const World> world =
-      World::join(launch_from_environment(), std::chrono::milliseconds(int64_t(options.run.dist_timeout) * 1000));
+      World::join(launch_from_environment(), std::chrono::milliseconds(int64_t(options.run.dist_timeout) * 1000),
+                  exchange_from_name(options.run.dist_backend));
   if (world->rank() != 0) log::set_level(log::Level::warn);
-  Compute compute = start_run(options.run);
-  if (world->distributed() && compute.device.is_cuda() && !compute.device.has_index())
-    compute.device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(world->local_rank()));
+  const Compute compute = start_run(options.run, world->local_rank());
   reset_peak_device_bytes(compute.device);
   Session session({options.model, options.calib, options.posterior, options.run.holdout, options.run.measure_disjoint},
                   compute, world);

@@ -174,6 +174,7 @@ void gather_table(Session& session, const std::vector<int>& owner, const std::st
   for (int o : owner) ++blocks_per_rank[static_cast<std::size_t>(o)];
   session.distributed_report() = {{"world_size", world.size()},
                                   {"launcher", world.launcher()},
+                                  {"exchange", world.exchange()},
                                   {"measured_table_blocks_per_rank", blocks_per_rank},
                                   {"measured_table_seconds_per_rank", world.all_gather(seconds)}};
 }

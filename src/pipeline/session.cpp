@@ -139,7 +139,8 @@ const CurvatureSet& Session::curvature(const CurvatureParams& params) {
   auto it = curvature_.find(key);
   if (it != curvature_.end()) return it->second;
   const auto t = Clock::now();
-  CurvatureSet set = estimate_curvature(model_.module, index_, calibration(), params, compute_, inputs_.model);
+  CurvatureSet set =
+      estimate_curvature(model_.module, index_, calibration(), params, compute_, inputs_.model, world_.get());
   set.model_hash = model_.hash;
   model_.module.to(torch::kCPU);
   timings_["calibrate"] = seconds_since(t);

@@ -420,8 +420,12 @@ TEST(Cli, CoverageModelsQuantizeWithEveryMethodAndStayCloseAt8Bits) {
     for (const std::string method : {"rtn", "gptq", "bayesq", "bayesq/hutchinson"}) {
       const std::string out = (dir / (name + "-" + (method == "bayesq/hutchinson" ? "diag" : method) + ".pt")).string();
       const std::string bits = method.rfind("bayesq", 0) == 0 ? matched : "8";
+      // The diagonal method's Hutchinson estimate from 24 examples with the default 8 probes is noisy: the tied
+      // LM's relative error at this size ranged from 0.009 to 0.023 over seeds 0-10 (2026-12-01); with 64 probes
+      // it was 0.005-0.009 over seeds 0-11. The check is of closeness, not of that estimator's variance.
+      const std::string probes = method == "bayesq/hutchinson" ? " --probes 64" : "";
       const Result r = run("quantize --model " + model + " --calib " + calib + " --method " + method + " --bits " +
-                           bits + " -o " + out + " --max-examples 24 --report " + out + ".json");
+                           bits + " -o " + out + " --max-examples 24 --report " + out + ".json" + probes);
       EXPECT_EQ(r.code, 0) << name << " " << method << ": " << r.err;
       if (r.code != 0) continue;
       pairs += " " + model + "=" + out + "=" + calib;

@@ -19,6 +19,7 @@
 
 #include "bayesq/calibrate/curvature_params.h"
 #include "bayesq/data/data_file.h"
+#include "bayesq/distributed/world.h"
 #include "bayesq/index/block_index.h"
 #include "bayesq/model/compute.h"
 #include "bayesq/posterior/posterior.h"
@@ -26,9 +27,10 @@
 namespace bayesq {
 
 // Throws UserError(usage) on bad parameters (ce without labels, unknown names) and UserError(input) when the data
-// does not fit the model.
+// does not fit the model. With a `world` of several processes each rank calibrates its share of the batches and
+// every rank gets the whole set, the same as one process computes (Note [Calibration over several processes]).
 CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& index, const DataFile& data,
                                 const CurvatureParams& params, const Compute& compute,
-                                const std::string& model_path);
+                                const std::string& model_path, const World* world = nullptr);
 
 }  // namespace bayesq

@@ -41,6 +41,9 @@ struct CurvatureSet {
   std::string device;
   double seconds = 0.0;
   std::string notes;                 // e.g. an automatic switch of estimator
+  // A job of several processes: each rank's calibration examples and seconds before the exchange (empty for one).
+  std::vector<int64_t> examples_per_rank;
+  std::vector<double> seconds_per_rank;
 
   int find(const std::string& name) const;
 };
