@@ -24,6 +24,7 @@ add_library(bayesq_torch STATIC
   src/gptq/model_gptq.cpp
   src/measure/joint_allocation.cpp
   src/measure/measured_table.cpp
+  src/measure/suffix_forward.cpp
   src/distill/distill.cpp
   src/export/model_writer.cpp
   src/eval/evaluate.cpp

@@ -4,25 +4,32 @@
 
 #include <torch/torch.h>
 
+#include "bayesq/common/log.h"
 #include "bayesq/common/progress.h"
 #include "bayesq/common/timer.h"
 #include "bayesq/export/model_writer.h"
 #include "bayesq/model/block_discovery.h"
+#include "bayesq/measure/suffix_forward.h"
 #include "bayesq/model/forward.h"
 
 namespace bayesq {
 
 // No gradients, so batches can be larger than the calibration pass's: fewer, fuller kernel launches.
+int64_t measure_batch_size(const Compute& compute) { return std::max<int64_t>(compute.batch_size, 128); }
+
+torch::Tensor log_probabilities_of(const torch::jit::IValue& output, const Compute& compute) {
+  const torch::Tensor z = select_output(output, compute.output);
+  return torch::log_softmax(z.to(torch::kFloat64).reshape({-1, z.size(-1)}), 1);
+}
+
 std::vector<torch::Tensor> log_probabilities(torch::jit::Module& module, const DataFile& data, int64_t n,
                                              const Compute& compute, const std::string& model_path) {
   torch::NoGradGuard no_grad;
-  const int64_t batch = std::max<int64_t>(compute.batch_size, 128);
+  const int64_t batch = measure_batch_size(compute);
   std::vector<torch::Tensor> out;
   for (int64_t begin = 0; begin < n; begin += batch) {
     const int64_t end = std::min(n, begin + batch);
-    const torch::Tensor z =
-        select_output(forward_batch(module, data, begin, end, compute.device, model_path), compute.output);
-    out.push_back(torch::log_softmax(z.to(torch::kFloat64).reshape({-1, z.size(-1)}), 1));
+    out.push_back(log_probabilities_of(forward_batch(module, data, begin, end, compute.device, model_path), compute));
   }
   return out;
 }
@@ -50,9 +57,12 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
   torch::jit::Module work = eval_copy(model, compute.device);
   const std::vector<torch::Tensor> reference = log_probabilities(work, data, n, compute, model_path);
   // Timed with the KL: on a GPU the forwards run asynchronously, and the KL's read-back is where the host waits.
+  // From the block's cached prefix where there is one (Note [Cached prefix] in suffix_forward.h).
+  std::unique_ptr<SuffixForward> suffix;
   auto measured_kl = [&]() {
     const auto start = Clock::now();
-    const double kl = kl_sum(reference, log_probabilities(work, data, n, compute, model_path));
+    const double kl = kl_sum(reference, suffix ? suffix->log_probabilities()
+                                               : log_probabilities(work, data, n, compute, model_path));
     stats.forward_seconds += seconds_since(start);
     return kl;
   };
@@ -69,6 +79,23 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     auto start = Clock::now();
     const std::vector<QuantizedBlock> blocks = options(b, choices);
     stats.quantize_seconds += seconds_since(start);
+    suffix.reset();
+    const bool from_prefix = params.cached_prefix == MeasureParams::Prefix::on ||
+                             (params.cached_prefix == MeasureParams::Prefix::automatic && compute.device.is_cpu());
+    if (from_prefix && blocks.size() > 1) {
+      start = Clock::now();
+      try {
+        suffix = SuffixForward::build(work, info.name, data, n, compute);
+      } catch (const std::exception& e) {  // a graph the cut does not handle: full forwards, same results
+        const std::string what = e.what();
+        log::debug("block ", info.name, ": no cached prefix (", what.substr(0, what.find('\n')), ")");
+      }
+      stats.forward_seconds += seconds_since(start);
+      if (suffix) {
+        ++table.cached_prefix_blocks;
+        table.cached_prefix_share += double(suffix->prefix_nodes()) / double(suffix->data_nodes());
+      }
+    }
     for (std::size_t i = 0; i < blocks.size(); ++i) {
       LossEntry& e = table.blocks[b].entries[i];
       start = Clock::now();
@@ -80,6 +107,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
       e.lloyd_fallbacks = blocks[i].lloyd_fallbacks;
     }
     assign_tensor(work, info.name, original);
+    suffix.reset();
     auto& entries = table.blocks[b].entries;
     table.blocks[b].monotone = true;
     for (std::size_t i = 1; i < entries.size(); ++i)
@@ -89,6 +117,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     progress.advance();
   }
   progress.finish();
+  if (table.cached_prefix_blocks > 0) table.cached_prefix_share /= double(table.cached_prefix_blocks);
   stats.seconds = seconds_since(t);
   return stats;
 }

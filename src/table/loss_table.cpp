@@ -143,12 +143,18 @@ void from_json(const nlohmann::json& j, BlockLosses& b) {
 
 void to_json(nlohmann::json& j, const LossTable& t) {
   j = nlohmann::json{{"tau", t.tau}, {"group_size", t.group_size}, {"seconds", t.seconds}, {"blocks", t.blocks}};
+  if (t.cached_prefix_blocks > 0) {
+    j["cached_prefix_blocks"] = t.cached_prefix_blocks;
+    j["cached_prefix_share"] = t.cached_prefix_share;
+  }
 }
 
 void from_json(const nlohmann::json& j, LossTable& t) {
   t.tau = j.at("tau").get<double>();
   t.group_size = j.at("group_size").get<int64_t>();
   t.seconds = j.value("seconds", 0.0);
+  t.cached_prefix_blocks = j.value("cached_prefix_blocks", int64_t{0});
+  t.cached_prefix_share = j.value("cached_prefix_share", 0.0);
   t.blocks = j.at("blocks").get<std::vector<BlockLosses>>();
 }
 

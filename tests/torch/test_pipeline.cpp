@@ -257,6 +257,54 @@ TEST(Pipeline, DesignBesideTheMeasurementGivesTheSameModel) {
   EXPECT_TRUE(files[0] == files[1]) << "the two files differ";
 }
 
+// Note [Cached prefix]: each option's forward from the block's cached prefix gives the KL a full forward gives,
+// entry for entry, on models with residual branches and in-place writes into cached values, attention, recurrence,
+// a tied table and transposed convolutions; so the file is the same too.
+TEST(Pipeline, CachedPrefixGivesTheTableOfFullForwards) {
+  struct Case {
+    const char *model, *calib;
+    int64_t measured;
+    double bits;  // above each tiny model's metadata floor
+  };
+  for (const Case& c : {Case{"inplace_residual.pt", "inplace_residual_calib.pt", 40, 5.0},
+                        Case{"separable.pt", "separable_calib.pt", 64, 3.5}, Case{"quickstart_cnn.pt", "quickstart_calib.pt", 48, 3.0},
+                        Case{"cov_mha.pt", "cov_mha_calib.pt", 24, 10.0}, Case{"cov_lstm.pt", "cov_lstm_calib.pt", 24, 10.0},
+                        Case{"cov_tied_lm.pt", "cov_tied_lm_calib.pt", 24, 10.0},
+                        Case{"cov_causal_lm.pt", "cov_causal_lm_calib.pt", 24, 10.0},
+                        Case{"cov_transposed.pt", "cov_transposed_calib.pt", 24, 10.0}}) {
+    SCOPED_TRACE(c.model);
+    std::vector<std::string> files;
+    std::vector<nlohmann::json> tables;
+    std::vector<int64_t> cached;
+    for (bool prefix : {false, true}) {
+      QuantizeOptions o;
+      o.model = fixture(c.model);
+      o.calib = fixture(c.calib);
+      o.bits = {c.bits};
+      o.method.measure.examples = c.measured;
+      o.method.measure.cached_prefix = prefix ? MeasureParams::Prefix::on : MeasureParams::Prefix::off;
+      o.method.joint.rounds = 0;  // the table alone
+      o.output = scratch(std::string("prefix_") + (prefix ? "on_" : "off_") + c.model);
+      const QuantizeOutcome out = run_quantize(o);
+      nlohmann::json table = out.report_json.at(0).at("loss_table");
+      cached.push_back(table.value("cached_prefix_blocks", int64_t{0}));
+      table.erase("seconds");
+      table.erase("cached_prefix_blocks");
+      table.erase("cached_prefix_share");
+      tables.push_back(table);
+      std::ifstream in(o.output, std::ios::binary);
+      files.emplace_back((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      ASSERT_FALSE(files.back().empty());
+    }
+    EXPECT_EQ(cached[0], 0);
+    EXPECT_GT(cached[1], 0) << "no block was measured from a cached prefix";
+    ASSERT_EQ(tables[0]["blocks"].size(), tables[1]["blocks"].size());
+    for (std::size_t b = 0; b < tables[0]["blocks"].size(); ++b)
+      EXPECT_EQ(tables[0]["blocks"][b], tables[1]["blocks"][b]) << tables[0]["blocks"][b]["name"];
+    EXPECT_TRUE(files[0] == files[1]) << "the two files differ";
+  }
+}
+
 TEST(Pipeline, JointAndHeldOutKlAreTheWrittenModels) {
   // Also on recurrent models: a scripted LSTM's forward reads its weights from a list attribute, which every
   // in-memory swap must update too, or the measured KL would be the float model's (assign_tensor).

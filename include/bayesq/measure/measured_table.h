@@ -31,7 +31,7 @@ using OptionBlocks =
 struct MeasureStats {
   double seconds = 0.0;
   double quantize_seconds = 0.0;  // inside `options` and swapping weights in
-  double forward_seconds = 0.0;   // forward passes and KL
+  double forward_seconds = 0.0;   // forward passes and KL (cached prefixes included)
 };
 
 // Fills every entry's expected_loss with N x the mean KL(float || one block quantized) over the first
@@ -56,6 +56,9 @@ double mean_kl(const torch::jit::Module& reference, const torch::jit::Module& mo
 // precision (as in evaluate(): small KLs are differences of nearly equal log-probabilities), one tensor per batch;
 std::vector<torch::Tensor> log_probabilities(torch::jit::Module& module, const DataFile& data, int64_t n,
                                              const Compute& compute, const std::string& model_path);
+// its batch size and its per-batch step (log softmax of the selected output);
+int64_t measure_batch_size(const Compute& compute);
+torch::Tensor log_probabilities_of(const torch::jit::IValue& output, const Compute& compute);
 // the sum over scored rows of KL(p || q), from two such lists;
 double kl_sum(const std::vector<torch::Tensor>& log_p, const std::vector<torch::Tensor>& log_q);
 // an eval-mode copy of the model on `device`, whose tensors can be swapped without touching the original.

@@ -40,6 +40,10 @@ struct LossTable {
   double tau = 0.0;
   int64_t group_size = 0;
   double seconds = 0.0;
+  // Measured tables: blocks this process measured from a cached prefix, and the mean share of the forward's
+  // data-dependent nodes those prefixes skipped (Note [Cached prefix] in measure/suffix_forward.h).
+  int64_t cached_prefix_blocks = 0;
+  double cached_prefix_share = 0.0;
   int find(const std::string& name) const;
 };
 

@@ -1,0 +1,50 @@
+// Forward passes from a cached prefix, for measuring one block's options (measured_table.h).
+//
+// Note [Cached prefix]: a measured table runs the model once per option of a block with only that block's weight
+// changed, so every operation before the weight's first read computes the same values each time. The inlined
+// forward graph is cut at the first top-level node that reads the block's weight. The prefix runs once per block
+// and keeps the values the rest of the graph uses (its live set: the block's input, a residual branch's input,
+// an attention mask's derived tensors, sizes); each option then runs only the suffix from them. Nodes before the
+// cut that do not depend on the data (attribute reads, views of weights, constants) are not cached but repeated
+// in the suffix, so a swapped weight is always read afresh. Cached tensors that the suffix writes in place
+// (aten::relu_, add_) are copied for each run. Same operators on the same values in the same order: the same
+// results as full forward passes (test Measure.CachedPrefixGivesTheTableOfFullForwards), for a fraction of the
+// work (the prefix's share of the model).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "bayesq/data/data_file.h"
+#include "bayesq/model/compute.h"
+
+namespace bayesq {
+
+class SuffixForward {
+ public:
+  // Runs the prefix of `module`'s forward up to the first read of `weight` (a block's attribute path) on the first
+  // `n` examples of `data` and keeps its live values; the module must keep its attributes (weights may be swapped
+  // with assign_tensor). nullptr when there is nothing to save (the weight is read before any data-dependent
+  // operation) or the graph cannot be cut (then full forwards are the way).
+  static std::unique_ptr<SuffixForward> build(torch::jit::Module& module, const std::string& weight,
+                                              const DataFile& data, int64_t n, const Compute& compute);
+  ~SuffixForward();
+
+  // log_probabilities (measured_table.h) of the module as it is now, from the cached prefix.
+  std::vector<torch::Tensor> log_probabilities();
+
+  // Top-level data-dependent nodes of the forward graph: in the prefix (run once) and in all.
+  int64_t prefix_nodes() const { return prefix_nodes_; }
+  int64_t data_nodes() const { return data_nodes_; }
+
+ private:
+  SuffixForward() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int64_t prefix_nodes_ = 0, data_nodes_ = 0;
+};
+
+}  // namespace bayesq
