@@ -7,10 +7,12 @@
 
 #include "bayesq/common/bytes.h"
 #include "bayesq/common/errors.h"
+#include "bayesq/common/log.h"
 #include "bayesq/common/progress.h"
 #include "bayesq/common/timer.h"
 #include "bayesq/export/model_writer.h"
 #include "bayesq/measure/measured_table.h"
+#include "bayesq/measure/suffix_forward.h"
 #include "bayesq/model/block_discovery.h"
 
 namespace bayesq {
@@ -116,11 +118,26 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
     for (std::size_t b = 0; b < count; ++b) {
       const BlockChoice& c = out.allocation.blocks[b];
       if (owner[b] == me) {
+        // Two trials or more: from the block's cached prefix (Note [Cached prefix]), the others as they are now.
+        std::unique_ptr<SuffixForward> suffix;
+        if (trials[b] >= 2 && measure.prefix_on(compute.device.is_cpu())) {
+          try {
+            suffix = SuffixForward::build(work, table.blocks[b].name, data, out.examples, compute);
+          } catch (const std::exception& e) {  // full forwards, same results
+            const std::string what = e.what();
+            log::debug("block ", table.blocks[b].name, ": no cached prefix (", what.substr(0, what.find('\n')), ")");
+          }
+        }
         for (int i : full_entry[b]) {
           double trial = kl;
           if (!c.keep_fp && i != c.entry) {
             assign_tensor(work, table.blocks[b].name, dequantized(b, i));
-            trial = measure_kl();
+            if (suffix) {
+              ++out.forwards;
+              trial = kl_sum(reference, suffix->log_probabilities()) / double(rows);
+            } else {
+              trial = measure_kl();
+            }
           }
           trial_kl[b].push_back(trial);
         }

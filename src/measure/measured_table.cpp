@@ -80,9 +80,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     const std::vector<QuantizedBlock> blocks = options(b, choices);
     stats.quantize_seconds += seconds_since(start);
     suffix.reset();
-    const bool from_prefix = params.cached_prefix == MeasureParams::Prefix::on ||
-                             (params.cached_prefix == MeasureParams::Prefix::automatic && compute.device.is_cpu());
-    if (from_prefix && blocks.size() > 1) {
+    if (params.prefix_on(compute.device.is_cpu()) && blocks.size() > 1) {
       start = Clock::now();
       try {
         suffix = SuffixForward::build(work, info.name, data, n, compute);

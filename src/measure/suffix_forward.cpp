@@ -82,6 +82,30 @@ std::unique_ptr<SuffixForward> SuffixForward::build(torch::jit::Module& module, 
     for (torch::jit::Block* sub : nodes[i]->blocks()) visit_nodes(sub, reads_weight);
   }
   if (cut == nodes.size()) return nullptr;
+  // A prefix that sets module attributes or draws random numbers would not compute the same values each time
+  // (the suffix repeats such nodes, as full forwards do). Dropout draws only in training and at p > 0: the measured
+  // copies are in eval mode (`self.training` false), so a dropout counts when a constant says train=True and p is
+  // not a constant 0.
+  bool repeatable = true;
+  auto check = [&](Node* m) {
+    if (m->kind() == torch::jit::prim::SetAttr) repeatable = false;
+    if (!m->isNondeterministic()) return;
+    const std::string op = m->kind().toQualString();
+    const bool dropout = (op == "aten::dropout" || op == "aten::feature_dropout" || op == "aten::alpha_dropout" ||
+                          op == "aten::feature_alpha_dropout") && m->inputs().size() == 3;
+    if (!dropout) {
+      repeatable = false;
+      return;
+    }
+    const c10::optional<c10::IValue> p = torch::jit::toIValue(m->input(1)), train = torch::jit::toIValue(m->input(2));
+    const bool zero_p = p && p->isDouble() && p->toDouble() == 0.0;
+    if (train && train->isBool() && train->toBool() && !zero_p) repeatable = false;
+  };
+  for (std::size_t i = 0; i < cut; ++i) {
+    check(nodes[i]);
+    for (torch::jit::Block* sub : nodes[i]->blocks()) visit_nodes(sub, check);
+  }
+  if (!repeatable) return nullptr;
 
   // Data-dependent nodes: those reading a data input or a data-dependent value.
   std::unordered_set<Value*> data_values(graph->inputs().begin() + 1, graph->inputs().end());

@@ -274,7 +274,7 @@ TEST(Pipeline, CachedPrefixGivesTheTableOfFullForwards) {
                         Case{"cov_transposed.pt", "cov_transposed_calib.pt", 24, 10.0}}) {
     SCOPED_TRACE(c.model);
     std::vector<std::string> files;
-    std::vector<nlohmann::json> tables;
+    std::vector<nlohmann::json> tables, refinements;
     std::vector<int64_t> cached;
     for (bool prefix : {false, true}) {
       QuantizeOptions o;
@@ -283,10 +283,10 @@ TEST(Pipeline, CachedPrefixGivesTheTableOfFullForwards) {
       o.bits = {c.bits};
       o.method.measure.examples = c.measured;
       o.method.measure.cached_prefix = prefix ? MeasureParams::Prefix::on : MeasureParams::Prefix::off;
-      o.method.joint.rounds = 0;  // the table alone
       o.output = scratch(std::string("prefix_") + (prefix ? "on_" : "off_") + c.model);
       const QuantizeOutcome out = run_quantize(o);
       nlohmann::json table = out.report_json.at(0).at("loss_table");
+      refinements.push_back(out.report_json.at(0).at("joint_calibration_kl").at("refinement"));
       cached.push_back(table.value("cached_prefix_blocks", int64_t{0}));
       table.erase("seconds");
       table.erase("cached_prefix_blocks");
@@ -301,6 +301,9 @@ TEST(Pipeline, CachedPrefixGivesTheTableOfFullForwards) {
     ASSERT_EQ(tables[0]["blocks"].size(), tables[1]["blocks"].size());
     for (std::size_t b = 0; b < tables[0]["blocks"].size(); ++b)
       EXPECT_EQ(tables[0]["blocks"][b], tables[1]["blocks"][b]) << tables[0]["blocks"][b]["name"];
+    // The joint refinement's trials come from cached prefixes too: every round's prediction and measurement.
+    EXPECT_EQ(refinements[0], refinements[1]);
+    ASSERT_FALSE(refinements[1]["rounds"].empty());
     EXPECT_TRUE(files[0] == files[1]) << "the two files differ";
   }
 }

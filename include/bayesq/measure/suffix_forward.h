@@ -28,7 +28,8 @@ class SuffixForward {
   // Runs the prefix of `module`'s forward up to the first read of `weight` (a block's attribute path) on the first
   // `n` examples of `data` and keeps its live values; the module must keep its attributes (weights may be swapped
   // with assign_tensor). nullptr when there is nothing to save (the weight is read before any data-dependent
-  // operation) or the graph cannot be cut (then full forwards are the way).
+  // operation) or the prefix would not be the same every time (the forward sets attributes or draws random
+  // numbers; in-place writes into cached values that alias each other or an input): then full forwards.
   static std::unique_ptr<SuffixForward> build(torch::jit::Module& module, const std::string& weight,
                                               const DataFile& data, int64_t n, const Compute& compute);
   ~SuffixForward();
