@@ -121,6 +121,17 @@ std::unique_ptr<SuffixForward> SuffixForward::build(torch::jit::Module& module, 
   }
   if (out->prefix_nodes_ == 0) return nullptr;
 
+  // A data-dependent prefix node that writes into an input or into a value the suffix makes afresh (x.add_(),
+  // a list built from constants and appended to) would leave the suffix without its writes.
+  {
+    torch::jit::AliasDb aliases(graph);
+    torch::jit::ValueSet outside(graph->inputs().begin(), graph->inputs().end());
+    for (std::size_t i = 0; i < cut; ++i)
+      if (!data_dependent[i]) outside.insert(nodes[i]->outputs().begin(), nodes[i]->outputs().end());
+    for (std::size_t i = 0; i < cut; ++i)
+      if (data_dependent[i] && aliases.writesToAlias(nodes[i], outside)) return nullptr;
+  }
+
   // The live set: data-dependent values of the prefix that the suffix or the graph's outputs read.
   std::unordered_set<Value*> prefix_values;
   for (std::size_t i = 0; i < cut; ++i)
@@ -189,8 +200,11 @@ std::unique_ptr<SuffixForward> SuffixForward::build(torch::jit::Module& module, 
     impl->cached.push_back(stack.at(0).toTupleRef().elements().vec());
     if (!writes) continue;
     // Copies made for in-place writes would no longer alias what they aliased in the full forward (a view of
-    // another live value or of an input): such graphs run in full.
-    for (const torch::jit::IValue& v : impl->cached.back()) {
+    // another live value or of an input): such graphs run in full, as do writes into values other than tensors
+    // and lists (which are copied: a list appended to in the suffix).
+    for (std::size_t i = 0; i < impl->cached.back().size(); ++i) {
+      const torch::jit::IValue& v = impl->cached.back()[i];
+      if (impl->copy_per_run[i] && !v.isTensor() && !v.isList()) return nullptr;
       if (!v.isTensor()) continue;
       const void* data_ptr = v.toTensor().storage().data();
       if (std::find(storages.begin(), storages.end(), data_ptr) != storages.end()) return nullptr;
@@ -213,7 +227,9 @@ std::vector<torch::Tensor> SuffixForward::log_probabilities() {
     for (auto& v : s.data->batch(begin, end, s.compute.device)) stack.push_back(std::move(v));
     for (std::size_t i = 0; i < s.cached[k].size(); ++i) {
       const torch::jit::IValue& v = s.cached[k][i];
-      stack.push_back(s.copy_per_run[i] && v.isTensor() ? torch::jit::IValue(v.toTensor().clone()) : v);
+      if (!s.copy_per_run[i]) stack.push_back(v);
+      else if (v.isTensor()) stack.push_back(v.toTensor().clone());
+      else stack.push_back(v.toList().copy());  // a new list of the same elements (build checked the kind)
     }
     s.suffix->run(stack);
     out.push_back(log_probabilities_of(stack.at(0), s.compute));

@@ -267,6 +267,7 @@ TEST(Pipeline, CachedPrefixGivesTheTableOfFullForwards) {
     double bits;  // above each tiny model's metadata floor
   };
   for (const Case& c : {Case{"inplace_residual.pt", "inplace_residual_calib.pt", 40, 5.0},
+                        Case{"list_concat.pt", "inplace_residual_calib.pt", 40, 5.0},
                         Case{"separable.pt", "separable_calib.pt", 64, 3.5}, Case{"quickstart_cnn.pt", "quickstart_calib.pt", 48, 3.0},
                         Case{"cov_mha.pt", "cov_mha_calib.pt", 24, 10.0}, Case{"cov_lstm.pt", "cov_lstm_calib.pt", 24, 10.0},
                         Case{"cov_tied_lm.pt", "cov_tied_lm_calib.pt", 24, 10.0},

@@ -12,9 +12,10 @@ struct MeasureParams {
   // output, are the same either way.
   enum class Overlap { automatic, off, on };
   Overlap overlap_design = Overlap::automatic;
-  // Each option's forward runs from the block's cached prefix (Note [Cached prefix] in suffix_forward.h); off:
-  // full forwards. Also the joint refinement's trials. automatic: on a CPU only, where the KLs are the full forwards' bit for bit; on an H200 it was
-  // slower and its KLs differed (BENCHMARKS.md, "Forwards from a cached prefix").
+  // Each option's forward, and each joint-refinement trial, runs from the block's cached prefix (Note [Cached
+  // prefix] in suffix_forward.h); off: full forwards. automatic: on a CPU only, where the KLs are the full
+  // forwards' bit for bit; on an H200 it was slower and its KLs differed (BENCHMARKS.md, "Forwards from a
+  // cached prefix").
   enum class Prefix { automatic, off, on };
   Prefix cached_prefix = Prefix::automatic;
   bool prefix_on(bool cpu) const { return cached_prefix == Prefix::on || (cached_prefix == Prefix::automatic && cpu); }

@@ -6,10 +6,11 @@
 // and keeps the values the rest of the graph uses (its live set: the block's input, a residual branch's input,
 // an attention mask's derived tensors, sizes); each option then runs only the suffix from them. Nodes before the
 // cut that do not depend on the data (attribute reads, views of weights, constants) are not cached but repeated
-// in the suffix, so a swapped weight is always read afresh. Cached tensors that the suffix writes in place
-// (aten::relu_, add_) are copied for each run. Same operators on the same values in the same order: the same
-// results as full forward passes (test Measure.CachedPrefixGivesTheTableOfFullForwards), for a fraction of the
-// work (the prefix's share of the model).
+// in the suffix, so a swapped weight is always read afresh. Cached tensors and lists that the suffix writes in
+// place (aten::relu_, add_, a list appended to) are copied for each run. Same operators on the same values in the
+// same order: the same results as full forward passes (test Pipeline.CachedPrefixGivesTheTableOfFullForwards),
+// for a fraction of the work (the prefix's share of the model). On CUDA, TorchScript compiles each new graph and
+// fuses differently from the module's own forward: measured tables use this on CPU devices only (MeasureParams).
 #pragma once
 
 #include <memory>
