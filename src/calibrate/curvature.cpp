@@ -336,10 +336,7 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
       }
       BQ_ASSERT(in.done(), "rank ", r, " sent more calibration bytes than expected");
     }
-    for (std::size_t b = 0; b < index.blocks.size(); ++b) {
-      gathered[b].sum = acc[b].sum;
-      acc[b] = std::move(gathered[b]);
-    }
+    acc = std::move(gathered);  // every rank's per-batch statistics; the sums are in `sums`
   }
 
   CurvatureSet set;

@@ -7,7 +7,6 @@
 
 #include "bayesq/common/bytes.h"
 #include "bayesq/common/errors.h"
-#include "bayesq/common/log.h"
 #include "bayesq/common/progress.h"
 #include "bayesq/common/timer.h"
 #include "bayesq/export/model_writer.h"
@@ -120,14 +119,8 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
       if (owner[b] == me) {
         // Two trials or more: from the block's cached prefix (Note [Cached prefix]), the others as they are now.
         std::unique_ptr<SuffixForward> suffix;
-        if (trials[b] >= 2 && measure.prefix_on(compute.device.is_cpu())) {
-          try {
-            suffix = SuffixForward::build(work, table.blocks[b].name, data, out.examples, compute);
-          } catch (const std::exception& e) {  // full forwards, same results
-            const std::string what = e.what();
-            log::debug("block ", table.blocks[b].name, ": no cached prefix (", what.substr(0, what.find('\n')), ")");
-          }
-        }
+        if (trials[b] >= 2 && measure.prefix_on(compute.device.is_cpu()))
+          suffix = SuffixForward::build(work, table.blocks[b].name, data, out.examples, compute);
         for (int i : full_entry[b]) {
           double trial = kl;
           if (!c.keep_fp && i != c.entry) {

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "bayesq/common/errors.h"
+#include "bayesq/common/log.h"
 #include "bayesq/measure/measured_table.h"
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/forward.h"
@@ -67,6 +68,18 @@ SuffixForward::~SuffixForward() = default;
 
 std::unique_ptr<SuffixForward> SuffixForward::build(torch::jit::Module& module, const std::string& weight,
                                                     const DataFile& data, int64_t n, const Compute& compute) {
+  try {
+    return cut_and_run_prefix(module, weight, data, n, compute);
+  } catch (const std::exception& e) {  // a graph the cut does not handle: full forwards, the same results
+    const std::string what = e.what();
+    log::debug("block ", weight, ": no cached prefix (", what.substr(0, what.find('\n')), ")");
+    return nullptr;
+  }
+}
+
+std::unique_ptr<SuffixForward> SuffixForward::cut_and_run_prefix(torch::jit::Module& module, const std::string& weight,
+                                                                 const DataFile& data, int64_t n,
+                                                                 const Compute& compute) {
   std::shared_ptr<Graph> graph = inlined_forward(module);
   Value* self = graph->inputs().at(0);
   const std::unordered_set<std::string> paths = paths_of(module, weight);

@@ -30,7 +30,8 @@ class SuffixForward {
   // `n` examples of `data` and keeps its live values; the module must keep its attributes (weights may be swapped
   // with assign_tensor). nullptr when there is nothing to save (the weight is read before any data-dependent
   // operation) or the prefix would not be the same every time (the forward sets attributes or draws random
-  // numbers; in-place writes into cached values that alias each other or an input): then full forwards.
+  // numbers; in-place writes into cached values that alias each other or an input), or when cutting or running
+  // it throws (logged at debug level): then full forwards, which give the same results.
   static std::unique_ptr<SuffixForward> build(torch::jit::Module& module, const std::string& weight,
                                               const DataFile& data, int64_t n, const Compute& compute);
   ~SuffixForward();
@@ -44,6 +45,8 @@ class SuffixForward {
 
  private:
   SuffixForward() = default;
+  static std::unique_ptr<SuffixForward> cut_and_run_prefix(torch::jit::Module& module, const std::string& weight,
+                                                           const DataFile& data, int64_t n, const Compute& compute);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   int64_t prefix_nodes_ = 0, data_nodes_ = 0;
