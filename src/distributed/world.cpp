@@ -272,6 +272,21 @@ std::vector<std::vector<uint8_t>> World::all_gather_bytes(const std::vector<uint
   }
 }
 
+void World::finish() const {
+  if (size_ <= 1) return;
+  try {
+    c10d::Store& store = *group_->store;
+    store.set("bayesq/finished/" + std::to_string(rank_), std::vector<uint8_t>{1});
+    std::vector<std::string> keys;
+    for (int r = 0; r < size_; ++r) keys.push_back("bayesq/finished/" + std::to_string(r));
+    store.wait(keys, group_->timeout);
+  } catch (const UserError&) {
+    throw;
+  } catch (const std::exception& e) {
+    rethrow_as_job_failure("waiting for the other processes to finish", rank_, e);
+  }
+}
+
 std::vector<double> World::all_gather(double mine) const {
   std::vector<uint8_t> bytes(sizeof(double));
   std::memcpy(bytes.data(), &mine, sizeof(double));

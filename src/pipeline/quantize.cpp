@@ -263,6 +263,7 @@ QuantizeOutcome run_quantize(const QuantizeOptions& options) {
   std::vector<std::string> written;
   try {
     quantize_every_budget(options, session, config, compute, format, start, outcome, written);
+    world->finish();  // rank 0 may serve the store: it stays until every rank is done with it
   } catch (...) {
     std::error_code ec;
     for (const std::string& path : written) std::filesystem::remove(path, ec);

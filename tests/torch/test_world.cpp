@@ -37,6 +37,9 @@ TEST(World, StoreExchangeCarriesLargeEmptyAndRepeatedPayloads) {
       const std::shared_ptr<World> world = World::join(launch, std::chrono::seconds(60), Exchange::store);
       EXPECT_STREQ(world->exchange(), "store");
       for (int round = 0; round < 3; ++round) got[rank].push_back(world->all_gather_bytes(payload(rank, round)));
+      // Rank 0 serves the store: without this it could leave while rank 1 still reads the last round (CI saw
+      // rank 1 fail with a broken pipe).
+      world->finish();
     } catch (const std::exception& e) {
       error[rank] = e.what();
     }
