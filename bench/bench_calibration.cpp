@@ -2,6 +2,10 @@
 // model's own forward + backward time per example on the same device.
 //
 //   bayesq_bench_calibration MODEL DATA [--device cuda] [--probes 8] [--batch-size 32] [--examples 256]
+//                            [--estimator hutchinson|fisher] [--deterministic 1] [--cudnn-benchmark 0]
+//
+// --deterministic and --cudnn-benchmark set cuDNN's two switches after the device is chosen (bayesq itself runs
+// deterministic without benchmarking: same seed, same file).
 //
 // Prints one JSON object. The forward + backward reference is the mean over the same batches of one forward and
 // one backward of the summed logits to every block weight.
@@ -10,6 +14,7 @@
 #include <iostream>
 #include <string>
 
+#include <ATen/Context.h>
 #include <torch/torch.h>
 
 #include "bayesq/calibrate/curvature.h"
@@ -37,15 +42,28 @@ int main(int argc, char** argv) {
   std::string device_name = "cpu";
   int64_t examples = 256;
   Compute compute;
+  int deterministic = 1, cudnn_benchmark = 0;
   for (int i = 3; i + 1 < argc; i += 2) {
     const std::string key = argv[i];
     if (key == "--device") device_name = argv[i + 1];
     else if (key == "--probes") params.probes = std::atoll(argv[i + 1]);
     else if (key == "--batch-size") compute.batch_size = std::atoll(argv[i + 1]);
     else if (key == "--examples") examples = std::atoll(argv[i + 1]);
+    else if (key == "--deterministic") deterministic = std::atoi(argv[i + 1]);
+    else if (key == "--cudnn-benchmark") cudnn_benchmark = std::atoi(argv[i + 1]);
+    else if (key == "--estimator") {
+      const std::string name = argv[i + 1];
+      if (name != "hutchinson" && name != "fisher") {
+        std::cerr << "bayesq_bench_calibration: --estimator takes hutchinson or fisher, not '" << name << "'\n";
+        return 2;
+      }
+      params.estimator = name == "fisher" ? CurvatureEstimator::fisher : CurvatureEstimator::hutchinson;
+    }
   }
   compute.max_examples = examples;
   compute.device = parse_device(device_name);
+  at::globalContext().setDeterministicCuDNN(deterministic != 0);
+  at::globalContext().setBenchmarkCuDNN(cudnn_benchmark != 0);
   LoadedModel model = load_model(argv[1]);
   const BlockIndex index = discover_blocks(model.module);
   const DataFile data = DataFile::load(argv[2]);
@@ -89,6 +107,7 @@ int main(int argc, char** argv) {
             << compute.batch_size << ", \"estimator\": \"" << set.estimator << "\", \"forward_backward_s\": " << fb
             << ", \"calibration_s\": " << calibration << ", \"forward_backward_per_example_ms\": " << 1e3 * per_fb
             << ", \"calibration_per_example_probe_ms\": " << 1e3 * per_example_probe
-            << ", \"ratio\": " << per_example_probe / per_fb << "}" << std::endl;
+            << ", \"ratio\": " << per_example_probe / per_fb << ", \"deterministic\": " << deterministic
+            << ", \"cudnn_benchmark\": " << cudnn_benchmark << "}" << std::endl;
   return 0;
 }

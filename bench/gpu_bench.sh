@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmark, in resumable stages (each skips work whose output already exists):
 #   bench/gpu_bench.sh STAGE...
-# Stages: build data-fmnist data-wordnet train-mobilenet train-resnet50 train-bert micro agreement compare-mobilenet
+# Stages: build data-fmnist data-wordnet train-mobilenet train-resnet50 train-bert micro calibration-settings design
+#         agreement compare-mobilenet
 #         distill-mobilenet sweep ablation compare-resnet50 compare-bert
 # Expects the raw data under .gpu/raw (see bench/prepare_gpu_carry.sh) and python3 with torch (and transformers for
 # BERT). Results (markdown, JSON, logs) go to $OUT (default .gpu/out). Two chains can share a 2-GPU machine:
@@ -49,6 +50,24 @@ torch.save({'inputs': x[i].clone(), 'labels': y[i].clone()}, '$W/data/fmnist_cal
       python3 bench/models.py $W/models > /dev/null
       build-gpu/bayesq_bench_calibration $W/models/resnet50_random.pt $W/data/fmnist_calib.pt --device cuda --probes 8 --examples 512 --batch-size 64 | tee "$OUT/bench_calibration_cuda.json"
       build-gpu/bayesq_bench_table $W/models/resnet50_random.pt --threads 16 | tee "$OUT/bench_table_h100.json" ;;
+    calibration-settings)
+      # Issue 17 item 4: Hutchinson calibration time against one forward + backward, per model and cuDNN setting
+      # (bayesq runs deterministic, no benchmarking), and the Fisher estimator beside it. Trained models.
+      for m in mobilenet_v2 resnet50; do
+        [ -f $W/models/$m.pt ] || continue
+        for s in "1 0" "0 0" "0 1"; do
+          read -r det bm <<< "$s"
+          log "calibration $m deterministic=$det benchmark=$bm"
+          build-gpu/bayesq_bench_calibration $W/models/$m.pt $W/data/fmnist_calib.pt --device cuda --probes 8 \
+            --examples 512 --batch-size 32 --deterministic $det --cudnn-benchmark $bm | tee -a "$OUT/calibration_settings.jsonl"
+        done
+        build-gpu/bayesq_bench_calibration $W/models/$m.pt $W/data/fmnist_calib.pt --device cuda --examples 512 \
+          --batch-size 32 --estimator fisher | tee -a "$OUT/calibration_settings.jsonl"
+      done ;;
+    design)
+      # Codebook design alone (quantize_block_options, every option of every block) on the host's threads.
+      [ -f $W/models/resnet50.pt ] && build-gpu/bayesq_bench_table $W/models/resnet50.pt --options --threads $THREADS \
+        | tee -a "$OUT/design.jsonl" ;;
     agreement)
       log cpu-cuda agreement
       for d in cpu cuda; do

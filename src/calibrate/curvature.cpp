@@ -131,7 +131,9 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
         const torch::Tensor loss =
             curvature_loss(output, kind, kind == LossKind::ce ? data.labels(begin, end, device) : torch::Tensor());
         const auto grads = torch::autograd::grad({loss}, weights, {}, /*retain_graph=*/true, /*create_graph=*/true);
-        std::vector<std::vector<double>> traces(weights.size());
+        // Each probe's v.Hv per block stays on the device until the batch ends: one read-back per batch, not one
+        // per block and probe (each a synchronisation that left the GPU idle while the host queued the next probe).
+        std::vector<torch::Tensor> probe_traces;  // probe-major: [p * blocks + k]
         for (int64_t p = 0; p < params.probes; ++p) {
           std::vector<torch::Tensor> probes;
           torch::Tensor dot = torch::zeros({}, grads[0].options());
@@ -145,13 +147,19 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
                                                 /*allow_unused=*/true);
           for (std::size_t k = 0; k < weights.size(); ++k) {
             if (!hv[k].defined()) {
-              traces[k].push_back(0.0);
+              probe_traces.push_back(torch::zeros({}, probes[k].options()));
               continue;
             }
             const torch::Tensor product = probes[k] * hv[k].to(torch::kFloat32);
             acc[active[k]].sum.add_(product, end - begin);  // float64 += B_j x float32: exact (Note above)
-            traces[k].push_back(product.sum().item<double>());
+            probe_traces.push_back(product.sum());
           }
+        }
+        std::vector<std::vector<double>> traces(weights.size());
+        if (!probe_traces.empty()) {
+          const torch::Tensor all = torch::stack(probe_traces).to(torch::kCPU, torch::kFloat64);  // float32 values
+          const double* v = all.data_ptr<double>();
+          for (std::size_t i = 0; i < probe_traces.size(); ++i) traces[i % weights.size()].push_back(v[i]);
         }
         for (std::size_t k = 0; k < weights.size(); ++k) {
           Accumulator& a = acc[active[k]];

@@ -24,7 +24,8 @@ double normal_mass(double alpha, double beta) {
   return 1.0 - upper(-alpha) - upper(beta);
 }
 
-WeightedRow WeightedRow::build(const float* values, const float* precision, std::size_t n, double tau) {
+WeightedRow WeightedRow::build(const float* values, const float* precision, std::size_t n, double tau,
+                               std::vector<std::size_t>* sorted_from) {
   WeightedRow row;
   row.tau = tau;
   std::vector<std::size_t> order(n);
@@ -42,6 +43,7 @@ WeightedRow WeightedRow::build(const float* values, const float* precision, std:
       row.stddev[k] = row.precision[k] > 0.0 ? std::sqrt(tau / row.precision[k]) : 0.0;
   }
   row.center = n ? 0.5 * (row.mu.front() + row.mu.back()) : 0.0;
+  if (sorted_from) *sorted_from = order;
   row.s0.assign(n + 1, 0.0);
   row.s1.assign(n + 1, 0.0);
   row.s2.assign(n + 1, 0.0);
@@ -87,14 +89,23 @@ CellMoments cell_moments(const WeightedRow& row, const std::vector<double>& boun
   const bool smooth = row.tau > 0.0 && !row.stddev.empty();
 
   if (!smooth) {
-    // Cell k holds the sorted points in (t_{k-1}, t_k]: a contiguous index range, summed from prefix sums.
+    // Cell k holds the sorted points in (t_{k-1}, t_k]: a contiguous index range, summed from prefix sums. Its end
+    // is the upper bound of t_k, searched from the cell's start by doubling steps: O(log cell size), where a search
+    // of the whole rest of the row would cost O(log n) per cell (Lloyd runs with 64 cells spend most time here).
     std::size_t begin = 0;
+    const double* mu = row.mu.data();
     for (std::size_t k = 0; k < cells; ++k) {
       std::size_t end = n;
-      if (k + 1 < cells)
-        end = static_cast<std::size_t>(std::upper_bound(row.mu.begin() + static_cast<std::ptrdiff_t>(begin),
-                                                        row.mu.end(), boundaries[k]) -
-                                       row.mu.begin());
+      if (k + 1 < cells) {
+        const double t = boundaries[k];
+        std::size_t lo = begin, hi = begin, step = 1;  // mu[begin, lo) <= t, and mu[hi] > t where hi < n
+        while (hi < n && !(t < mu[hi])) {
+          lo = hi + 1;
+          hi = lo + step;
+          step <<= 1;
+        }
+        end = static_cast<std::size_t>(std::upper_bound(mu + lo, mu + std::min(hi, n), t) - mu);
+      }
       if (end > begin) {
         const double s0 = row.s0[end] - row.s0[begin];
         const double s1 = row.s1[end] - row.s1[begin];

@@ -6,6 +6,7 @@
 
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/alias_analysis.h>
+#include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/torch.h>
 
@@ -52,6 +53,36 @@ std::unordered_set<std::string> paths_of(const torch::jit::Module& module, const
   return paths;
 }
 
+// Every `self.<path>.training` read of a module that is not training becomes a constant false, and the branches it
+// decides are folded. The measured copies are in eval mode, so nothing changes in what runs; but AliasDb counts
+// batch_norm as writing its running statistics while `training` is unknown, and the `if self.training:` branch as
+// writing num_batches_tracked, so without this no prefix through a BatchNorm could be cached.
+void fold_eval_mode(std::shared_ptr<Graph> shared, const torch::jit::Module& module) {
+  Graph& graph = *shared;
+  Value* self = graph.inputs().at(0);
+  std::vector<Node*> reads;
+  visit_nodes(graph.block(), [&](Node* m) {
+    if (m->kind() == torch::jit::prim::GetAttr && m->s(torch::jit::attr::name) == "training") reads.push_back(m);
+  });
+  bool folded = false;
+  for (Node* m : reads) {
+    const std::string path = attribute_path(m->output(), self);
+    if (path.empty()) continue;
+    torch::jit::Module owner = module;
+    bool found = true;
+    for (std::size_t begin = 0, dot; found && (dot = path.find('.', begin)) != std::string::npos; begin = dot + 1) {
+      const std::string part = path.substr(begin, dot - begin);
+      found = owner.hasattr(part) && owner.attr(part).isObject();
+      if (found) owner = torch::jit::Module(owner.attr(part).toObject());
+    }
+    if (!found || owner.is_training()) continue;
+    torch::jit::WithInsertPoint at(graph.block()->nodes().front());
+    m->output()->replaceAllUsesWith(graph.insertConstant(false));
+    folded = true;
+  }
+  if (folded) torch::jit::ConstantPropagation(shared);
+}
+
 }  // namespace
 
 struct SuffixForward::Impl {
@@ -81,6 +112,7 @@ std::unique_ptr<SuffixForward> SuffixForward::cut_and_run_prefix(torch::jit::Mod
                                                                  const DataFile& data, int64_t n,
                                                                  const Compute& compute) {
   std::shared_ptr<Graph> graph = inlined_forward(module);
+  fold_eval_mode(graph, module);
   Value* self = graph->inputs().at(0);
   const std::unordered_set<std::string> paths = paths_of(module, weight);
   const std::vector<Node*> nodes(graph->nodes().begin(), graph->nodes().end());

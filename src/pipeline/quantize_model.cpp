@@ -272,6 +272,7 @@ LossTable build_table(Session& session, const MethodConfig& config) {
     if (world.distributed()) gather_table(session, owner, key, stats.seconds, table);
     session.add_time("measure_table", stats.seconds);
     session.add_time("measure_table_quantize", stats.quantize_seconds);
+    session.add_time("measure_table_swap", stats.swap_seconds);
     session.add_time("measure_table_forward", stats.forward_seconds);
     return table;
   }

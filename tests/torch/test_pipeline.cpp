@@ -264,15 +264,20 @@ TEST(Pipeline, CachedPrefixGivesTheTableOfFullForwards) {
   struct Case {
     const char *model, *calib;
     int64_t measured;
-    double bits;  // above each tiny model's metadata floor
+    double bits;            // above each tiny model's metadata floor
+    int64_t cached_blocks;  // blocks measured from a cached prefix: all but those whose prefix cannot be kept (a
+                            // residual's in-place add, a first block reading the raw input, ...)
   };
-  for (const Case& c : {Case{"inplace_residual.pt", "inplace_residual_calib.pt", 40, 5.0},
-                        Case{"list_concat.pt", "inplace_residual_calib.pt", 40, 5.0},
-                        Case{"separable.pt", "separable_calib.pt", 64, 3.5}, Case{"quickstart_cnn.pt", "quickstart_calib.pt", 48, 3.0},
-                        Case{"cov_mha.pt", "cov_mha_calib.pt", 24, 10.0}, Case{"cov_lstm.pt", "cov_lstm_calib.pt", 24, 10.0},
-                        Case{"cov_tied_lm.pt", "cov_tied_lm_calib.pt", 24, 10.0},
-                        Case{"cov_causal_lm.pt", "cov_causal_lm_calib.pt", 24, 10.0},
-                        Case{"cov_transposed.pt", "cov_transposed_calib.pt", 24, 10.0}}) {
+  // The counts are what the graphs allow: fewer means a prefix that could be cached was not (BatchNorm models
+  // lost theirs once to AliasDb's view of `training` as unknown: the quickstart CNN had 1 of 5).
+  for (const Case& c : {Case{"inplace_residual.pt", "inplace_residual_calib.pt", 40, 5.0, 3},
+                        Case{"list_concat.pt", "inplace_residual_calib.pt", 40, 5.0, 4},
+                        Case{"separable.pt", "separable_calib.pt", 64, 3.5, 5},
+                        Case{"quickstart_cnn.pt", "quickstart_calib.pt", 48, 3.0, 5},
+                        Case{"cov_mha.pt", "cov_mha_calib.pt", 24, 10.0, 3}, Case{"cov_lstm.pt", "cov_lstm_calib.pt", 24, 10.0, 5},
+                        Case{"cov_tied_lm.pt", "cov_tied_lm_calib.pt", 24, 10.0, 5},
+                        Case{"cov_causal_lm.pt", "cov_causal_lm_calib.pt", 24, 10.0, 5},
+                        Case{"cov_transposed.pt", "cov_transposed_calib.pt", 24, 10.0, 4}}) {
     SCOPED_TRACE(c.model);
     std::vector<std::string> files;
     std::vector<nlohmann::json> tables, refinements;
@@ -298,7 +303,7 @@ TEST(Pipeline, CachedPrefixGivesTheTableOfFullForwards) {
       ASSERT_FALSE(files.back().empty());
     }
     EXPECT_EQ(cached[0], 0);
-    EXPECT_GT(cached[1], 0) << "no block was measured from a cached prefix";
+    EXPECT_EQ(cached[1], c.cached_blocks) << "blocks measured from a cached prefix";
     ASSERT_EQ(tables[0]["blocks"].size(), tables[1]["blocks"].size());
     for (std::size_t b = 0; b < tables[0]["blocks"].size(); ++b)
       EXPECT_EQ(tables[0]["blocks"][b], tables[1]["blocks"][b]) << tables[0]["blocks"][b]["name"];

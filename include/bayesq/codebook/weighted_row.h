@@ -27,7 +27,9 @@ struct WeightedRow {
   double center = 0.0;
 
   // values: n weights; precision: n precisions (nullptr = all ones). Non-finite input is the caller's to reject.
-  static WeightedRow build(const float* values, const float* precision, std::size_t n, double tau);
+  // `order`, when given, receives where each sorted point came from: mu[k] = values[order[k]].
+  static WeightedRow build(const float* values, const float* precision, std::size_t n, double tau,
+                           std::vector<std::size_t>* order = nullptr);
 
   // A tau = 0 point set standing in for the Gaussian mixture during searches: each N(mu_i, s_i^2) becomes the five
   // Gauss-Hermite nodes mu_i + s_i x_j with weights pi_i w_j (exact for polynomials of degree <= 9). Searches

@@ -31,6 +31,7 @@ using OptionBlocks =
 struct MeasureStats {
   double seconds = 0.0;
   double quantize_seconds = 0.0;  // inside `options` and swapping weights in
+  double swap_seconds = 0.0;      // of which swapping: decoding an option and putting it into the model
   double forward_seconds = 0.0;   // forward passes and KL (cached prefixes included)
 };
 
