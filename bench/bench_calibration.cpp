@@ -3,6 +3,7 @@
 //
 //   bayesq_bench_calibration MODEL DATA [--device cuda] [--probes 8] [--batch-size 32] [--examples 256]
 //                            [--estimator hutchinson|fisher] [--deterministic 1] [--cudnn-benchmark 0]
+//                            [--grouped-convs auto|unfold|keep]
 //
 // --deterministic and --cudnn-benchmark set cuDNN's two switches after the device is chosen (bayesq itself runs
 // deterministic without benchmarking: same seed, same file).
@@ -51,7 +52,16 @@ int main(int argc, char** argv) {
     else if (key == "--examples") examples = std::atoll(argv[i + 1]);
     else if (key == "--deterministic") deterministic = std::atoi(argv[i + 1]);
     else if (key == "--cudnn-benchmark") cudnn_benchmark = std::atoi(argv[i + 1]);
-    else if (key == "--estimator") {
+    else if (key == "--grouped-convs") {
+      const std::string name = argv[i + 1];
+      if (name != "auto" && name != "unfold" && name != "keep") {
+        std::cerr << "bayesq_bench_calibration: --grouped-convs takes auto, unfold or keep, not '" << name << "'\n";
+        return 2;
+      }
+      params.grouped_convs = name == "unfold" ? CurvatureParams::GroupedConvs::unfold
+                             : name == "keep" ? CurvatureParams::GroupedConvs::keep
+                                              : CurvatureParams::GroupedConvs::automatic;
+    } else if (key == "--estimator") {
       const std::string name = argv[i + 1];
       if (name != "hutchinson" && name != "fisher") {
         std::cerr << "bayesq_bench_calibration: --estimator takes hutchinson or fisher, not '" << name << "'\n";
@@ -108,6 +118,8 @@ int main(int argc, char** argv) {
             << ", \"calibration_s\": " << calibration << ", \"forward_backward_per_example_ms\": " << 1e3 * per_fb
             << ", \"calibration_per_example_probe_ms\": " << 1e3 * per_example_probe
             << ", \"ratio\": " << per_example_probe / per_fb << ", \"deterministic\": " << deterministic
-            << ", \"cudnn_benchmark\": " << cudnn_benchmark << "}" << std::endl;
+            << ", \"cudnn_benchmark\": " << cudnn_benchmark << ", \"grouped_convs\": \""
+            << grouped_convs_name(params.grouped_convs) << "\", \"unfolded_convolutions\": " << set.unfolded_convolutions
+            << "}" << std::endl;
   return 0;
 }

@@ -55,11 +55,12 @@ torch.save({'inputs': x[i].clone(), 'labels': y[i].clone()}, '$W/data/fmnist_cal
       # (bayesq runs deterministic, no benchmarking), and the Fisher estimator beside it. Trained models.
       for m in mobilenet_v2 resnet50; do
         [ -f $W/models/$m.pt ] || continue
-        for s in "1 0" "0 0" "0 1"; do
-          read -r det bm <<< "$s"
-          log "calibration $m deterministic=$det benchmark=$bm"
+        for s in "1 0 unfold" "1 0 keep" "0 0 keep" "0 1 keep"; do
+          read -r det bm gc <<< "$s"
+          log "calibration $m deterministic=$det benchmark=$bm grouped-convs=$gc"
           build-gpu/bayesq_bench_calibration $W/models/$m.pt $W/data/fmnist_calib.pt --device cuda --probes 8 \
-            --examples 512 --batch-size 32 --deterministic $det --cudnn-benchmark $bm | tee -a "$OUT/calibration_settings.jsonl"
+            --examples 512 --batch-size 32 --deterministic $det --cudnn-benchmark $bm --grouped-convs $gc \
+            | tee -a "$OUT/calibration_settings.jsonl"
         done
         build-gpu/bayesq_bench_calibration $W/models/$m.pt $W/data/fmnist_calib.pt --device cuda --examples 512 \
           --batch-size 32 --estimator fisher | tee -a "$OUT/calibration_settings.jsonl"

@@ -17,6 +17,7 @@ add_library(bayesq_torch STATIC
   src/data/data_file.cpp
   src/distributed/world.cpp
   src/calibrate/curvature.cpp
+  src/calibrate/grouped_conv.cpp
   src/capture/layer_capture.cpp
   src/gptq/gptq.cpp
   src/gptq/feedback.cpp

@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "bayesq/calibrate/grouped_conv.h"
 #include "bayesq/common/bytes.h"
 #include "bayesq/common/errors.h"
 #include "bayesq/common/log.h"
@@ -119,14 +120,41 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
   }
   for (auto& w : weights) w.set_requires_grad(true);
 
+  // Hutchinson differentiates a forward whose grouped convolutions are unfolded (Note [Grouped convolutions under
+  // double backward] in grouped_conv.h); a graph the rewrite cannot handle keeps the model's own.
+  std::unique_ptr<UnfoldedConvForward> unfolded;
+  if (!fisher && params.unfold_on(device.is_cpu())) {
+    try {
+      unfolded = UnfoldedConvForward::build(module);
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      log::debug("grouped convolutions of ", model_path, " not unfolded: ", what.substr(0, what.find('\n')));
+    }
+  }
+  // Where the rewritten graph fails to run (it is ours, not the model's), the model's own forward takes over for
+  // the rest of the pass: same values up to rounding, and the model's own errors keep their report.
+  const ForwardRun second_order = [&](std::vector<torch::jit::IValue> inputs) -> torch::jit::IValue {
+    if (unfolded) {
+      try {
+        return (*unfolded)(module, inputs);
+      } catch (const std::exception& e) {
+        const std::string what = e.what();
+        log::info("calibrating through the model's own grouped convolutions from here on (the unfolded form failed: ",
+                  what.substr(0, what.find('\n')), ")");
+        unfolded.reset();
+      }
+    }
+    return module.forward(std::move(inputs));
+  };
+
   // One batch's contribution; returns false when autograd cannot differentiate the model (e.g. a fused inference
   // operator on the gradient path of some active block).
   auto process = [&](int64_t batch, int64_t begin, int64_t end) -> bool {
     torch::manual_seed(batch_seed(compute.seed, batch));  // probes and sampled labels: batch j's own stream
     try {
       if (!fisher) {
-        const torch::Tensor output = select_output(forward_batch(module, data, begin, end, device, model_path),
-                                                   compute.output);
+        const torch::Tensor output =
+            select_output(forward_batch(module, data, begin, end, device, model_path, second_order), compute.output);
         if (begin == 0 && kind == LossKind::ce) check_labels(data, output.size(-1));
         const torch::Tensor loss =
             curvature_loss(output, kind, kind == LossKind::ce ? data.labels(begin, end, device) : torch::Tensor());
@@ -199,10 +227,14 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
       }
     } catch (const UserError&) {
       throw;  // the forward pass's own report (shapes, devices)
-    } catch (const std::exception&) {
+    } catch (const std::exception& e) {
+      // Out of device memory in a backward pass is not a missing derivative (forward_batch reads the same words).
+      BQ_CHECK(std::string(e.what()).find("out of memory") == std::string::npos, ExitCode::usage,
+               "out of memory calibrating ", model_path, " on batches of ", end - begin,
+               " examples; lower --batch-size: ", data.path());
       // Autograd could not differentiate this batch (an operator without a derivative, reported as a c10::Error
-      // or as the engine's std::runtime_error depending on the version; no text is read): the caller finds out
-      // which blocks autograd can reach.
+      // or as the engine's std::runtime_error depending on the version; no other text is read): the caller finds
+      // out which blocks autograd can reach.
       return false;
     }
     return true;
@@ -234,7 +266,8 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
     torch::Tensor product;
     try {
       const torch::Tensor z =
-          select_output(forward_batch(module, data, 0, m, device, model_path), compute.output).to(torch::kFloat32);
+          select_output(forward_batch(module, data, 0, m, device, model_path, second_order), compute.output)
+              .to(torch::kFloat32);
       first = torch::autograd::grad({z.square().sum()}, weights, {}, true, true, /*allow_unused=*/true);
       product = torch::zeros({}, z.options());
       for (const torch::Tensor& g : first)
@@ -351,6 +384,7 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
   set.examples = n;
   set.estimator = fisher ? "fisher" : "hutchinson";
   set.notes = notes;
+  set.unfolded_convolutions = unfolded && !fisher ? unfolded->unfolded() : 0;
   set.loss = loss_name(kind);
   set.probes = fisher ? 0 : params.probes;
   set.seed = compute.seed;

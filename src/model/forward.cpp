@@ -84,9 +84,14 @@ void check_input_count(const torch::jit::Module& module, const DataFile& data, c
 
 torch::jit::IValue forward_batch(torch::jit::Module& module, const DataFile& data, int64_t begin, int64_t end,
                                  const torch::Device& device, const std::string& model_path) {
+  return forward_batch(module, data, begin, end, device, model_path, ForwardRun());
+}
+
+torch::jit::IValue forward_batch(torch::jit::Module& module, const DataFile& data, int64_t begin, int64_t end,
+                                 const torch::Device& device, const std::string& model_path, const ForwardRun& run) {
   std::string what;
   try {
-    return module.forward(data.batch(begin, end, device));
+    return run ? run(data.batch(begin, end, device)) : module.forward(data.batch(begin, end, device));
   } catch (const c10::Error& e) {
     what = e.what_without_backtrace();
   } catch (const std::exception& e) {  // TorchScript interpreter errors are torch::jit::JITException

@@ -154,7 +154,8 @@ void MethodConfig::validate() const {
 }
 
 void to_json(nlohmann::json& j, const CurvatureParams& p) {
-  j = nlohmann::json{{"estimator", curvature_estimator_name(p.estimator)}, {"loss", p.loss}, {"probes", p.probes}};
+  j = nlohmann::json{{"estimator", curvature_estimator_name(p.estimator)}, {"loss", p.loss}, {"probes", p.probes},
+                     {"grouped_convs", grouped_convs_name(p.grouped_convs)}};
 }
 
 void to_json(nlohmann::json& j, const PosteriorParams& p) { j = nlohmann::json{{"damp", p.damp}}; }

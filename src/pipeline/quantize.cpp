@@ -118,7 +118,7 @@ nlohmann::json quantized_model_report(Session& session, const MethodConfig& conf
     const CurvatureSet& c = session.curvature(config.curvature_params());
     report["curvature"] = {{"estimator", c.estimator}, {"loss", c.loss},       {"examples", c.examples},
                            {"probes", c.probes},       {"seconds", c.seconds}, {"data_hash", c.data_hash},
-                           {"notes", c.notes}};
+                           {"notes", c.notes},          {"unfolded_convolutions", c.unfolded_convolutions}};
     if (!c.examples_per_rank.empty())
       report["curvature"]["per_rank"] = {{"examples", c.examples_per_rank}, {"seconds", c.seconds_per_rank}};
   }

@@ -6,6 +6,7 @@
 #include <torch/script.h>
 
 #include "bayesq/calibrate/curvature.h"
+#include "bayesq/calibrate/grouped_conv.h"
 #include "bayesq/common/errors.h"
 #include "bayesq/data/data_file.h"
 #include "bayesq/model/block_discovery.h"
@@ -174,6 +175,61 @@ TEST(Curvature, SameSeedIsBitIdenticalAndAnotherSeedIsNot) {
     any_difference = any_difference || a.blocks[i].diagonal != c.blocks[i].diagonal;
   }
   EXPECT_TRUE(any_difference);
+}
+
+// Note [Grouped convolutions under double backward]: the unfolded forward is the model's own up to float
+// rounding, for a depthwise convolution, a grouped one with stride, padding and dilation (convs.pt: 16 -> 32
+// channels in 4 groups, stride 2, padding 2, dilation 2) and a strided depthwise one (separable.pt), and so is the
+// Hutchinson diagonal differentiated through it, with the same probes.
+TEST(Curvature, UnfoldedGroupedConvolutionsGiveTheModelsOutputsAndHessianDiagonal) {
+  struct Case {
+    const char *model, *calib;
+  };
+  for (const Case& c : {Case{"convs.pt", "convs_calib.pt"}, Case{"separable.pt", "separable_calib.pt"}}) {
+    SCOPED_TRACE(c.model);
+    LoadedModel model = load_model(fixture(c.model));
+    model.module.eval();
+    const DataFile data = DataFile::load(fixture(c.calib));
+    const std::unique_ptr<UnfoldedConvForward> unfolded = UnfoldedConvForward::build(model.module);
+    ASSERT_TRUE(unfolded);
+    EXPECT_EQ(unfolded->unfolded(), 2);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor own = model.module.forward(data.batch(0, 16, torch::kCPU)).toTensor();
+    const torch::Tensor rewritten = (*unfolded)(model.module, data.batch(0, 16, torch::kCPU)).toTensor();
+    ASSERT_EQ(own.sizes(), rewritten.sizes());
+    EXPECT_LE((own - rewritten).abs().max().item<double>(), 1e-5 * own.abs().max().item<double>());
+  }
+  for (const Case& c : {Case{"convs.pt", "convs_calib.pt"}, Case{"separable.pt", "separable_calib.pt"}}) {
+    SCOPED_TRACE(c.model);
+    LoadedModel model = load_model(fixture(c.model));
+    const BlockIndex index = discover_blocks(model.module);
+    const DataFile data = DataFile::load(fixture(c.calib));
+    CurvatureParams params;
+    params.probes = 4;
+    params.grouped_convs = CurvatureParams::GroupedConvs::keep;
+    const CurvatureSet own = estimate_curvature(model.module, index, data, params, Compute{}, c.model);
+    params.grouped_convs = CurvatureParams::GroupedConvs::unfold;
+    const CurvatureSet unfolded = estimate_curvature(model.module, index, data, params, Compute{}, c.model);
+    EXPECT_EQ(own.unfolded_convolutions, 0);
+    EXPECT_EQ(unfolded.unfolded_convolutions, 2);
+    ASSERT_EQ(own.blocks.size(), unfolded.blocks.size());
+    for (std::size_t b = 0; b < own.blocks.size(); ++b) {
+      const auto& x = own.blocks[b].diagonal;
+      const auto& y = unfolded.blocks[b].diagonal;
+      ASSERT_EQ(x.size(), y.size());
+      double difference = 0.0, norm = 0.0;
+      for (std::size_t i = 0; i < x.size(); ++i) {
+        difference += (double(x[i]) - double(y[i])) * (double(x[i]) - double(y[i]));
+        norm += double(x[i]) * double(x[i]);
+      }
+      EXPECT_GT(norm, 0.0) << own.blocks[b].name;
+      EXPECT_LE(std::sqrt(difference), 1e-4 * std::sqrt(norm)) << own.blocks[b].name;
+      EXPECT_NEAR(own.blocks[b].trace, unfolded.blocks[b].trace, 1e-4 * std::abs(own.blocks[b].trace));
+    }
+  }
+  // Nothing to unfold in a model without grouped convolutions.
+  LoadedModel plain = load_model(fixture("quickstart_cnn.pt"));
+  EXPECT_FALSE(UnfoldedConvForward::build(plain.module));
 }
 
 TEST(Curvature, CrossEntropyNeedsLabels) {

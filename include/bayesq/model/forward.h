@@ -1,6 +1,7 @@
 // Running a model on data batches, with the checks that turn a shape mismatch into one clear line.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,10 @@ void check_input_count(const torch::jit::Module& module, const DataFile& data, c
 // input's shape, the model's own message, and both file names.
 torch::jit::IValue forward_batch(torch::jit::Module& module, const DataFile& data, int64_t begin, int64_t end,
                                  const torch::Device& device, const std::string& model_path);
+// The same with another implementation of forward (`run` gets the batch's inputs), e.g. a rewritten graph.
+using ForwardRun = std::function<torch::jit::IValue(std::vector<torch::jit::IValue>)>;
+torch::jit::IValue forward_batch(torch::jit::Module& module, const DataFile& data, int64_t begin, int64_t end,
+                                 const torch::Device& device, const std::string& model_path, const ForwardRun& run);
 
 // Labels must index the model's outputs: throws UserError(input) naming the data file otherwise.
 void check_labels(const DataFile& data, int64_t classes);

@@ -41,6 +41,7 @@ struct CurvatureSet {
   std::string device;
   double seconds = 0.0;
   std::string notes;                 // e.g. an automatic switch of estimator
+  int64_t unfolded_convolutions = 0;  // hutchinson: grouped convolutions unfolded for double backward (not saved)
   // A job of several processes: each rank's calibration examples and seconds before the exchange (empty for one).
   std::vector<int64_t> examples_per_rank;
   std::vector<double> seconds_per_rank;
