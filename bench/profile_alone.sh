@@ -2,6 +2,8 @@
 # Issue 17's per-stage profile: the default method and GPTQ at one budget on each model, one compare at a time
 # with nothing else on the machine (data, training and the build finish first), on all host threads.
 #   bench/profile_alone.sh [MODEL...]      resnet50, bert, mobilenet (default: resnet50 bert)
+# Then, with the trained vision models, Hutchinson calibration per cuDNN setting and with grouped convolutions
+# unfolded or not (calibration_settings.jsonl), and the codebook design alone on the host (design.jsonl).
 # Needs the raw data under .gpu/raw (bench/prepare_gpu_carry.sh). Per model, $OUT/profile_MODEL.{json,md,log}: the
 # compare's per-stage wall times (shared_timings: capture, codebook design, feedback, measured-table forwards and
 # quantization), each row's quantize time and peak device memory.
@@ -34,3 +36,6 @@ for m in "${models[@]}"; do
     --json-output "$OUT/profile_$m.json" --markdown-output "$OUT/profile_$m.md" > "$OUT/profile_$m.log" 2>&1
   cat "$OUT/profile_$m.md"
 done
+log "calibration settings and design alone"
+THREADS=$threads OUT=$OUT bench/gpu_bench.sh calibration-settings design > "$OUT/profile_extra.log" 2>&1 || \
+  { echo "calibration settings / design failed: $OUT/profile_extra.log" >&2; tail -5 "$OUT/profile_extra.log" >&2; }
