@@ -53,6 +53,14 @@ def bayesq_unfolded_conv2d(x: Tensor, w: Tensor, b: Optional[Tensor], stride: Li
     return y
 )JIT";
 
+// The length of an int list given as a constant or built by prim::ListConstruct (a traced graph's form).
+c10::optional<std::size_t> list_length(Value* v) {
+  if (v->node()->kind() == torch::jit::prim::ListConstruct) return v->node()->inputs().size();
+  if (const c10::optional<std::vector<int64_t>> list = torch::jit::constant_as<std::vector<int64_t>>(v))
+    return list->size();
+  return c10::nullopt;
+}
+
 bool constant_above_one(Value* v) {
   const c10::optional<int64_t> groups = torch::jit::constant_as<int64_t>(v);
   return groups && *groups > 1;
@@ -66,8 +74,8 @@ std::vector<Value*> unfoldable(Node* n) {
     return {n->input(0), n->input(1), n->input(2), n->input(3), n->input(4), n->input(5), n->input(6)};
   if (n->kind() == torch::jit::aten::_convolution && n->inputs().size() >= 12) {
     const c10::optional<bool> transposed = torch::jit::constant_as<bool>(n->input(6));
-    const c10::optional<std::vector<int64_t>> stride = torch::jit::constant_as<std::vector<int64_t>>(n->input(3));
-    if (transposed && !*transposed && stride && stride->size() == 2 && constant_above_one(n->input(8)))
+    const c10::optional<std::size_t> dims = list_length(n->input(3));  // stride: one entry per spatial dimension
+    if (transposed && !*transposed && dims && *dims == 2 && constant_above_one(n->input(8)))
       return {n->input(0), n->input(1), n->input(2), n->input(3), n->input(4), n->input(5), n->input(8)};
   }
   return {};

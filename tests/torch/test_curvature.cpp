@@ -181,13 +181,16 @@ TEST(Curvature, SameSeedIsBitIdenticalAndAnotherSeedIsNot) {
 
 // Note [Grouped convolutions under double backward]: the unfolded forward is the model's own up to float
 // rounding, for a depthwise convolution, a grouped one with stride, padding and dilation (convs.pt: 16 -> 32
-// channels in 4 groups, stride 2, padding 2, dilation 2) and a strided depthwise one (separable.pt), and so is the
-// Hutchinson diagonal differentiated through it, with the same probes.
+// channels in 4 groups, stride 2, padding 2, dilation 2) and a strided depthwise one (separable.pt, scripted and
+// traced), and so is the Hutchinson diagonal differentiated through it, with the same probes.
 TEST(Curvature, UnfoldedGroupedConvolutionsGiveTheModelsOutputsAndHessianDiagonal) {
   struct Case {
     const char *model, *calib;
   };
-  for (const Case& c : {Case{"convs.pt", "convs_calib.pt"}, Case{"separable.pt", "separable_calib.pt"}}) {
+  const Case cases[] = {{"convs.pt", "convs_calib.pt"},
+                        {"separable.pt", "separable_calib.pt"},
+                        {"separable_traced.pt", "separable_calib.pt"}};  // aten::_convolution
+  for (const Case& c : cases) {
     SCOPED_TRACE(c.model);
     LoadedModel model = load_model(fixture(c.model));
     model.module.eval();
@@ -208,7 +211,7 @@ TEST(Curvature, UnfoldedGroupedConvolutionsGiveTheModelsOutputsAndHessianDiagona
   const bool tf32 = at::globalContext().allowTF32CuDNN();
   at::globalContext().setAllowTF32CuDNN(false);
   for (const torch::Device& device : devices) {
-    for (const Case& c : {Case{"convs.pt", "convs_calib.pt"}, Case{"separable.pt", "separable_calib.pt"}}) {
+    for (const Case& c : cases) {
       SCOPED_TRACE(std::string(c.model) + " on " + device.str());
       // A GPU sums in other orders (cuDNN's algorithms, parallel reductions): on the H200 the two forms' v.Hv
       // differed by up to 2.2e-4 per block on MobileNetV2 (relative L1, TF32 off), so 1e-3 there.
