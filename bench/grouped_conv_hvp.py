@@ -2,7 +2,7 @@
 and unfolded (im2col and a product-sum over the kernel window, as src/calibrate/grouped_conv.cpp rewrites them),
 on one device. Random-initialised weights (the time does not depend on their values), Fashion-MNIST-shaped input.
 
-    python3 bench/grouped_conv_hvp.py [--device cuda] [--batch 32] [--batches 4] [--probes 8] [--json OUT]
+    python3 bench/grouped_conv_hvp.py [--device cuda] [--batch 32] [--batches 4] [--probes 8] [--tf32 1] [--json OUT]
 
 Prints one JSON object: seconds of one forward + backward and of the Hutchinson pass (one create_graph backward,
 then `probes` Hessian-vector products), summed over the batches, for both forms, and how far a block's v.Hv moves
