@@ -1,7 +1,6 @@
 #include "bayesq/calibrate/grouped_conv.h"
 
 #include <torch/csrc/jit/api/function_impl.h>
-#include <torch/csrc/jit/ir/constants.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/jit.h>
@@ -53,32 +52,18 @@ def bayesq_unfolded_conv2d(x: Tensor, w: Tensor, b: Optional[Tensor], stride: Li
     return y
 )JIT";
 
-// The length of an int list given as a constant or built by prim::ListConstruct (a traced graph's form).
-c10::optional<std::size_t> list_length(Value* v) {
-  if (v->node()->kind() == torch::jit::prim::ListConstruct) return v->node()->inputs().size();
-  if (const c10::optional<std::vector<int64_t>> list = torch::jit::constant_as<std::vector<int64_t>>(v))
-    return list->size();
-  return c10::nullopt;
-}
-
-bool constant_above_one(Value* v) {
-  const c10::optional<int64_t> groups = torch::jit::constant_as<int64_t>(v);
-  return groups && *groups > 1;
-}
-
-// The inputs of the replacement (x, w, b, stride, padding, dilation, groups) when `n` is a 2-D convolution with
-// constant groups > 1 that is not transposed; empty otherwise.
-std::vector<Value*> unfoldable(Node* n) {
-  if (n->kind() == torch::jit::aten::conv2d && n->inputs().size() == 7 &&
-      n->input(4)->type()->kind() == c10::TypeKind::ListType && constant_above_one(n->input(6)))
-    return {n->input(0), n->input(1), n->input(2), n->input(3), n->input(4), n->input(5), n->input(6)};
-  if (n->kind() == torch::jit::aten::_convolution && n->inputs().size() >= 12) {
-    const c10::optional<bool> transposed = torch::jit::constant_as<bool>(n->input(6));
-    const c10::optional<std::size_t> dims = list_length(n->input(3));  // stride: one entry per spatial dimension
-    if (transposed && !*transposed && dims && *dims == 2 && constant_above_one(n->input(8)))
-      return {n->input(0), n->input(1), n->input(2), n->input(3), n->input(4), n->input(5), n->input(8)};
+// A 2-D convolution with constant groups > 1, stride, padding and dilation (a string padding has none).
+bool unfoldable(Node* n, ConvGeometry* geometry) {
+  const std::optional<Convolution> conv = convolution_of(n);
+  if (!conv || conv->op != OpKind::conv2d) return false;
+  if (n->kind() != torch::jit::aten::conv2d) {  // _convolution, convolution: not transposed, as a constant says
+    const c10::optional<c10::IValue> transposed = torch::jit::toIValue(n->input(6));
+    if (!transposed || !transposed->isBool() || transposed->toBool()) return false;
   }
-  return {};
+  const ConvGeometry& g = conv->geometry;
+  if (g.groups <= 1 || g.padding_same || g.stride.empty() || g.padding.empty() || g.dilation.empty()) return false;
+  *geometry = g;
+  return true;
 }
 
 }  // namespace
@@ -93,17 +78,24 @@ UnfoldedConvForward::~UnfoldedConvForward() = default;
 
 std::unique_ptr<UnfoldedConvForward> UnfoldedConvForward::build(const torch::jit::Module& module) {
   std::shared_ptr<Graph> graph = inlined_forward(module);
-  std::vector<std::pair<Node*, std::vector<Value*>>> convolutions;
+  std::vector<std::pair<Node*, ConvGeometry>> convolutions;
   visit_nodes(graph->block(), [&](Node* n) {
-    std::vector<Value*> args = unfoldable(n);
-    if (!args.empty()) convolutions.emplace_back(n, std::move(args));
+    ConvGeometry g;
+    if (unfoldable(n, &g)) convolutions.emplace_back(n, std::move(g));
   });
   if (convolutions.empty()) return nullptr;
   static const std::shared_ptr<torch::jit::CompilationUnit> unit = torch::jit::compile(kUnfoldedConv2d);
   const std::shared_ptr<Graph> callee =
       torch::jit::toGraphFunction(unit->get_function("bayesq_unfolded_conv2d")).graph();
-  for (auto& [node, args] : convolutions) {
+  for (const auto& [node, g] : convolutions) {
     torch::jit::WithInsertPoint at(node);
+    const std::vector<Value*> args = {node->input(0),
+                                      node->input(1),
+                                      node->input(2),
+                                      graph->insertConstant(c10::IValue(g.stride)),
+                                      graph->insertConstant(c10::IValue(g.padding)),
+                                      graph->insertConstant(c10::IValue(g.dilation)),
+                                      graph->insertConstant(g.groups)};
     const std::vector<Value*> out = torch::jit::insertGraph(*graph, *callee, args);
     node->output()->replaceAllUsesWith(out.at(0));
     node->destroy();

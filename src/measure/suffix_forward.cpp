@@ -66,16 +66,8 @@ void fold_eval_mode(std::shared_ptr<Graph> shared, const torch::jit::Module& mod
   });
   bool folded = false;
   for (Node* m : reads) {
-    const std::string path = attribute_path(m->output(), self);
-    if (path.empty()) continue;
-    torch::jit::Module owner = module;
-    bool found = true;
-    for (std::size_t begin = 0, dot; found && (dot = path.find('.', begin)) != std::string::npos; begin = dot + 1) {
-      const std::string part = path.substr(begin, dot - begin);
-      found = owner.hasattr(part) && owner.attr(part).isObject();
-      if (found) owner = torch::jit::Module(owner.attr(part).toObject());
-    }
-    if (!found || owner.is_training()) continue;
+    const std::optional<torch::jit::Module> owner = submodule_at(m->input(0), self, module);
+    if (!owner || owner->is_training()) continue;
     torch::jit::WithInsertPoint at(graph.block()->nodes().front());
     m->output()->replaceAllUsesWith(graph.insertConstant(false));
     folded = true;

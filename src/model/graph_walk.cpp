@@ -61,6 +61,53 @@ std::vector<int64_t> int_list(Value* v) {
 
 }  // namespace
 
+std::optional<Convolution> convolution_of(Node* n) {
+  const std::string kind = n->kind().toQualString();
+  Convolution c;
+  ConvGeometry& g = c.geometry;
+  if (kind == "aten::conv1d" || kind == "aten::conv2d" || kind == "aten::conv3d") {
+    g.stride = int_list(n->input(3));
+    const auto padding = torch::jit::toIValue(n->input(4));
+    if (padding && padding->isString()) {
+      g.padding_same = padding->toStringRef() == "same";
+    } else {
+      g.padding = int_list(n->input(4));
+    }
+    g.dilation = int_list(n->input(5));
+    int64_t groups = 1;
+    if (is_int_constant(n->input(6), &groups)) g.groups = groups;
+    c.op = kind == "aten::conv1d" ? OpKind::conv1d : kind == "aten::conv2d" ? OpKind::conv2d : OpKind::conv3d;
+    return c;
+  }
+  if (kind == "aten::_convolution" || kind == "aten::convolution") {
+    g.stride = int_list(n->input(3));
+    g.padding = int_list(n->input(4));
+    g.dilation = int_list(n->input(5));
+    const auto transposed = torch::jit::toIValue(n->input(6));
+    int64_t groups = 1;
+    if (is_int_constant(n->input(8), &groups)) g.groups = groups;
+    c.op = OpKind::conv2d;
+    if (transposed && transposed->isBool() && transposed->toBool()) {
+      c.op = OpKind::conv_transpose;
+    } else if (g.stride.size() == 1) {
+      c.op = OpKind::conv1d;
+    } else if (g.stride.size() == 3) {
+      c.op = OpKind::conv3d;
+    }
+    return c;
+  }
+  if (kind == "aten::conv_transpose1d" || kind == "aten::conv_transpose2d" || kind == "aten::conv_transpose3d") {
+    g.stride = int_list(n->input(3));
+    g.padding = int_list(n->input(4));
+    int64_t groups = 1;
+    if (is_int_constant(n->input(6), &groups)) g.groups = groups;
+    g.dilation = int_list(n->input(7));
+    c.op = OpKind::conv_transpose;
+    return c;
+  }
+  return std::nullopt;
+}
+
 void visit_nodes(torch::jit::Block* block, const std::function<void(Node*)>& fn) {
   for (Node* n : block->nodes()) {
     fn(n);
@@ -81,6 +128,21 @@ std::string attribute_path(Value* v, Value* self) {
   return path;
 }
 
+std::optional<torch::jit::Module> submodule_at(Value* v, Value* self, const torch::jit::Module& module) {
+  const std::string path = attribute_path(v, self);
+  if (path.empty() && v != self) return std::nullopt;
+  torch::jit::Module owner = module;
+  for (std::size_t begin = 0; begin < path.size();) {
+    std::size_t dot = path.find('.', begin);
+    if (dot == std::string::npos) dot = path.size();
+    const std::string part = path.substr(begin, dot - begin);
+    if (!owner.hasattr(part) || !owner.attr(part).isModule()) return std::nullopt;
+    owner = owner.attr(part).toModule();
+    begin = dot + 1;
+  }
+  return owner;
+}
+
 std::shared_ptr<torch::jit::Graph> inlined_forward(const torch::jit::Module& module) {
   std::shared_ptr<torch::jit::Graph> graph = module.get_method("forward").graph()->copy();
   torch::jit::Inline(*graph);
@@ -96,20 +158,11 @@ void unflatten_weight_lists(torch::jit::Graph& graph, const torch::jit::Module& 
       reads.push_back(n);
   });
   for (Node* n : reads) {
-    const std::string owner_path = attribute_path(n->input(0), self);
-    if (owner_path.empty() && n->input(0) != self) continue;
-    torch::jit::Module owner = module;
-    bool found = true;
-    for (std::size_t begin = 0; found && begin < owner_path.size();) {
-      std::size_t dot = owner_path.find('.', begin);
-      if (dot == std::string::npos) dot = owner_path.size();
-      const std::string part = owner_path.substr(begin, dot - begin);
-      found = owner.hasattr(part) && owner.attr(part).isModule();
-      if (found) owner = owner.attr(part).toModule();
-      begin = dot + 1;
-    }
+    const std::optional<torch::jit::Module> found = submodule_at(n->input(0), self, module);
+    if (!found) continue;
+    const torch::jit::Module& owner = *found;
     const std::string name = n->s(torch::jit::attr::name);
-    if (!found || !owner.hasattr(name) || !owner.attr(name).isList()) continue;
+    if (!owner.hasattr(name) || !owner.attr(name).isList()) continue;
     const c10::List<c10::IValue> list = owner.attr(name).toList();
     std::vector<std::string> names;
     for (std::size_t i = 0; i < list.size(); ++i) {
@@ -218,47 +271,9 @@ std::vector<WeightUse> find_weight_uses(torch::jit::Graph& graph) {
     if (kind == "aten::linear") {
       add(n, n->input(1), OpKind::linear, true, 0, n->input(0), false, n->inputs().size() > 2 ? n->input(2) : nullptr,
           nullptr);
-    } else if (kind == "aten::conv1d" || kind == "aten::conv2d" || kind == "aten::conv3d") {
-      ConvGeometry g;
-      g.stride = int_list(n->input(3));
-      const auto padding = torch::jit::toIValue(n->input(4));
-      if (padding && padding->isString()) {
-        g.padding_same = padding->toStringRef() == "same";
-      } else {
-        g.padding = int_list(n->input(4));
-      }
-      g.dilation = int_list(n->input(5));
-      int64_t groups = 1;
-      if (is_int_constant(n->input(6), &groups)) g.groups = groups;
-      const OpKind op =
-          kind == "aten::conv1d" ? OpKind::conv1d : kind == "aten::conv2d" ? OpKind::conv2d : OpKind::conv3d;
-      add(n, n->input(1), op, true, 0, n->input(0), false, n->input(2), &g);
-    } else if (kind == "aten::_convolution" || kind == "aten::convolution") {
-      ConvGeometry g;
-      g.stride = int_list(n->input(3));
-      g.padding = int_list(n->input(4));
-      g.dilation = int_list(n->input(5));
-      const auto transposed = torch::jit::toIValue(n->input(6));
-      int64_t groups = 1;
-      if (is_int_constant(n->input(8), &groups)) g.groups = groups;
-      OpKind op = OpKind::conv2d;
-      if (transposed && transposed->isBool() && transposed->toBool()) {
-        op = OpKind::conv_transpose;
-      } else if (g.stride.size() == 1) {
-        op = OpKind::conv1d;
-      } else if (g.stride.size() == 3) {
-        op = OpKind::conv3d;
-      }
-      add(n, n->input(1), op, true, 0, n->input(0), false, n->input(2), &g);
-    } else if (kind == "aten::conv_transpose1d" || kind == "aten::conv_transpose2d" ||
-               kind == "aten::conv_transpose3d") {
-      ConvGeometry g;
-      g.stride = int_list(n->input(3));
-      g.padding = int_list(n->input(4));
-      int64_t groups = 1;
-      if (is_int_constant(n->input(6), &groups)) g.groups = groups;
-      g.dilation = int_list(n->input(7));
-      add(n, n->input(1), OpKind::conv_transpose, true, 0, n->input(0), false, n->input(2), &g);
+    } else if (const std::optional<Convolution> conv = convolution_of(n)) {
+      ConvGeometry g = conv->geometry;
+      add(n, n->input(1), conv->op, true, 0, n->input(0), false, n->input(2), &g);
     } else if (kind == "aten::matmul" || kind == "aten::mm") {
       // x @ W with W [in, out]: rows (outputs) are W's last axis; W @ x: rows are W's first axis.
       add(n, n->input(1), OpKind::matmul, true, 1, n->input(0), false, nullptr, nullptr);

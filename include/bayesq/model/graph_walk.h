@@ -40,8 +40,19 @@ struct WeightUse {
 
 void visit_nodes(torch::jit::Block* block, const std::function<void(torch::jit::Node*)>& fn);
 
+// A convolution node (aten::conv1d/2d/3d, _convolution, convolution, conv_transpose1d/2d/3d): its kind and its
+// geometry as far as the graph has it in constants; nullopt for any other node.
+struct Convolution {
+  OpKind op = OpKind::conv2d;
+  ConvGeometry geometry;
+};
+std::optional<Convolution> convolution_of(torch::jit::Node* n);
+
 // "" when `v` is not a GetAttr chain from `self`.
 std::string attribute_path(torch::jit::Value* v, torch::jit::Value* self);
+// The submodule of `module` that `v` is (`self` itself, or a GetAttr chain of submodules from it); nullopt otherwise.
+std::optional<torch::jit::Module> submodule_at(torch::jit::Value* v, torch::jit::Value* self,
+                                               const torch::jit::Module& module);
 
 // Every weight use in an inlined graph whose first input is self, in graph order (a weight used twice appears
 // twice, e.g. an embedding table tied to the output layer).
