@@ -3,7 +3,7 @@
 //
 //   bayesq_bench_calibration MODEL DATA [--device cuda] [--probes 8] [--batch-size 32] [--examples 256]
 //                            [--estimator hutchinson|fisher] [--deterministic 1] [--cudnn-benchmark 0]
-//                            [--grouped-convs auto|unfold|keep]
+//                            [--grouped-convs auto|unfold|keep] [--tf32 0]
 //
 // --deterministic and --cudnn-benchmark set cuDNN's two switches after the device is chosen (bayesq itself runs
 // deterministic without benchmarking: same seed, same file).
@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   std::string device_name = "cpu";
   int64_t examples = 256;
   Compute compute;
-  int deterministic = 1, cudnn_benchmark = 0;
+  int deterministic = 1, cudnn_benchmark = 0, tf32 = 0;
   for (int i = 3; i + 1 < argc; i += 2) {
     const std::string key = argv[i];
     if (key == "--device") device_name = argv[i + 1];
@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
     else if (key == "--examples") examples = std::atoll(argv[i + 1]);
     else if (key == "--deterministic") deterministic = std::atoi(argv[i + 1]);
     else if (key == "--cudnn-benchmark") cudnn_benchmark = std::atoi(argv[i + 1]);
+    else if (key == "--tf32") tf32 = std::atoi(argv[i + 1]);
     else if (key == "--grouped-convs") {
       const std::string name = argv[i + 1];
       if (name != "auto" && name != "unfold" && name != "keep") {
@@ -71,7 +72,7 @@ int main(int argc, char** argv) {
     }
   }
   compute.max_examples = examples;
-  compute.device = parse_device(device_name);
+  compute.device = parse_device(device_name, 0, tf32 != 0);
   at::globalContext().setDeterministicCuDNN(deterministic != 0);
   at::globalContext().setBenchmarkCuDNN(cudnn_benchmark != 0);
   LoadedModel model = load_model(argv[1]);
@@ -118,7 +119,7 @@ int main(int argc, char** argv) {
             << ", \"calibration_s\": " << calibration << ", \"forward_backward_per_example_ms\": " << 1e3 * per_fb
             << ", \"calibration_per_example_probe_ms\": " << 1e3 * per_example_probe
             << ", \"ratio\": " << per_example_probe / per_fb << ", \"deterministic\": " << deterministic
-            << ", \"cudnn_benchmark\": " << cudnn_benchmark << ", \"grouped_convs\": \""
+            << ", \"cudnn_benchmark\": " << cudnn_benchmark << ", \"tf32\": " << tf32 << ", \"grouped_convs\": \""
             << grouped_convs_name(params.grouped_convs) << "\", \"unfolded_convolutions\": " << set.unfolded_convolutions
             << "}" << std::endl;
   return 0;

@@ -2,7 +2,7 @@
 # The GPU benchmark, in resumable stages (each skips work whose output already exists):
 #   bench/gpu_bench.sh STAGE...
 # Stages: build data-fmnist data-wordnet train-mobilenet train-resnet50 train-bert micro calibration-settings design
-#         agreement compare-mobilenet
+#         agreement compare-mobilenet estimators-mobilenet prefix-check
 #         distill-mobilenet sweep ablation compare-resnet50 compare-bert
 # Expects the raw data under .gpu/raw (see bench/prepare_gpu_carry.sh) and python3 with torch (and transformers for
 # BERT). Results (markdown, JSON, logs) go to $OUT (default .gpu/out). Two chains can share a 2-GPU machine:
@@ -53,16 +53,16 @@ torch.save({'inputs': x[i].clone(), 'labels': y[i].clone()}, '$W/data/fmnist_cal
     calibration-settings)
       # Issue 17 item 4: Hutchinson calibration time against one forward + backward, per model and cuDNN setting
       # (bayesq runs deterministic, no benchmarking), and the Fisher estimator beside it. Trained models.
-      for m in mobilenet_v2 resnet50; do
+      for m in ${CAL_MODELS:-mobilenet_v2 resnet50}; do
         [ -f $W/models/$m.pt ] || continue
         for s in "1 0 unfold" "1 0 keep" "0 0 keep" "0 1 keep"; do
           read -r det bm gc <<< "$s"
           log "calibration $m deterministic=$det benchmark=$bm grouped-convs=$gc"
           build-gpu/bayesq_bench_calibration $W/models/$m.pt $W/data/fmnist_calib.pt --device cuda --probes 8 \
-            --examples 512 --batch-size 32 --deterministic $det --cudnn-benchmark $bm --grouped-convs $gc \
+            --examples ${CAL_EXAMPLES:-512} --batch-size 32 --deterministic $det --cudnn-benchmark $bm --grouped-convs $gc \
             | tee -a "$OUT/calibration_settings.jsonl"
         done
-        build-gpu/bayesq_bench_calibration $W/models/$m.pt $W/data/fmnist_calib.pt --device cuda --examples 512 \
+        build-gpu/bayesq_bench_calibration $W/models/$m.pt $W/data/fmnist_calib.pt --device cuda --examples ${CAL_EXAMPLES:-512} \
           --batch-size 32 --estimator fisher | tee -a "$OUT/calibration_settings.jsonl"
       done ;;
     design)
@@ -79,6 +79,26 @@ torch.save({'inputs': x[i].clone(), 'labels': y[i].clone()}, '$W/data/fmnist_cal
     compare-mobilenet)
       compare mobilenet_v2 $W/models/mobilenet_v2.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits ${BITS:-2,2.5,3,3.5,4} \
         --match-uniform --methods ${METHODS:-rtn,gptq,gptq/act,hawq,bayesq/hutchinson,bayesq/kfac} ;;
+    prefix-check)
+      # Note [Cached prefix] on CUDA: the default method with full forwards and from cached prefixes must write the
+      # same file (and the report gives each run's stage times).
+      for m in ${PREFIX_MODELS:-resnet50}; do
+        case $m in
+          bert) pargs=(--model $W/models/bert.pt --calib $W/data/wordnet_calib512.pt --batch-size 16) ;;
+          *) pargs=(--model $W/models/$m.pt --calib $W/data/fmnist_calib.pt) ;;
+        esac
+        for p in off on; do
+          log "prefix $p: $m"
+          $B quantize "${pargs[@]}" --bits 3 --device cuda --threads $THREADS --seed 0 --cached-prefix $p -q \
+            -o $W/prefix_${m}_$p.pt --report "$OUT/prefix_${m}_$p.json"
+        done
+        if cmp -s $W/prefix_${m}_off.pt $W/prefix_${m}_on.pt; then r=identical; else r=DIFFER; fi
+        echo "$m: files with and without the cached prefix: $r" | tee -a "$OUT/prefix_check.txt"
+      done ;;
+    estimators-mobilenet)
+      # Issue 17 item 4: does the Fisher diagonal (one backward per probe) allocate as well as Hutchinson's?
+      compare mobilenet_v2_estimators $W/models/mobilenet_v2.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt \
+        --bits ${BITS:-2.5,3,4} --methods bayesq/hutchinson,bayesq/fisher ;;
     distill-mobilenet)
       compare mobilenet_v2_distill $W/models/mobilenet_v2.pt $W/data/fmnist_calib.pt $W/data/fmnist_eval.pt --bits 2,2.5,3 \
         --methods bayesq/hutchinson,bayesq/hutchinson+distill,bayesq/kfac,bayesq/kfac+distill ;;

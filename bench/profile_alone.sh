@@ -2,8 +2,10 @@
 # Issue 17's per-stage profile: the default method and GPTQ at one budget on each model, one compare at a time
 # with nothing else on the machine (data, training and the build finish first), on all host threads.
 #   bench/profile_alone.sh [MODEL...]      resnet50, bert, mobilenet (default: resnet50 bert)
-# Then, with the trained vision models, Hutchinson calibration per cuDNN setting and with grouped convolutions
-# unfolded or not (calibration_settings.jsonl), and the codebook design alone on the host (design.jsonl).
+# PROFILE_TF32=1 also runs each compare with --tf32. Then the gpu_bench.sh stages in PROFILE_STAGES (default
+# "calibration-settings design"; empty: none): with the trained vision models, Hutchinson calibration per cuDNN
+# setting and with grouped convolutions unfolded or not (calibration_settings.jsonl; CAL_EXAMPLES images, default
+# 512; CAL_MODELS), and the codebook design alone on the host (design.jsonl).
 # Needs the raw data under .gpu/raw (bench/prepare_gpu_carry.sh). Per model, $OUT/profile_MODEL.{json,md,log}: the
 # compare's per-stage wall times (shared_timings: capture, codebook design, feedback, measured-table forwards and
 # quantization), each row's quantize time and peak device memory.
@@ -35,7 +37,16 @@ for m in "${models[@]}"; do
   build-gpu/bayesq compare "${args[@]}" --device cuda --threads "$threads" --seed 0 --bits 3 --methods bayesq,gptq \
     --json-output "$OUT/profile_$m.json" --markdown-output "$OUT/profile_$m.md" > "$OUT/profile_$m.log" 2>&1
   cat "$OUT/profile_$m.md"
+  if [ "${PROFILE_TF32:-0}" = 1 ]; then  # the same compare with TF32 allowed (Note [TF32 off by default])
+    log "profile $m --tf32"
+    build-gpu/bayesq compare "${args[@]}" --device cuda --threads "$threads" --seed 0 --bits 3 --methods bayesq,gptq \
+      --tf32 --json-output "$OUT/profile_${m}_tf32.json" --markdown-output "$OUT/profile_${m}_tf32.md" \
+      > "$OUT/profile_${m}_tf32.log" 2>&1
+    cat "$OUT/profile_${m}_tf32.md"
+  fi
 done
-log "calibration settings and design alone"
-THREADS=$threads OUT=$OUT bench/gpu_bench.sh calibration-settings design > "$OUT/profile_extra.log" 2>&1 || \
-  { echo "calibration settings / design failed: $OUT/profile_extra.log" >&2; tail -5 "$OUT/profile_extra.log" >&2; }
+stages=${PROFILE_STAGES-calibration-settings design}
+[ -n "$stages" ] || exit 0
+log "then: $stages"
+THREADS=$threads OUT=$OUT bench/gpu_bench.sh $stages > "$OUT/profile_extra.log" 2>&1 || \
+  { echo "$stages failed: $OUT/profile_extra.log" >&2; tail -5 "$OUT/profile_extra.log" >&2; }

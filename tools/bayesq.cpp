@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -29,6 +30,10 @@
 namespace {
 
 using bayesq::ExitCode;
+
+// --tf32 / --no-tf32 (Note [TF32 off by default] in pipeline/device.h), on every subcommand that runs a model.
+constexpr const char* kTf32Help =
+    "CUDA: allow TF32 in cuDNN convolutions and cuBLAS products (faster, about 1e-3 relative error; off: full fp32)";
 
 // Errors are one line: a newline in a path or a library message would split them.
 std::string one_line(std::string text) {
@@ -209,6 +214,7 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
   app->add_option("--threads", run.threads, "CPU threads for bayesq and libtorch (0: OMP_NUM_THREADS when set, else all cores)")->capture_default_str();
   app->add_option("--max-examples", run.max_examples, "Use at most this many calibration examples (0: all)")
       ->capture_default_str();
+  app->add_flag("--tf32,!--no-tf32", run.tf32, kTf32Help);
   app->add_option("--dist-timeout", run.dist_timeout,
                   "Seconds a process of a multi-process job (torchrun, srun) waits for the others before it fails")
       ->capture_default_str();
@@ -252,6 +258,14 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
       ->capture_default_str();
   app->add_option("--measure-examples", m.measure.examples, "Calibration examples a measured table scores")
       ->capture_default_str();
+  static const std::map<std::string, bayesq::MeasureParams::Prefix> prefix_names{
+      {"auto", bayesq::MeasureParams::Prefix::automatic},
+      {"on", bayesq::MeasureParams::Prefix::on},
+      {"off", bayesq::MeasureParams::Prefix::off}};
+  app->add_option("--cached-prefix", m.measure.cached_prefix,
+                  "Measured tables and joint refinement run each option's forward from the block's cached prefix: "
+                  "auto (on a CPU only; on CUDA it was slower), on, or off (full forwards; the same KLs)")
+      ->transform(CLI::CheckedTransformer(prefix_names));
   app->add_option("--joint-rounds", m.joint.rounds,
                   "Rounds refining a measured table's allocation by the KL of the whole quantized model: each "
                   "re-measures every block's nearby options with the others quantized, re-allocates, and is kept "
@@ -381,6 +395,7 @@ int main(int argc, char** argv) {
   calibrate->add_option("--output-index", c.run.output_index, "Which model output is the logits");
   calibrate->add_option("--device", c.run.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   calibrate->add_option("--seed", c.run.seed, "Seed")->check(CLI::NonNegativeNumber)->capture_default_str();
+  calibrate->add_flag("--tf32,!--no-tf32", c.run.tf32, kTf32Help);
   calibrate->add_option("--threads", c.run.threads, "CPU threads for bayesq and libtorch (0: OMP_NUM_THREADS when set, else all cores)")->capture_default_str();
 
   // eval
@@ -393,6 +408,7 @@ int main(int argc, char** argv) {
   eval->add_option("--batch-size", e.run.batch_size, "Batch size")->capture_default_str();
   eval->add_option("--output-index", e.run.output_index, "Which model output is the logits");
   eval->add_option("--device", e.run.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  eval->add_flag("--tf32,!--no-tf32", e.run.tf32, kTf32Help);
   eval->add_option("--threads", e.run.threads, "CPU threads for bayesq and libtorch (0: OMP_NUM_THREADS when set, else all cores)")->capture_default_str();
   eval->add_flag("--json", eval_json, "Print JSON instead of a table");
 

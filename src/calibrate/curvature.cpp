@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/torch.h>
 
 #include "bayesq/calibrate/grouped_conv.h"
@@ -88,6 +89,8 @@ CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& in
   std::string notes;
   const int64_t n = compute.examples(data.size());
 
+  // Note [Calibration without executor specialisation] (curvature.h).
+  const torch::jit::GraphOptimizerEnabledGuard unspecialised(false);
   module.eval();
   module.to(device);
   check_input_count(module, data, model_path);

@@ -144,11 +144,6 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
   return out;
 }
 
-torch::Tensor dequantized_rows(const QuantizedBlock& q, const torch::Device& device) {
-  std::vector<float> values = q.dequantize();
-  return torch::from_blob(values.data(), {q.rows, q.cols}, torch::kFloat32).clone().to(device);
-}
-
 QuantizedBlock quantize_with_feedback(const torch::Tensor& rows, const BlockInfo& info, const LayerStats& stats,
                                       int bits, CodebookKind kind, int64_t group_size,
                                       const std::vector<Codebook>* codebooks, const GptqParams& params,

@@ -6,6 +6,7 @@
 
 #include "bayesq/common/timer.h"
 #include "bayesq/gptq/feedback.h"
+#include "bayesq/model/block_tensor.h"
 
 namespace bayesq {
 

@@ -1,5 +1,9 @@
 #include "bayesq/model/block_tensor.h"
 
+#include <algorithm>
+
+#include <torch/torch.h>
+
 #include "bayesq/common/errors.h"
 
 namespace bayesq {
@@ -32,6 +36,48 @@ torch::Tensor rows_to_block(const torch::Tensor& rows, const BlockInfo& info, co
   torch::Tensor w = rows;
   if (info.row_axis != 0) w = w.reshape({info.rows(), info.cols()}).t();
   return w.reshape(info.shape).to(like.device(), like.scalar_type()).contiguous();
+}
+
+torch::Tensor dequantized_rows(const QuantizedBlock& q, const torch::Device& device) {
+  if (!device.is_cpu()) return dequantized_rows_by_gather(q, device);
+  std::vector<float> values = q.dequantize();
+  return torch::from_blob(values.data(), {q.rows, q.cols}, torch::kFloat32).clone();
+}
+
+torch::Tensor dequantized_rows_by_gather(const QuantizedBlock& q, const torch::Device& device) {
+  BQ_ASSERT(q.rows >= 0 && q.cols >= 0 && static_cast<int64_t>(q.codes.size()) == q.rows * q.cols, q.codes.size(),
+            " codes for ", q.rows, " x ", q.cols, " weights");
+  if (q.rows == 0 || q.cols == 0) return torch::zeros({q.rows, q.cols}, torch::TensorOptions().device(device));
+  // Every level in one flat table, codebook after codebook (row-major over rows and groups, as QuantizedBlock
+  // keeps them), each 2^bits long; a weight's value is table[(r * groups + c / group_size) * L + code]. A gather
+  // copies the float it reads, so the values are those of dequantize(), bit for bit.
+  const int64_t groups = static_cast<int64_t>(q.codebooks.size()) / q.rows;
+  BQ_ASSERT(groups * q.rows == static_cast<int64_t>(q.codebooks.size()) && q.group_size > 0 &&
+                groups_per_row(q.cols, q.group_size) == groups,
+            q.codebooks.size(), " codebooks for ", q.rows, " rows of ", q.cols, " in groups of ", q.group_size);
+  const int64_t levels = int64_t{1} << q.bits;
+  std::vector<float> table(static_cast<std::size_t>(q.rows * groups * levels), 0.0f);
+  for (std::size_t k = 0; k < q.codebooks.size(); ++k) {
+    const std::vector<float>& v = q.codebooks[k].levels;
+    BQ_ASSERT(static_cast<int64_t>(v.size()) <= levels, "a codebook of ", v.size(), " levels in a ", q.bits,
+              "-bit block");
+    std::copy(v.begin(), v.end(), table.begin() + static_cast<std::ptrdiff_t>(k * static_cast<std::size_t>(levels)));
+  }
+  std::vector<int64_t> column_offset(static_cast<std::size_t>(q.cols));
+  for (int64_t c = 0; c < q.cols; ++c) column_offset[static_cast<std::size_t>(c)] = (c / q.group_size) * levels;
+  // Pageable host memory: each copy has finished when .to() returns, so the vectors may go out of scope.
+  const auto on_device = [&](void* data, int64_t n, torch::ScalarType type) {
+    return torch::from_blob(data, {n}, type).to(device);
+  };
+  const torch::Tensor flat_table = on_device(table.data(), static_cast<int64_t>(table.size()), torch::kFloat32);
+  const torch::Tensor codes =
+      on_device(const_cast<uint8_t*>(q.codes.data()), q.rows * q.cols, torch::kUInt8).view({q.rows, q.cols});
+  const torch::Tensor row_offset =
+      torch::arange(q.rows, torch::TensorOptions().dtype(torch::kInt64).device(device)).mul_(groups * levels);
+  const torch::Tensor index = codes.to(torch::kInt64)
+                                  .add_(row_offset.unsqueeze(1))
+                                  .add_(on_device(column_offset.data(), q.cols, torch::kInt64).unsqueeze(0));
+  return flat_table.take(index);
 }
 
 }  // namespace bayesq

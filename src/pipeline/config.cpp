@@ -48,7 +48,8 @@ void to_json(nlohmann::json& j, const RunContext& r) {
                      {"threads", r.threads},       {"batch_size", r.batch_size},
                      {"max_examples", r.max_examples}, {"output_index", r.output_index},
                      {"holdout", r.holdout},       {"measure_disjoint", r.measure_disjoint},
-                     {"dist_timeout", r.dist_timeout}, {"dist_backend", r.dist_backend}};
+                     {"dist_timeout", r.dist_timeout}, {"dist_backend", r.dist_backend},
+                     {"tf32", r.tf32}};
 }
 
 void from_json(const nlohmann::json& j, RunContext& r) {
@@ -63,6 +64,7 @@ void from_json(const nlohmann::json& j, RunContext& r) {
   r.measure_disjoint = j.value("measure_disjoint", r.measure_disjoint);
   r.dist_timeout = j.value("dist_timeout", r.dist_timeout);
   r.dist_backend = j.value("dist_backend", r.dist_backend);
+  r.tf32 = j.value("tf32", r.tf32);
 }
 
 LossTableParams MethodConfig::default_table() {

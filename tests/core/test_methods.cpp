@@ -88,7 +88,9 @@ TEST(Config, JsonRoundTripsEveryField) {
   r.batch_size = 7;
   r.max_examples = 100;
   r.output_index = "logits";
+  r.tf32 = true;
   const nlohmann::json rj = r;
+  EXPECT_TRUE(rj.get<RunContext>().tf32);
   EXPECT_EQ(nlohmann::json(rj.get<RunContext>()), rj);
 }
 

@@ -5,6 +5,7 @@
 #include <random>
 
 #include <torch/script.h>
+#include <torch/cuda.h>
 #include <torch/serialize.h>
 
 #include "bayesq/codebook/block_quantizer.h"
@@ -142,7 +143,8 @@ TEST(Forward, ShapeMismatchNamesInputAndShapes) {
 }
 
 // Every bit-width, codebook kind and granularity: the packed graph rebuilds exactly the weights the core decodes,
-// the fake file holds them too, and each block's bytes in the file equal its cost to the bit.
+// the fake file holds them too, the gather a GPU decodes with gives them too, and each block's bytes in the file
+// equal its cost to the bit.
 TEST(Writer, PackedRebuildsExactlyTheDecodedWeightsAndCostsItsBytes) {
   LoadedModel model = load_model(fixture("gpt_mlp.pt"));
   const BlockIndex index = discover_blocks(model.module);
@@ -177,6 +179,15 @@ TEST(Writer, PackedRebuildsExactlyTheDecodedWeightsAndCostsItsBytes) {
           const torch::Tensor w = find_tensor(f, index.blocks[b].name);
           const torch::Tensor expected = dequantized_tensor(blocks[b], index.blocks[b], w);
           EXPECT_TRUE(torch::equal(w, expected)) << index.blocks[b].name;
+        }
+        // ...the gather a GPU decodes with gives the host's values bit for bit (here on the CPU, and on CUDA where
+        // there is one)...
+        for (std::size_t b = 0; b < blocks.size(); ++b) {
+          std::vector<float> decoded = blocks[b].dequantize();
+          const torch::Tensor host = torch::from_blob(decoded.data(), {blocks[b].rows, blocks[b].cols});
+          EXPECT_TRUE(torch::equal(dequantized_rows_by_gather(blocks[b], torch::kCPU), host)) << index.blocks[b].name;
+          if (torch::cuda::is_available())
+            EXPECT_TRUE(torch::equal(dequantized_rows(blocks[b], torch::kCUDA).cpu(), host)) << index.blocks[b].name;
         }
         // ...and the packed graph computes the same function bit for bit.
         const auto x = data.batch(0, 16, torch::kCPU);

@@ -29,6 +29,14 @@ namespace bayesq {
 // Throws UserError(usage) on bad parameters (ce without labels, unknown names) and UserError(input) when the data
 // does not fit the model. With a `world` of several processes each rank calibrates its share of the batches and
 // every rank gets the whole set, the same as one process computes (Note [Calibration over several processes]).
+//
+// Note [Calibration without executor specialisation]: TorchScript's profiling executor runs a graph's first call
+// as profiled and later calls as a graph specialised to the profiled shapes, with its own symbolic gradients
+// (autodiff) in place of autograd's. Those round differently, so a calibration's diagonal depended on how often
+// the model had run before in the process (of two equal calls, the second differed from the first by up to
+// 1e-9; test Curvature.SameSeedIsBitIdenticalAndAnotherSeedIsNot). The calibration runs its forwards with the
+// executor's optimisation off (a thread-local switch, restored on return): every call runs the graph as loaded
+// and autograd differentiates it.
 CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& index, const DataFile& data,
                                 const CurvatureParams& params, const Compute& compute,
                                 const std::string& model_path, const World* world = nullptr);

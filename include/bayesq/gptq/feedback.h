@@ -43,9 +43,6 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
                                                            GptqStats* gptq_stats = nullptr,
                                                            std::vector<torch::Tensor>* dequantized = nullptr);
 
-// The [rows, cols] de-quantized weights of a QuantizedBlock as a float32 tensor on `device`.
-torch::Tensor dequantized_rows(const QuantizedBlock& q, const torch::Device& device);
-
 // K-FAC block metric with G replaced by its diagonal and the damping written relative to A (so that G = I gives
 // GPTQ's H up to scale): L(D) = 1/2 N sum_r G_rr D_r (A_g(r) + damp * mean(diag A_g(r)) I) D_r^T.
 double kfac_loss(const torch::Tensor& delta_rows, const BlockInfo& info, const LayerStats& stats, double damp);

@@ -13,9 +13,10 @@ struct MeasureParams {
   enum class Overlap { automatic, off, on };
   Overlap overlap_design = Overlap::automatic;
   // Each option's forward, and each joint-refinement trial, runs from the block's cached prefix (Note [Cached
-  // prefix] in suffix_forward.h); off: full forwards. automatic: on a CPU only, where the KLs are the full
-  // forwards' bit for bit; on an H200 it was slower and its KLs differed (BENCHMARKS.md, "Forwards from a
-  // cached prefix").
+  // prefix] in suffix_forward.h); off: full forwards, which give the same KLs bit for bit (on CUDA because
+  // TorchScript's fusers are off there: Note [No fusion on CUDA] in pipeline/device.h). automatic: on a CPU only;
+  // on an H200 the prefix saved no forward time and building a graph per block cost more than it saved
+  // (BENCHMARKS.md, "Cached prefix on CUDA").
   enum class Prefix { automatic, off, on };
   Prefix cached_prefix = Prefix::automatic;
   bool prefix_on(bool cpu) const { return cached_prefix == Prefix::on || (cached_prefix == Prefix::automatic && cpu); }

@@ -9,8 +9,9 @@
 // in the suffix, so a swapped weight is always read afresh. Cached tensors and lists that the suffix writes in
 // place (aten::relu_, add_, a list appended to) are copied for each run. Same operators on the same values in the
 // same order: the same results as full forward passes (test Pipeline.CachedPrefixGivesTheTableOfFullForwards),
-// for a fraction of the work (the prefix's share of the model). On CUDA, TorchScript compiles each new graph and
-// fuses differently from the module's own forward: measured tables use this on CPU devices only (MeasureParams).
+// for a fraction of the work (the prefix's share of the model). On CUDA that holds because TorchScript's fusers are
+// off there (Note [No fusion on CUDA] in pipeline/device.h): they compiled each new graph and fused it differently
+// from the module's own forward. Measured tables use it on CPU devices unless told (MeasureParams::cached_prefix).
 #pragma once
 
 #include <memory>

@@ -7,6 +7,7 @@
 
 #include <torch/script.h>
 
+#include "bayesq/codebook/block_quantizer.h"
 #include "bayesq/index/block_index.h"
 
 namespace bayesq {
@@ -17,6 +18,12 @@ std::vector<float> block_rows_vector(const torch::Tensor& weight, const BlockInf
 
 // Inverse of block_rows: back to the block's stored shape (on `like`'s device and dtype).
 torch::Tensor rows_to_block(const torch::Tensor& rows, const BlockInfo& info, const torch::Tensor& like);
+
+// QuantizedBlock::dequantize()'s values as a rows x cols float tensor on `device`, bit for bit: decoded on the host
+// for a CPU device, by dequantized_rows_by_gather otherwise.
+torch::Tensor dequantized_rows(const QuantizedBlock& q, const torch::Device& device);
+// The same values gathered on `device` from the codes and one table of every codebook's levels.
+torch::Tensor dequantized_rows_by_gather(const QuantizedBlock& q, const torch::Device& device);
 
 const char* dtype_name(c10::ScalarType type);
 

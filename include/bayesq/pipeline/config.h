@@ -35,6 +35,7 @@ struct RunContext {
   int64_t measure_disjoint = 0;  // fit examples kept for measured tables only (0: tables use the fit examples)
   int dist_timeout = 300;      // seconds a process of a multi-process job waits for the others (distributed/world.h)
   std::string dist_backend = "auto";  // auto | gloo | store: what carries a job's exchanges (distributed/world.h)
+  bool tf32 = false;           // CUDA: let cuDNN convolutions and cuBLAS products round inputs to TF32 (device.h)
 
   void validate() const;       // throws UserError(usage)
 };
