@@ -35,8 +35,8 @@ namespace bayesq {
 // (autodiff) in place of autograd's. Those round differently, so a calibration's diagonal depended on how often
 // the model had run before in the process (of two equal calls, the second differed from the first by up to
 // 1e-9; test Curvature.SameSeedIsBitIdenticalAndAnotherSeedIsNot). The calibration runs its forwards with the
-// executor's optimisation off (a thread-local switch, restored on return): every call runs the graph as loaded
-// and autograd differentiates it.
+// executor's optimisation off (a thread-local switch, restored on return): every call runs the same unoptimised
+// graph and autograd differentiates it.
 CurvatureSet estimate_curvature(torch::jit::Module& module, const BlockIndex& index, const DataFile& data,
                                 const CurvatureParams& params, const Compute& compute,
                                 const std::string& model_path, const World* world = nullptr);
