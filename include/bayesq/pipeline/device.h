@@ -22,10 +22,10 @@ namespace bayesq {
 //
 // Note [No fusion on CUDA]: selecting CUDA also turns TorchScript's fuser (NNC, the profiling executor's) off for
 // the process, as it is on the CPU by default. On CUDA the executor fuses elementwise operations of each new graph
-// into kernels it generates and compiles, which round differently from the unfused operators. A
-// measured table runs every option from a cached prefix, a new graph per block (Note [Cached prefix] in
-// suffix_forward.h): with fusion its KLs were not those of the module's own forward (the allocation moved on
-// ResNet-50) and each block paid a compilation. Without it every graph runs the same ATen operators in the same
+// into kernels it generates and compiles, which round differently from the unfused operators. With
+// --cached-prefix on, a measured table runs every option from a cached prefix, a new graph per block (Note [Cached
+// prefix] in suffix_forward.h): with fusion its KLs were not those of the module's own forward (the allocation
+// moved on ResNet-50) and each block paid a compilation. Without it every graph runs the same ATen operators in the same
 // order, as on the CPU.
 torch::Device parse_device(const std::string& name, int local_rank = 0, bool tf32 = false);
 
