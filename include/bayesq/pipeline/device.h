@@ -25,8 +25,8 @@ namespace bayesq {
 // into kernels it generates and compiles, which round differently from the unfused operators. With
 // --cached-prefix on, a measured table runs every option from a cached prefix, a new graph per block (Note [Cached
 // prefix] in suffix_forward.h): with fusion its KLs were not those of the module's own forward (the allocation
-// moved on ResNet-50) and each block paid a compilation. Without it every graph runs the same ATen operators in the same
-// order, as on the CPU.
+// moved on ResNet-50) and each block paid a compilation. Without it every graph runs the same ATen operators in
+// the same order, as on the CPU.
 torch::Device parse_device(const std::string& name, int local_rank = 0, bool tf32 = false);
 
 // Applies the thread setting and parses the device: call once at the start of a subcommand.
