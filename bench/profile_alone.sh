@@ -2,7 +2,8 @@
 # Issue 17's per-stage profile: the default method and GPTQ at one budget on each model, one compare at a time
 # with nothing else on the machine (data, training and the build finish first), on all host threads.
 #   bench/profile_alone.sh [MODEL...]      resnet50, bert, mobilenet (default: resnet50 bert)
-# PROFILE_TF32=1 also runs each compare with --tf32. Then the gpu_bench.sh stages in PROFILE_STAGES (default
+# PROFILE_TF32=1 also runs each compare with --tf32; PROFILE_GRAPHS_OFF=1 the default alone with --cuda-graphs off,
+# comparing its file with the first compare's (profile_MODEL_graphs_cmp.txt). Then the gpu_bench.sh stages in PROFILE_STAGES (default
 # "calibration-settings design"; empty: none): with the trained vision models, Hutchinson calibration per cuDNN
 # setting and with grouped convolutions unfolded or not (calibration_settings.jsonl; CAL_EXAMPLES images, default
 # 512; CAL_MODELS), and the codebook design alone on the host (design.jsonl).
@@ -35,8 +36,19 @@ for m in "${models[@]}"; do
   esac
   log "profile $m (threads $threads)"
   build-gpu/bayesq compare "${args[@]}" --device cuda --threads "$threads" --seed 0 --bits 3 --methods bayesq,gptq \
-    --json-output "$OUT/profile_$m.json" --markdown-output "$OUT/profile_$m.md" > "$OUT/profile_$m.log" 2>&1
+    --keep-models $W/kept/$m --json-output "$OUT/profile_$m.json" --markdown-output "$OUT/profile_$m.md" \
+    > "$OUT/profile_$m.log" 2>&1
   cat "$OUT/profile_$m.md"
+  if [ "${PROFILE_GRAPHS_OFF:-0}" = 1 ]; then  # the default without replayed forwards: its time, the same file?
+    log "profile $m --cuda-graphs off"
+    build-gpu/bayesq compare "${args[@]}" --device cuda --threads "$threads" --seed 0 --bits 3 --methods bayesq \
+      --cuda-graphs off --keep-models $W/kept/${m}_graphs_off --json-output "$OUT/profile_${m}_graphs_off.json" \
+      --markdown-output "$OUT/profile_${m}_graphs_off.md" > "$OUT/profile_${m}_graphs_off.log" 2>&1
+    for f in $W/kept/$m/bayesq*; do
+      if cmp -s "$f" "$W/kept/${m}_graphs_off/$(basename "$f")"; then echo "$(basename "$f"): identical with --cuda-graphs off"
+      else echo "$(basename "$f"): DIFFERS with --cuda-graphs off"; fi
+    done | tee "$OUT/profile_${m}_graphs_cmp.txt"
+  fi
   if [ "${PROFILE_TF32:-0}" = 1 ]; then  # the same compare with TF32 allowed (Note [TF32 off by default])
     log "profile $m --tf32"
     build-gpu/bayesq compare "${args[@]}" --device cuda --threads "$threads" --seed 0 --bits 3 --methods bayesq,gptq \

@@ -24,6 +24,7 @@ add_library(bayesq_torch STATIC
   src/gptq/kfac.cpp
   src/gptq/model_gptq.cpp
   src/measure/joint_allocation.cpp
+  src/measure/kl_forward.cpp
   src/measure/measured_table.cpp
   src/measure/suffix_forward.cpp
   src/distill/distill.cpp
@@ -46,7 +47,8 @@ target_precompile_headers(bayesq_torch PRIVATE <torch/script.h> <torch/torch.h>)
 # Build switches go on the one source file that reads each, not on the target: the tests reuse the target's
 # precompiled header, which GCC ignores when the target's definitions differ from theirs.
 if(TORCH_CUDA_LIBRARIES OR TARGET c10_cuda OR TARGET torch_cuda)
-  set_property(SOURCE src/pipeline/memory.cpp APPEND PROPERTY COMPILE_DEFINITIONS BAYESQ_WITH_CUDA)
+  set_property(SOURCE src/pipeline/memory.cpp src/measure/kl_forward.cpp APPEND PROPERTY COMPILE_DEFINITIONS
+               BAYESQ_WITH_CUDA)
   # bayesq's own kernels (src/gptq/feedback_block.cu) need nvcc; without it the same work runs on host threads.
   option(BAYESQ_CUDA_KERNELS "Build bayesq's CUDA kernels (needs a CUDA compiler)" ON)
   if(BAYESQ_CUDA_KERNELS)

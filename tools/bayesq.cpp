@@ -266,6 +266,12 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
                   "Measured tables and joint refinement run each option's forward from the block's cached prefix: "
                   "auto (on a CPU only; on CUDA it was slower), on, or off (full forwards; the same KLs)")
       ->transform(CLI::CheckedTransformer(prefix_names));
+  static const std::map<std::string, bayesq::MeasureParams::Graphs> graph_names{
+      {"auto", bayesq::MeasureParams::Graphs::automatic}, {"off", bayesq::MeasureParams::Graphs::off}};
+  app->add_option("--cuda-graphs", m.measure.cuda_graphs,
+                  "On CUDA, measured tables and joint refinement replay their forwards as one captured CUDA graph "
+                  "each: auto (wherever capture works; the same KLs) or off")
+      ->transform(CLI::CheckedTransformer(graph_names));
   app->add_option("--joint-rounds", m.joint.rounds,
                   "Rounds refining a measured table's allocation by the KL of the whole quantized model: each "
                   "re-measures every block's nearby options with the others quantized, re-allocates, and is kept "

@@ -50,9 +50,10 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
                                                            const LayerStats& stats,
                                                            const std::vector<FeedbackOption>& options,
                                                            int64_t group_size, const GptqParams& params,
-                                                           GptqStats* gptq_stats,
-                                                           std::vector<torch::Tensor>* dequantized) {
+                                                           GptqStats* gptq_stats, const KfacMetric* metric,
+                                                           std::vector<torch::Tensor>* row_losses) {
   BQ_ASSERT(stats.captured, "no layer statistics for ", info.name);
+  BQ_ASSERT(!row_losses || metric, "row losses of ", info.name, " asked for without a metric");
   const int64_t total_rows = rows.size(0), cols = rows.size(1);
   const int64_t conv_groups = stats.groups();
   const int64_t count = static_cast<int64_t>(options.size());
@@ -76,9 +77,16 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
     q.codes.resize(static_cast<std::size_t>(total_rows * cols));
   }
   if (options.empty()) return out;
+  if (row_losses) {
+    row_losses->clear();
+    for (const FeedbackOption& o : options)
+      row_losses->push_back(o.row_losses ? torch::empty({total_rows}, rows.options().dtype(torch::kFloat64))
+                                         : torch::Tensor());
+  }
   const int64_t rows_per_group = total_rows / conv_groups;
   if (batched_groups(conv_groups, groups, cols, params)) {
-    // Every convolution group and option in one batched pass: [groups, options x rows per group, cols].
+    // Every convolution group and option in one batched pass: [groups, options x rows per group, cols]. (Only
+    // rows no longer than one lazy block come here: small blocks, one pass.)
     const int64_t stacked_rows = count * rows_per_group;
     const torch::Tensor w = rows.reshape({conv_groups, 1, rows_per_group, cols})
                                 .expand({conv_groups, count, rows_per_group, cols})
@@ -103,43 +111,45 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
     for (int64_t cg = 0; cg < conv_groups; ++cg)
       for (int64_t e = 0; e < count; ++e)
         std::memcpy(out[static_cast<std::size_t>(e)].codes.data() + cg * run, c + (cg * count + e) * run, run);
-    if (dequantized) {
+    if (row_losses) {
       // [groups, options x rows, cols] -> per option [groups x rows, cols], rows in block order.
       const torch::Tensor q = result.quantized.reshape({conv_groups, count, rows_per_group, cols});
-      dequantized->clear();
-      for (int64_t e = 0; e < count; ++e) dequantized->push_back(q.select(1, e).reshape({total_rows, cols}));
+      for (int64_t e = 0; e < count; ++e)
+        if (options[static_cast<std::size_t>(e)].row_losses)
+          (*row_losses)[static_cast<std::size_t>(e)].copy_(
+              metric->row_losses(q.select(1, e).reshape({total_rows, cols}) - rows));
     }
     return out;
   }
-  // One convolution group (every linear layer): each option's rows are a view of the stacked result, no copy
-  // (for a 20k-token table the stacked options are a 1.3 GB float tensor).
-  if (dequantized) {
-    dequantized->clear();
-    if (conv_groups > 1)
-      for (int64_t e = 0; e < count; ++e) dequantized->push_back(torch::empty({total_rows, cols}, rows.options()));
-  }
+  // One pass per convolution group (every linear layer is one group) and chunk of its rows (Note [Stacked rows in
+  // chunks]).
+  const int64_t row_bytes = count * cols * static_cast<int64_t>(sizeof(float));
+  const int64_t chunk = std::max<int64_t>(1, params.stack_bytes / std::max<int64_t>(1, row_bytes));
   for (int64_t cg = 0; cg < conv_groups; ++cg) {
-    const int64_t first = cg * rows_per_group;
-    const torch::Tensor slice = rows.slice(0, first, first + rows_per_group);
-    const torch::Tensor stacked = count == 1 ? slice : slice.repeat({count, 1});
-    GptqGrid grid = [&](const torch::Tensor&, int64_t group) {
-      return stacked_levels_of(options, first, rows_per_group, groups, group, width, rows.device());
-    };
-    const GptqResult result = gptq_quantize(stacked, stats.input_moment[static_cast<std::size_t>(cg)],
-                                            effective_group_size(cols, group_size), /*static_groups=*/true, grid,
-                                            params);
-    accumulate(gptq_stats, result.stats);
-    const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
-    const uint8_t* c = codes.data_ptr<uint8_t>();
-    const std::size_t run = static_cast<std::size_t>(rows_per_group * cols);
-    for (int64_t e = 0; e < count; ++e)
-      std::memcpy(out[static_cast<std::size_t>(e)].codes.data() + first * cols, c + e * run, run);
-    if (dequantized)
-      for (int64_t e = 0; e < count; ++e) {
-        const torch::Tensor option = result.quantized.slice(0, e * rows_per_group, (e + 1) * rows_per_group);
-        if (conv_groups == 1) dequantized->push_back(option);
-        else (*dequantized)[static_cast<std::size_t>(e)].slice(0, first, first + rows_per_group).copy_(option);
-      }
+    const int64_t group_begin = cg * rows_per_group, group_end = group_begin + rows_per_group;
+    for (int64_t first = group_begin; first < group_end; first += chunk) {
+      const int64_t n = std::min(chunk, group_end - first);
+      const torch::Tensor slice = rows.slice(0, first, first + n);
+      const torch::Tensor stacked = count == 1 ? slice : slice.repeat({count, 1});
+      GptqGrid grid = [&](const torch::Tensor&, int64_t group) {
+        return stacked_levels_of(options, first, n, groups, group, width, rows.device());
+      };
+      const GptqResult result = gptq_quantize(stacked, stats.input_moment[static_cast<std::size_t>(cg)],
+                                              effective_group_size(cols, group_size), /*static_groups=*/true, grid,
+                                              params);
+      // Damping and dead columns are properties of H: counted once per group, not per chunk.
+      if (first == group_begin) accumulate(gptq_stats, result.stats);
+      const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
+      const uint8_t* c = codes.data_ptr<uint8_t>();
+      const std::size_t run = static_cast<std::size_t>(n * cols);
+      for (int64_t e = 0; e < count; ++e)
+        std::memcpy(out[static_cast<std::size_t>(e)].codes.data() + first * cols, c + e * run, run);
+      if (row_losses)
+        for (int64_t e = 0; e < count; ++e)
+          if (options[static_cast<std::size_t>(e)].row_losses)
+            (*row_losses)[static_cast<std::size_t>(e)].slice(0, first, first + n).copy_(
+                metric->group_row_losses(result.quantized.slice(0, e * n, (e + 1) * n) - slice, cg));
+    }
   }
   return out;
 }
@@ -228,6 +238,12 @@ double KfacMetric::loss(const torch::Tensor& delta_rows) const {
   const torch::Tensor d = delta_rows.to(h_.device(), torch::kFloat64).reshape({groups, -1, cols});
   const torch::Tensor per_row = (torch::bmm(d, h_) * d).sum(2);  // [groups, rows per group]
   return 0.5 * static_cast<double>(examples_) * (g_ * per_row).sum().item<double>();
+}
+
+torch::Tensor KfacMetric::group_row_losses(const torch::Tensor& delta_rows, int64_t group) const {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor d = delta_rows.to(h_.device(), torch::kFloat64);
+  return (torch::mm(d, h_[group]) * d).sum(1);
 }
 
 torch::Tensor KfacMetric::row_losses(const torch::Tensor& delta_rows) const {

@@ -66,18 +66,23 @@ std::vector<QuantizedBlock> feed_back_kfac_options(KfacDesigns designs, const Bl
   const std::vector<std::size_t>& minmax_of = designs.minmax_of;
   std::vector<FeedbackOption> options;
   for (const QuantizedBlock& plain : out) options.push_back({plain.bits, plain.kind, &plain.codebooks});
-  for (const QuantizedBlock& grid : minmax) options.push_back({grid.bits, grid.kind, &grid.codebooks});
+  for (std::size_t k = 0; k < minmax.size(); ++k) {
+    options[minmax_of[k]].row_losses = true;  // the two grids of a uniform option are compared row by row
+    options.push_back({minmax[k].bits, minmax[k].kind, &minmax[k].codebooks, /*row_losses=*/true});
+  }
   const torch::Tensor w = weight_rows(weights, device);
-  std::vector<torch::Tensor> dequantized;
-  std::vector<QuantizedBlock> fed = quantize_with_feedback_options(w, info, stats, options, quantizer.group_size, gptq,
-                                                                   nullptr, minmax.empty() ? nullptr : &dequantized);
+  std::optional<KfacMetric> metric;
+  if (!minmax.empty()) metric.emplace(stats, info.rows(), gptq.percdamp, device);
+  std::vector<torch::Tensor> row_losses;
+  std::vector<QuantizedBlock> fed =
+      quantize_with_feedback_options(w, info, stats, options, quantizer.group_size, gptq, nullptr,
+                                     metric ? &*metric : nullptr, metric ? &row_losses : nullptr);
   if (!minmax.empty()) {
-    const KfacMetric metric(stats, info.rows(), gptq.percdamp, device);
     for (std::size_t k = 0; k < minmax.size(); ++k) {
       QuantizedBlock& chosen = fed[minmax_of[k]];
       const QuantizedBlock& other = fed[out.size() + k];
-      const torch::Tensor designed = metric.row_losses(dequantized[minmax_of[k]] - w).cpu();
-      const torch::Tensor plain = metric.row_losses(dequantized[out.size() + k] - w).cpu();
+      const torch::Tensor designed = row_losses[minmax_of[k]].cpu();
+      const torch::Tensor plain = row_losses[out.size() + k].cpu();
       const auto a = designed.accessor<double, 1>(), b = plain.accessor<double, 1>();
       const int64_t cols = chosen.cols, per_row = static_cast<int64_t>(chosen.codebooks.size()) / chosen.rows;
       for (int64_t r = 0; r < chosen.rows; ++r) {

@@ -10,6 +10,7 @@
 #include "bayesq/common/progress.h"
 #include "bayesq/common/timer.h"
 #include "bayesq/export/model_writer.h"
+#include "bayesq/measure/kl_forward.h"
 #include "bayesq/measure/measured_table.h"
 #include "bayesq/measure/suffix_forward.h"
 #include "bayesq/model/block_discovery.h"
@@ -59,26 +60,31 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
   out.allocation = start;
   out.examples = std::min<int64_t>(data.size(), measure.examples > 0 ? measure.examples : data.size());
   torch::jit::Module work = eval_copy(model, compute.device);
-  const std::vector<torch::Tensor> reference = log_probabilities(work, data, out.examples, compute, model_path);
-  int64_t rows = 0;
-  for (const torch::Tensor& t : reference) rows += t.size(0);
+  // Every quantized block at its current option; `current[b]` is the value to restore after a trial.
+  const std::size_t count = index.blocks.size();
+  std::vector<torch::Tensor> original(count), current(count);
+  std::vector<std::string> names;
+  for (std::size_t b = 0; b < count; ++b) {
+    if (start.blocks[b].keep_fp) continue;
+    original[b] = find_tensor(work, index.blocks[b].name);
+    names.push_back(index.blocks[b].name);
+  }
+  KlForward forward(work, names, data, out.examples, compute, model_path, measure.cuda_graphs);
+  out.replayed = forward.replayed();
+  const std::vector<torch::Tensor>& reference = forward.reference();
+  const double rows = double(forward.rows());
   ++out.forwards;
   auto measure_kl = [&]() {
     ++out.forwards;
-    return kl_sum(reference, log_probabilities(work, data, out.examples, compute, model_path)) / double(rows);
+    return forward.kl_sum() / rows;
   };
-
-  // Every quantized block at its current option; `current[b]` keeps the tensor to restore after a trial.
-  const std::size_t count = index.blocks.size();
-  std::vector<torch::Tensor> original(count), current(count);
   auto dequantized = [&](std::size_t b, int entry) {
     return dequantized_tensor(option(b, entry), index.blocks[b], original[b]);
   };
   for (std::size_t b = 0; b < count; ++b) {
     if (start.blocks[b].keep_fp) continue;
-    original[b] = find_tensor(work, index.blocks[b].name);
     current[b] = dequantized(b, start.blocks[b].entry);
-    assign_tensor(work, index.blocks[b].name, current[b]);
+    forward.set_block(index.blocks[b].name, current[b]);
   }
   double kl = measure_kl();
   out.initial_kl = kl;
@@ -124,17 +130,17 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
         for (int i : full_entry[b]) {
           double trial = kl;
           if (!c.keep_fp && i != c.entry) {
-            assign_tensor(work, table.blocks[b].name, dequantized(b, i));
+            forward.set_block(table.blocks[b].name, dequantized(b, i));
             if (suffix) {
               ++out.forwards;
-              trial = kl_sum(reference, suffix->log_probabilities()) / double(rows);
+              trial = kl_sum(reference, suffix->log_probabilities()) / rows;
             } else {
               trial = measure_kl();
             }
           }
           trial_kl[b].push_back(trial);
         }
-        if (!c.keep_fp) assign_tensor(work, table.blocks[b].name, current[b]);
+        if (!c.keep_fp) forward.set_block(table.blocks[b].name, current[b]);
       }
       progress.advance();
     }
@@ -187,19 +193,21 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
     r.changed_blocks = static_cast<int64_t>(changed.size());
     r.measured_kl = kl;
     if (!changed.empty()) {
-      for (std::size_t b : changed)
-        assign_tensor(work, index.blocks[b].name,
-                      dequantized(b, full_entry[b][static_cast<std::size_t>(next.blocks[b].entry)]));
+      std::vector<torch::Tensor> proposed;
+      for (std::size_t b : changed) {
+        proposed.push_back(dequantized(b, full_entry[b][static_cast<std::size_t>(next.blocks[b].entry)]));
+        forward.set_block(index.blocks[b].name, proposed.back());
+      }
       r.measured_kl = measure_kl();
       r.accepted = r.measured_kl < kl;
       if (r.accepted) {
-        for (std::size_t b : changed) current[b] = find_tensor(work, index.blocks[b].name);
+        for (std::size_t k = 0; k < changed.size(); ++k) current[changed[k]] = proposed[k];
         kl = r.measured_kl;
         next.certified = false;
         to_full_table(table, next);
         out.allocation = std::move(next);
       } else {
-        for (std::size_t b : changed) assign_tensor(work, index.blocks[b].name, current[b]);
+        for (std::size_t b : changed) forward.set_block(index.blocks[b].name, current[b]);
       }
     }
     r.forwards = out.forwards - forwards_before;
@@ -221,6 +229,7 @@ void to_json(nlohmann::json& j, const JointRound& r) {
 void to_json(nlohmann::json& j, const JointRefinement& r) {
   j = nlohmann::json{{"initial_kl", r.initial_kl}, {"final_kl", r.final_kl}, {"examples", r.examples},
                      {"forwards", r.forwards}, {"rounds", r.rounds}};
+  if (r.replayed) j["replayed_forwards"] = true;
 }
 
 }  // namespace bayesq

@@ -8,6 +8,7 @@
 #include "bayesq/common/timer.h"
 #include "bayesq/export/model_writer.h"
 #include "bayesq/model/block_discovery.h"
+#include "bayesq/measure/kl_forward.h"
 #include "bayesq/measure/suffix_forward.h"
 #include "bayesq/model/forward.h"
 
@@ -54,14 +55,22 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
   MeasureStats stats;
   const int64_t n = std::min<int64_t>(data.size(), params.examples > 0 ? params.examples : data.size());
   torch::jit::Module work = eval_copy(model, compute.device);
-  const std::vector<torch::Tensor> reference = log_probabilities(work, data, n, compute, model_path);
+  // Every block's value before any option, to restore after its options (KlForward may write into the tensors the
+  // module then holds).
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> originals;
+  for (const BlockInfo& info : index.blocks) {
+    names.push_back(info.name);
+    originals.push_back(find_tensor(work, info.name));
+  }
+  KlForward forward(work, names, data, n, compute, model_path, params.cuda_graphs);
+  table.replayed_forwards = forward.replayed();
   // Timed with the KL: on a GPU the forwards run asynchronously, and the KL's read-back is where the host waits.
   // From the block's cached prefix where there is one (Note [Cached prefix] in suffix_forward.h).
   std::unique_ptr<SuffixForward> suffix;
   auto measured_kl = [&]() {
     const auto start = Clock::now();
-    const double kl = kl_sum(reference, suffix ? suffix->log_probabilities()
-                                               : log_probabilities(work, data, n, compute, model_path));
+    const double kl = suffix ? kl_sum(forward.reference(), suffix->log_probabilities()) : forward.kl_sum();
     stats.forward_seconds += seconds_since(start);
     return kl;
   };
@@ -72,7 +81,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
       continue;
     }
     const BlockInfo& info = index.blocks[b];
-    const torch::Tensor original = find_tensor(work, info.name);
+    const torch::Tensor& original = originals[b];
     std::vector<std::pair<int, CodebookKind>> choices;
     for (const LossEntry& e : table.blocks[b].entries) choices.emplace_back(e.bits, e.kind);
     auto start = Clock::now();
@@ -91,14 +100,14 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     for (std::size_t i = 0; i < blocks.size(); ++i) {
       LossEntry& e = table.blocks[b].entries[i];
       start = Clock::now();
-      assign_tensor(work, info.name, dequantized_tensor(blocks[i], info, original));
+      forward.set_block(info.name, dequantized_tensor(blocks[i], info, original));
       stats.swap_seconds += seconds_since(start);
       const double kl = measured_kl();
       e.expected_loss = kl * double(data.size()) / double(n);  // N x mean KL: the scale of the expected loss
       e.plugin_loss = blocks[i].plugin_loss;
       e.lloyd_fallbacks = blocks[i].lloyd_fallbacks;
     }
-    assign_tensor(work, info.name, original);
+    forward.set_block(info.name, original);
     suffix.reset();
     auto& entries = table.blocks[b].entries;
     table.blocks[b].monotone = true;

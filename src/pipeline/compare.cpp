@@ -211,6 +211,7 @@ CompareOutcome run_compare(const CompareOptions& options) {
       row["file_bytes"] = r.written.file_bytes;
       row["timings"] = timings;
       row["peak_device_bytes"] = peak;
+      if (compute.device.is_cuda()) row["peak_device_bytes_by_stage"] = stage_peaks();
       row["config"] = config;
       row["key"] = key;
       if (!r.distillation.is_null()) row["distill"] = r.distillation;

@@ -1,5 +1,6 @@
 #include "bayesq/pipeline/memory.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -24,10 +25,16 @@ int64_t peak_host_bytes() {
   return 0;
 }
 
-int64_t peak_device_bytes(const torch::Device& device) {
+namespace {
+
+// Stage peaks and the peak of the intervals already closed by a mark (one process, one device at a time).
+std::map<std::string, int64_t> stage_peak_bytes;
+int64_t closed_intervals_peak = 0;
+
+int64_t interval_peak(const torch::Device& device) {
 #ifdef BAYESQ_WITH_CUDA
   if (device.is_cuda()) {
-    at::zeros({1}, at::TensorOptions().device(device));
+    at::zeros({1}, at::TensorOptions().device(device));  // the allocator initialises lazily
     // allocated_bytes[0] is the aggregate over pool types in every libtorch version.
     return c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).allocated_bytes[0].peak;
   }
@@ -37,15 +44,38 @@ int64_t peak_device_bytes(const torch::Device& device) {
   return 0;
 }
 
-void reset_peak_device_bytes(const torch::Device& device) {
+void reset_interval(const torch::Device& device) {
 #ifdef BAYESQ_WITH_CUDA
   if (device.is_cuda()) {
-    at::zeros({1}, at::TensorOptions().device(device));  // the allocator initialises lazily
+    at::zeros({1}, at::TensorOptions().device(device));
     c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
   }
 #else
   (void)device;
 #endif
 }
+
+}  // namespace
+
+int64_t peak_device_bytes(const torch::Device& device) {
+  return std::max(closed_intervals_peak, interval_peak(device));
+}
+
+void reset_peak_device_bytes(const torch::Device& device) {
+  stage_peak_bytes.clear();
+  closed_intervals_peak = 0;
+  reset_interval(device);
+}
+
+void mark_stage_peak(const torch::Device& device, const std::string& stage) {
+  if (!device.is_cuda()) return;
+  const int64_t peak = interval_peak(device);
+  int64_t& kept = stage_peak_bytes[stage];
+  kept = std::max(kept, peak);
+  closed_intervals_peak = std::max(closed_intervals_peak, peak);
+  reset_interval(device);
+}
+
+std::map<std::string, int64_t> stage_peaks() { return stage_peak_bytes; }
 
 }  // namespace bayesq

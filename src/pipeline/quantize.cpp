@@ -161,6 +161,7 @@ void quantize_every_budget(const QuantizeOptions& options, Session& session, con
     report["output"] = path;
     report["timings"] = timings;
     report["peak_memory"] = {{"host_bytes", peak_host_bytes()}, {"device_bytes", peak_device_bytes(compute.device)}};
+    if (compute.device.is_cuda()) report["peak_memory"]["device_bytes_by_stage"] = stage_peaks();
     if (!session.skipped().empty()) report["left_in_floating_point"] = session.skipped();
     if (!session.distributed_report().is_null()) report["distributed"] = session.distributed_report();
     log::info("wrote ", path, " (", r.written.file_bytes, " bytes, ", r.average_bits(),

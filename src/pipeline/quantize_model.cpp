@@ -16,6 +16,7 @@
 #include "bayesq/gptq/model_gptq.h"
 #include "bayesq/measure/joint_allocation.h"
 #include "bayesq/measure/measured_table.h"
+#include "bayesq/pipeline/memory.h"
 #include "bayesq/table/hawq_table.h"
 
 namespace bayesq {
@@ -196,6 +197,7 @@ LossTable build_table(Session& session, const MethodConfig& config) {
     // The statistics the options need, before the table's own progress starts (they report theirs).
     if (kind == TableKind::kfac) session.kfac_stats();
     else if (kind == TableKind::posterior) session.posterior_rows(config);
+    mark_stage_peak(session.compute().device, "statistics");
     const std::string key = table_key(config).dump();
     // A job of several processes splits the blocks by an estimate of their work (weights x options); each process
     // measures its own and the results are gathered below.
@@ -299,6 +301,8 @@ LossTable build_table(Session& session, const MethodConfig& config) {
 QuantizedModel quantize_model(Session& session, const MethodConfig& config, double bits) {
   const auto start = Clock::now();
   const BlockIndex& index = session.index();
+  const torch::Device device = session.compute().device;
+  mark_stage_peak(device, "load");  // what came before: the model and data on the device
   QuantizedModel out;
   if (config.variant().whole_bits) {
     check_whole_bits(config, bits);
@@ -327,11 +331,13 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
       }
     }
     out.timings["quantize"] = seconds_since(start);
+    mark_stage_peak(device, "quantize");
     return out;
   }
   auto t = Clock::now();
   const LossTable& loss_table = session.table(config);
   out.timings["table"] = seconds_since(t);
+  mark_stage_peak(device, "loss_table");
   t = Clock::now();
   AllocationParams ap = config.allocation;
   ap.bits_per_weight = bits;
@@ -349,6 +355,7 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
     out.allocation = std::move(joint.allocation);
     out.joint = std::move(joint);
     out.timings["joint_allocation"] = seconds_since(t);
+    mark_stage_peak(device, "joint_refinement");
   }
   t = Clock::now();
   out.blocks.resize(index.blocks.size());
@@ -360,6 +367,7 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
     out.present[b] = true;
   }
   out.timings["quantize"] = seconds_since(t);
+  mark_stage_peak(device, "quantize");
   return out;
 }
 
@@ -414,11 +422,13 @@ BudgetResult run_budget(Session& session, const MethodConfig& config, double bit
       r.distillation["holdout_indices"] = in_file;
     }
     r.timings["distill"] = seconds_since(t);
+    mark_stage_peak(session.compute().device, "distill");
   }
   t = Clock::now();
   if (!path.empty()) {  // empty: another process of the job writes
     r.written = write_quantized_model(r.module, session.index(), r.quantized.slots(), format, path);
     r.timings["write"] = seconds_since(t);
+    mark_stage_peak(session.compute().device, "write");
   }
   for (std::size_t b = 0; b < r.quantized.blocks.size(); ++b) {
     if (!r.quantized.present[b]) continue;
@@ -467,6 +477,7 @@ BudgetResult run_budget(Session& session, const MethodConfig& config, double bit
     if (e.has_labels) r.holdout["top1"] = e.top1;
     r.timings["holdout"] = seconds_since(t);
   }
+  mark_stage_peak(session.compute().device, "evaluation");
   r.dequantized = std::move(written);
   return r;
 }

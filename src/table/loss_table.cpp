@@ -147,6 +147,7 @@ void to_json(nlohmann::json& j, const LossTable& t) {
     j["cached_prefix_blocks"] = t.cached_prefix_blocks;
     j["cached_prefix_share"] = t.cached_prefix_share;
   }
+  if (t.replayed_forwards) j["replayed_forwards"] = true;
 }
 
 void from_json(const nlohmann::json& j, LossTable& t) {
@@ -155,6 +156,7 @@ void from_json(const nlohmann::json& j, LossTable& t) {
   t.seconds = j.value("seconds", 0.0);
   t.cached_prefix_blocks = j.value("cached_prefix_blocks", int64_t{0});
   t.cached_prefix_share = j.value("cached_prefix_share", 0.0);
+  t.replayed_forwards = j.value("replayed_forwards", false);
   t.blocks = j.at("blocks").get<std::vector<BlockLosses>>();
 }
 

@@ -424,6 +424,49 @@ TEST(Gptq, StackedOptionsEqualOnePassPerOption) {
   }
 }
 
+// Note [Stacked rows in chunks]: a block whose stacked options exceed GptqParams::stack_bytes goes through in
+// chunks of rows. Oracle: one pass over all rows gives every option the same codes and the same damping; the row
+// losses returned are the metric's of the decoded rows, for the options that asked for them.
+TEST(Gptq, StackedRowsInChunksEqualOnePass) {
+  Fixture f("separable.pt", "separable_calib.pt", "", /*gradients=*/true);
+  for (const char* name : {"pw2.weight", "fc.weight"}) {
+    const std::size_t b = f.block(name);
+    const BlockInfo& info = f.index.blocks[b];
+    ASSERT_EQ(f.calib[b].groups(), 1);
+    ASSERT_GT(info.rows(), 6) << name;
+    const std::vector<float> w = block_rows_vector(find_tensor(f.model.module, info.name), info);
+    std::vector<QuantizedBlock> plain;
+    for (int bits : {2, 4})
+      for (CodebookKind kind : {CodebookKind::lloyd, CodebookKind::uniform_asymmetric}) {
+        QuantizerParams qp;
+        qp.kind = kind;
+        plain.push_back(quantize_block(BlockWeights{w.data(), nullptr, info.rows(), info.cols()}, bits, qp));
+      }
+    std::vector<FeedbackOption> options;
+    for (const QuantizedBlock& p : plain) options.push_back({p.bits, p.kind, &p.codebooks, p.bits == 2});
+    GptqParams one, chunked;
+    chunked.stack_bytes = 3 * int64_t(options.size()) * info.cols() * int64_t(sizeof(float));  // 3 rows a pass
+    const KfacMetric metric(f.calib[b], info.rows(), one.percdamp, torch::kCPU);
+    GptqStats one_stats, chunked_stats;
+    std::vector<torch::Tensor> one_losses, chunked_losses;
+    const std::vector<QuantizedBlock> a = quantize_with_feedback_options(f.rows(b), info, f.calib[b], options, 0, one,
+                                                                         &one_stats, &metric, &one_losses);
+    const std::vector<QuantizedBlock> c = quantize_with_feedback_options(
+        f.rows(b), info, f.calib[b], options, 0, chunked, &chunked_stats, &metric, &chunked_losses);
+    ASSERT_EQ(c.size(), options.size());
+    for (std::size_t e = 0; e < options.size(); ++e) {
+      EXPECT_EQ(a[e].codes, c[e].codes) << name << " option " << e;
+      ASSERT_EQ(chunked_losses[e].defined(), options[e].row_losses);
+      if (!options[e].row_losses) continue;
+      const torch::Tensor oracle = metric.row_losses(dequantized_rows(c[e], torch::kCPU) - f.rows(b));
+      EXPECT_TRUE(torch::allclose(chunked_losses[e], oracle, 1e-12, 0.0)) << name << " option " << e;
+      EXPECT_TRUE(torch::allclose(one_losses[e], oracle, 1e-12, 0.0)) << name << " option " << e;
+    }
+    EXPECT_EQ(chunked_stats.dead_columns, one_stats.dead_columns);
+    EXPECT_EQ(chunked_stats.damp_increases, one_stats.damp_increases);
+  }
+}
+
 TEST(Gptq, KfacBayesqLayerErrorIsNoWorseThanGptqAtEqualAverageBits) {
   struct Case {
     const char* model;

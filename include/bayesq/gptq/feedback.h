@@ -28,20 +28,32 @@ struct FeedbackOption {
   int bits = 0;
   CodebookKind kind = CodebookKind::lloyd;
   const std::vector<Codebook>* codebooks = nullptr;  // required: rows x groups_per_row
+  bool row_losses = false;                           // its feedback objective per row is wanted (below)
 };
+
+class KfacMetric;
 
 // The same as quantize_with_feedback with fixed codebooks, for several options of one block at once. GPTQ's rows
 // are independent given H, so the options' copies of the rows are stacked into one taller matrix and share one
 // pass over the columns (levels padded to the longest codebook with +inf, which rounding never picks): one column
 // loop instead of one per option, which is what a loss table over many options costs otherwise.
-// `dequantized`, when given, receives each option's de-quantized rows [rows, cols] on the rows' device (what
-// dequantized_rows gives for the returned block, without decoding it on the host).
+//
+// Note [Stacked rows in chunks]: the stack holds options x rows x cols floats, and the pass a few times that
+// (working copy, result, errors): for BERT's 33,302 x 768 word table and 21 options, 2.1 GB each. Rows therefore
+// go through in chunks of at most params.stack_bytes of stacked rows, each chunk a pass of its own; a row's result
+// does not depend on the other rows of its pass (the test runs one block in one pass and in many). A block within
+// the bound is one pass, as before.
+// `row_losses`, when given (with `metric`, the block's), receives one tensor per option: for the options marked
+// `row_losses`, the feedback objective of each row, d_r H_g(r) d_r^T (KfacMetric::row_losses, d_r the row's
+// error), [rows] float64 on the metric's device, computed pass by pass so that no option's de-quantized rows are
+// kept; undefined for the others.
 std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& rows, const BlockInfo& info,
                                                            const LayerStats& stats,
                                                            const std::vector<FeedbackOption>& options,
                                                            int64_t group_size, const GptqParams& params,
                                                            GptqStats* gptq_stats = nullptr,
-                                                           std::vector<torch::Tensor>* dequantized = nullptr);
+                                                           const KfacMetric* metric = nullptr,
+                                                           std::vector<torch::Tensor>* row_losses = nullptr);
 
 // K-FAC block metric with G replaced by its diagonal and the damping written relative to A (so that G = I gives
 // GPTQ's H up to scale): L(D) = 1/2 N sum_r G_rr D_r (A_g(r) + damp * mean(diag A_g(r)) I) D_r^T.
@@ -56,6 +68,8 @@ class KfacMetric {
   // d_r H_g(r) d_r^T of every row, [rows] float64: the metric without G_rr and N/2, for choosing between two
   // quantizations of the same row.
   torch::Tensor row_losses(const torch::Tensor& delta_rows) const;
+  // The same for some rows of convolution group `group` alone, [n, cols] -> [n].
+  torch::Tensor group_row_losses(const torch::Tensor& delta_rows, int64_t group) const;
 
  private:
   torch::Tensor h_, g_;

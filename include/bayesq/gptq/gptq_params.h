@@ -10,6 +10,9 @@ struct GptqParams {
   bool act_order = false;
   int64_t block_size = 128;
   int max_damp_steps = 8;
+  // Several options of one block fed back in one pass (quantize_with_feedback_options) stack copies of its rows;
+  // rows beyond this many bytes of stacked float32 go through in further passes (Note [Stacked rows in chunks]).
+  int64_t stack_bytes = int64_t(256) << 20;
 };
 
 }  // namespace bayesq

@@ -50,6 +50,7 @@ struct JointRefinement {
   int64_t examples = 0;
   int64_t forwards = 0;        // all rounds, the reference and the initial measurement included
   std::vector<JointRound> rounds;
+  bool replayed = false;       // full forwards replayed as a CUDA graph (measure/kl_forward.h)
   double seconds = 0.0;
 };
 

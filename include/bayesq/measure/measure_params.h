@@ -20,6 +20,10 @@ struct MeasureParams {
   enum class Prefix { automatic, off, on };
   Prefix cached_prefix = Prefix::automatic;
   bool prefix_on(bool cpu) const { return cached_prefix == Prefix::on || (cached_prefix == Prefix::automatic && cpu); }
+  // On CUDA, full forwards (those not run from a cached prefix) are captured once as a CUDA graph and replayed
+  // (Note [Replayed forwards] in kl_forward.h); the same KLs. automatic: wherever capture works; off: never.
+  enum class Graphs { automatic, off };
+  Graphs cuda_graphs = Graphs::automatic;
 };
 
 }  // namespace bayesq

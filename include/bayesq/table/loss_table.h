@@ -44,6 +44,7 @@ struct LossTable {
   // data-dependent nodes those prefixes skipped (Note [Cached prefix] in measure/suffix_forward.h).
   int64_t cached_prefix_blocks = 0;
   double cached_prefix_share = 0.0;
+  bool replayed_forwards = false;  // measured tables: full forwards replayed as a CUDA graph (measure/kl_forward.h)
   int find(const std::string& name) const;
 };
 

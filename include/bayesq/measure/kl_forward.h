@@ -1,0 +1,60 @@
+// The forward passes of a measured table and of the joint refinement: the KL of a model, whose blocks are swapped
+// one option at a time, against the model's own output before any swap.
+//
+// Note [Replayed forwards]: a measured table scores each option by one forward of the measured examples (128 by
+// default), and a small model's forward on a GPU is bound by the host: TorchScript's interpreter launches each of
+// a few hundred small kernels in turn (ResNet-50 on 128 Fashion-MNIST images: 13 ms per forward on an H200, 756
+// forwards per table). On CUDA the forwards of all batches, their log-softmax and the KL sum are captured once as a
+// CUDA graph and then replayed, one launch per measurement: the same kernels on the same inputs, hence the same
+// KL bit for bit (BENCHMARKS.md compares tables and files with and without). A graph reads the memory it was
+// captured with, so the inputs stay on the device, each block is first given a tensor of its own (so a write
+// reaches no other module attribute and no other copy of the model), and set_block copies a value into that tensor
+// instead of assigning a new one. The reference is the graph's own first replay, so a model with no block changed
+// measures exactly 0. Where capture fails (an operator that waits for the host, such as a data-dependent shape),
+// the forwards run as before, eagerly, and fallback_reason() says why.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "bayesq/data/data_file.h"
+#include "bayesq/measure/measure_params.h"
+#include "bayesq/model/compute.h"
+
+namespace bayesq {
+
+class KlForward {
+ public:
+  // `work` is measured as it is now for the reference, on the first `examples` examples of `data`; `blocks` names
+  // every attribute path set_block will be given. `work` must outlive this object.
+  KlForward(torch::jit::Module& work, const std::vector<std::string>& blocks, const DataFile& data, int64_t examples,
+            const Compute& compute, const std::string& model_path, MeasureParams::Graphs graphs);
+  ~KlForward();
+
+  // From now on block `name` (one of `blocks`) holds `value` (the block's shape, on the device).
+  void set_block(const std::string& name, const torch::Tensor& value);
+  // Sum over scored rows of KL(reference || work as it is now), in double precision (kl_sum in measured_table.h).
+  double kl_sum();
+  // The reference log-probabilities, one tensor per batch (log_probabilities in measured_table.h).
+  const std::vector<torch::Tensor>& reference() const { return reference_; }
+  int64_t rows() const { return rows_; }  // scored rows (examples x positions)
+  bool replayed() const;
+  const std::string& fallback_reason() const { return fallback_reason_; }  // why not replayed; empty when it is
+
+ private:
+  struct Replay;
+  torch::jit::Module& work_;
+  const DataFile& data_;
+  int64_t examples_ = 0;
+  Compute compute_;
+  std::string model_path_;
+  std::vector<torch::Tensor> reference_;
+  int64_t rows_ = 0;
+  std::unique_ptr<Replay> replay_;
+  std::string fallback_reason_;
+};
+
+}  // namespace bayesq

@@ -1,0 +1,147 @@
+#include "bayesq/measure/kl_forward.h"
+
+#include <torch/torch.h>
+
+#include "bayesq/common/errors.h"
+#include "bayesq/common/log.h"
+#include "bayesq/measure/measured_table.h"
+#include "bayesq/model/block_discovery.h"
+
+#ifdef BAYESQ_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#endif
+
+namespace bayesq {
+
+#ifdef BAYESQ_WITH_CUDA
+
+struct KlForward::Replay {
+  // Owned, except after a failed capture: the caching allocator may still hold a callback naming the graph, so it
+  // is then never destroyed (a few bytes, once per run).
+  at::cuda::CUDAGraph* graph = nullptr;
+  std::vector<std::vector<torch::jit::IValue>> inputs;  // the batches, on the device, read by the graph
+  std::vector<torch::Tensor> reference;                 // static: the graph reads them
+  torch::Tensor kl;                                     // written by the graph: sum over batches
+  ~Replay() { delete graph; }
+};
+
+namespace {
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// Ends a capture that an exception interrupted, so that the stream and the device work on as before.
+void abandon_capture(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
+    cudaGraph_t partial = nullptr;
+    cudaStreamEndCapture(stream, &partial);
+    if (partial) cudaGraphDestroy(partial);
+  }
+  (void)cudaGetLastError();  // capture errors are not sticky; clear the last one
+}
+
+}  // namespace
+
+#else
+
+struct KlForward::Replay {};
+
+#endif
+
+KlForward::KlForward(torch::jit::Module& work, const std::vector<std::string>& blocks, const DataFile& data,
+                     int64_t examples, const Compute& compute, const std::string& model_path,
+                     MeasureParams::Graphs graphs)
+    : work_(work), data_(data), examples_(examples), compute_(compute), model_path_(model_path) {
+  torch::NoGradGuard no_grad;
+  if (!compute.device.is_cuda()) fallback_reason_ = "not a CUDA device";
+  else if (graphs == MeasureParams::Graphs::off) fallback_reason_ = "--cuda-graphs off";
+#ifndef BAYESQ_WITH_CUDA
+  else fallback_reason_ = "built without CUDA";
+#else
+  else {
+    // Each block gets a tensor of its own, which set_block writes into (Note [Replayed forwards]).
+    for (const std::string& name : blocks) assign_tensor(work_, name, find_tensor(work_, name).clone());
+    auto replay = std::make_unique<Replay>();
+    const int64_t batch = measure_batch_size(compute);
+    for (int64_t begin = 0; begin < examples; begin += batch)
+      replay->inputs.push_back(data.batch(begin, std::min(examples, begin + batch), compute.device));
+    const c10::DeviceIndex index = compute.device.index() < 0 ? c10::DeviceIndex(0) : compute.device.index();
+    c10::cuda::getCurrentCUDAStream(index).synchronize();  // the inputs' copies
+    const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, index);
+    auto log_q = [&](std::size_t k) {
+      return log_probabilities_of(work_.forward(replay->inputs[k]), compute);
+    };
+    try {
+      c10::cuda::CUDAStreamGuard on_side(side);
+      // Warm-up on the capture stream: the executor settles its plan, libraries create their handles.
+      for (int run = 0; run < 3; ++run) {
+        replay->reference.clear();
+        for (std::size_t k = 0; k < replay->inputs.size(); ++k) replay->reference.push_back(log_q(k));
+      }
+      side.synchronize();
+      replay->graph = new at::cuda::CUDAGraph();
+      try {
+        replay->graph->capture_begin();
+        std::vector<torch::Tensor> captured;
+        for (std::size_t k = 0; k < replay->inputs.size(); ++k) {
+          captured.push_back(log_q(k));
+          const torch::Tensor& p = replay->reference[k];
+          const torch::Tensor term = (p.exp() * (p - captured.back())).sum();  // kl_sum's terms, in its order
+          replay->kl = k == 0 ? term : replay->kl + term;
+        }
+        replay->graph->capture_end();
+        side.synchronize();
+        // The reference is the graph's own output with every block as it is now.
+        replay->graph->replay();
+        for (std::size_t k = 0; k < captured.size(); ++k) replay->reference[k].copy_(captured[k]);
+        side.synchronize();
+      } catch (...) {
+        abandon_capture(side.stream());
+        replay->graph = nullptr;  // not destroyed: see Replay::graph
+        throw;
+      }
+    } catch (const std::exception& e) {
+      fallback_reason_ = "capture failed: " + first_line(e.what());
+      log::warn("forwards not replayed as a CUDA graph (", fallback_reason_, "); running them one by one");
+      replay.reset();
+    }
+    if (replay) {
+      reference_ = replay->reference;
+      replay_ = std::move(replay);
+    }
+  }
+#endif
+  (void)blocks;
+  if (!replay_) reference_ = log_probabilities(work_, data, examples, compute, model_path);
+  for (const torch::Tensor& t : reference_) rows_ += t.size(0);
+}
+
+KlForward::~KlForward() = default;
+
+bool KlForward::replayed() const { return replay_ != nullptr; }
+
+void KlForward::set_block(const std::string& name, const torch::Tensor& value) {
+  if (!replay_) {
+    assign_tensor(work_, name, value);
+    return;
+  }
+  torch::NoGradGuard no_grad;
+  torch::Tensor live = find_tensor(work_, name);
+  BQ_ASSERT(live.sizes() == value.sizes(), "block ", name, " set to a value of another shape");
+  live.copy_(value);
+}
+
+double KlForward::kl_sum() {
+#ifdef BAYESQ_WITH_CUDA
+  if (replay_) {
+    replay_->graph->replay();
+    return replay_->kl.item<double>();
+  }
+#endif
+  return bayesq::kl_sum(reference_, log_probabilities(work_, data_, examples_, compute_, model_path_));
+}
+
+}  // namespace bayesq
