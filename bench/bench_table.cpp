@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   std::vector<int> candidates = {2, 3, 4, 5, 6, 8};
   double tau = 0.0;
   bool options_mode = false;
+  int dp_max_levels = LloydParams{}.dp_max_levels, dp_points_per_level = LloydParams{}.dp_points_per_level;
   for (int i = 2; i < argc; ++i)
     if (std::string(argv[i]) == "--options") options_mode = true;
   for (int i = 2; i + 1 < argc; i += 2) {
@@ -44,6 +45,8 @@ int main(int argc, char** argv) {
       continue;
     }
     if (std::string(argv[i]) == "--threads") set_num_threads(std::atoi(argv[i + 1]));
+    if (std::string(argv[i]) == "--dp-max-levels") dp_max_levels = std::atoi(argv[i + 1]);
+    if (std::string(argv[i]) == "--dp-points-per-level") dp_points_per_level = std::atoi(argv[i + 1]);
     if (std::string(argv[i]) == "--tau") {
       char* end = nullptr;
       tau = std::strtod(argv[i + 1], &end);
@@ -84,6 +87,9 @@ int main(int argc, char** argv) {
       for (CodebookKind kind : {CodebookKind::lloyd, CodebookKind::uniform_asymmetric}) options.emplace_back(bits, kind);
     QuantizerParams params;
     params.level_scale = LevelScale::gain;
+    params.lloyd.dp_max_levels = dp_max_levels;
+    params.lloyd.dp_points_per_level = dp_points_per_level;
+    std::vector<double> option_loss(options.size(), 0.0);  // per option, over all blocks
     double total = 0.0, checksum = 0.0;
     uint64_t hash = 14695981039346656037ull;
     for (const auto& b : index.blocks) {
@@ -100,6 +106,7 @@ int main(int argc, char** argv) {
       const std::vector<QuantizedBlock> designed =
           quantize_block_options({w.data(), p.data(), b.rows(), b.cols()}, options, params);
       total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      for (std::size_t o = 0; o < designed.size(); ++o) option_loss[o] += designed[o].expected_loss;
       for (const QuantizedBlock& q : designed) {
         checksum += q.expected_loss;
         // FNV-1a over codes and levels: the same designs give the same hash.
@@ -115,8 +122,13 @@ int main(int argc, char** argv) {
     std::cout << "{\"model\": \"" << argv[1] << "\", \"weights\": " << index.quantizable_weight_count()
               << ", \"blocks\": " << index.blocks.size() << ", \"threads\": " << num_threads()
               << ", \"options\": " << options.size() << ", \"design_s\": " << total
-              << ", \"expected_loss_sum\": " << std::setprecision(17) << checksum << ", \"design_hash\": \"" << std::hex
-              << hash << std::dec << "\"}" << std::endl;
+              << ", \"dp_max_levels\": " << dp_max_levels
+              << ", \"dp_points_per_level\": " << dp_points_per_level << ", \"expected_loss_sum\": " << std::setprecision(17)
+              << checksum << ", \"design_hash\": \"" << std::hex << hash << std::dec << "\", \"expected_loss\": {";
+    for (std::size_t o = 0; o < options.size(); ++o)
+      std::cout << (o ? ", " : "") << "\"" << codebook_kind_name(options[o].second) << options[o].first
+                << "\": " << option_loss[o];
+    std::cout << "}}" << std::endl;
     return 0;
   }
   for (const auto& b : index.blocks) {

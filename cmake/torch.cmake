@@ -22,6 +22,7 @@ add_library(bayesq_torch STATIC
   src/gptq/gptq.cpp
   src/gptq/feedback.cpp
   src/gptq/kfac.cpp
+  src/gptq/design_queue.cpp
   src/gptq/model_gptq.cpp
   src/measure/joint_allocation.cpp
   src/measure/kl_forward.cpp

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <future>
+#include <memory>
 #include <regex>
 
 #include "bayesq/common/bytes.h"
@@ -12,6 +12,7 @@
 #include "bayesq/common/timer.h"
 #include "bayesq/distill/distill.h"
 #include "bayesq/eval/evaluate.h"
+#include "bayesq/gptq/design_queue.h"
 #include "bayesq/gptq/kfac.h"
 #include "bayesq/gptq/model_gptq.h"
 #include "bayesq/measure/joint_allocation.h"
@@ -211,14 +212,10 @@ LossTable build_table(Session& session, const MethodConfig& config) {
     }
     std::vector<bool> measure_here;
     for (int o : owner) measure_here.push_back(o == world.rank());
-    auto next_owned = [&](std::size_t b) {  // the first block from b on that this process measures
-      while (b < index.blocks.size() && !measure_here[b]) ++b;
-      return b;
-    };
-    // On a GPU the K-FAC codebooks of the next block are designed on another host thread while this block is fed
-    // back and measured on the device: the same designs, in less wall time. One design at a time, started as soon
-    // as this block's is in hand, on one host thread fewer than usual, so that the thread driving the device keeps
-    // a core to launch its kernels. (On a CPU the two would only compete for the same cores.)
+    // On a GPU the K-FAC codebooks are designed on host threads ahead of the thread that feeds back and measures
+    // on the device (Note [Designs ahead of the device] in gptq/design_queue.h): the same designs, in less wall
+    // time, on one host thread fewer than usual, so that the thread driving the device keeps a core to launch its
+    // kernels. (On a CPU the two would only compete for the same cores.)
     const MeasureParams::Overlap overlap = config.measure.overlap_design;
     const bool overlap_design =
         kind == TableKind::kfac && (overlap == MeasureParams::Overlap::on ||
@@ -228,36 +225,45 @@ LossTable build_table(Session& session, const MethodConfig& config) {
     auto kfac_weights = [&](std::size_t b) {
       return session.weights(b, &session.kfac_precision(config.posterior.damp)[b]);
     };
-    std::future<KfacDesigns> next_design;
-    std::size_t next_block = index.blocks.size();  // the block next_design is for (none)
-    auto start_design = [&](std::size_t b) {
+    std::unique_ptr<DesignQueue> designs_ahead;
+    if (overlap_design) {
       // Session state is looked up here, on this thread; the design thread reads only the weight and precision
       // arrays, which nothing writes while the table is measured.
-      const BlockWeights w = kfac_weights(b);
-      const bool captured = session.kfac_stats()[b].captured;
-      const std::vector<std::pair<int, CodebookKind>> choices = entry_choices(table.blocks[b]);
+      struct DesignInput {
+        BlockWeights weights;
+        bool captured = false;
+        std::vector<std::pair<int, CodebookKind>> choices;
+      };
+      auto inputs = std::make_shared<std::vector<DesignInput>>(index.blocks.size());
+      std::vector<std::size_t> order;
+      for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+        if (!measure_here[b]) continue;
+        (*inputs)[b] = {kfac_weights(b), session.kfac_stats()[b].captured, entry_choices(table.blocks[b])};
+        order.push_back(b);
+      }
       const QuantizerParams qp = kfac_quantizer;
       const int workers = std::max(1, num_threads() - 1);
-      next_block = b;
-      next_design = std::async(std::launch::async, [w, choices, qp, captured, workers] {
-        const ScopedWorkerLimit limit(workers);
-        return design_kfac_options(w, choices, qp, captured);
-      });
-    };
+      // Up to 64 M weights of designs waiting (21 bytes of codes each: about 1.4 GB of host memory at most).
+      constexpr int64_t kAheadWeights = int64_t(1) << 26;
+      designs_ahead = std::make_unique<DesignQueue>(
+          order,
+          [inputs, qp, workers](std::size_t b) {
+            const ScopedWorkerLimit limit(workers);
+            const DesignInput& in = (*inputs)[b];
+            return design_kfac_options(in.weights, in.choices, qp, in.captured);
+          },
+          [&index](std::size_t b) { return index.blocks[b].numel(); }, kAheadWeights);
+    }
     const OptionBlocks options = [&](std::size_t b, const std::vector<std::pair<int, CodebookKind>>& choices) {
       std::vector<QuantizedBlock> blocks;
-      if (overlap_design) {
-        if (next_block != b) start_design(b);  // the first block
-        const auto wait_start = Clock::now();
-        KfacDesigns designs = next_design.get();
-        const double wait = seconds_since(wait_start);
-        next_block = index.blocks.size();
+      if (designs_ahead) {
+        double wait = 0.0;
+        KfacDesigns designs = designs_ahead->take(b, &wait);
         BQ_ASSERT(designs.designed.size() == choices.size(), "designs for ", designs.designed.size(), " options of ",
                   index.blocks[b].name, ", asked for ", choices.size());
         for (std::size_t i = 0; i < choices.size(); ++i)
           BQ_ASSERT(designs.designed[i].bits == choices[i].first && designs.designed[i].kind == choices[i].second,
                     "option ", i, " of ", index.blocks[b].name, " was designed for another choice");
-        if (next_owned(b + 1) < index.blocks.size()) start_design(next_owned(b + 1));
         KfacOptionTimes times;
         blocks = feed_back_kfac_options(std::move(designs), kfac_weights(b), index.blocks[b], session.kfac_stats()[b],
                                         kfac_quantizer, config.gptq, session.compute().device, &times);

@@ -1,9 +1,13 @@
 // Layer capture, GPTQ against a reference implementation, and the K-FAC error-feedback path.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <limits>
+#include <stdexcept>
+#include <thread>
 
 #include <torch/script.h>
 #include <torch/serialize.h>
@@ -13,6 +17,7 @@
 #include "bayesq/codebook/block_quantizer.h"
 #include "bayesq/common/errors.h"
 #include "bayesq/data/data_file.h"
+#include "bayesq/gptq/design_queue.h"
 #include "bayesq/gptq/gptq.h"
 #include "bayesq/gptq/kfac.h"
 #include "bayesq/model/block_discovery.h"
@@ -548,4 +553,35 @@ TEST(Gptq, KfacUniformOptionKeepsTheBetterGridOfEachRow) {
     }
   }
   EXPECT_GT(mixed, 0);  // the choice is made per row: some block mixes both grids
+}
+
+// Note [Designs ahead of the device]: the queue hands out each block's designs in block order, as design(block)
+// made them, designs no further ahead than its bound of weights allows, and a design's exception reaches take()
+// at that block. (That the table is the same with and without designing ahead:
+// Pipeline.DesignBesideTheMeasurementGivesTheSameModel.)
+TEST(Gptq, DesignQueueGivesEachBlocksDesignsInOrderWithinItsBound) {
+  std::atomic<int> made{0};
+  const std::vector<std::size_t> blocks{0, 2, 3, 5, 7};
+  DesignQueue queue(
+      blocks,
+      [&](std::size_t b) {
+        ++made;
+        if (b == 7) throw std::runtime_error("design of block 7 failed");
+        KfacDesigns d;
+        d.seconds = double(b);  // marks which block this is
+        d.designed.resize(b);
+        return d;
+      },
+      [](std::size_t) { return int64_t{10}; }, /*ahead_weights=*/15);
+  int taken = 0;
+  for (std::size_t b : {std::size_t{0}, std::size_t{2}, std::size_t{3}, std::size_t{5}}) {
+    // Time to run ahead: 10 weights each and a bound of 15, so two designs wait at most.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_LE(made.load() - taken, 2) << "before block " << b;
+    const KfacDesigns d = queue.take(b);
+    ++taken;
+    EXPECT_EQ(d.seconds, double(b));
+    EXPECT_EQ(d.designed.size(), b);
+  }
+  EXPECT_THROW(queue.take(7), std::runtime_error);
 }
