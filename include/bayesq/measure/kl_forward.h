@@ -2,11 +2,12 @@
 // one option at a time, against the model's own output before any swap.
 //
 // Note [Replayed forwards]: a measured table scores each option by one forward of the measured examples (128 by
-// default), and a small model's forward on a GPU is bound by the host: TorchScript's interpreter launches each of
-// a few hundred small kernels in turn (ResNet-50 on 128 Fashion-MNIST images: 13 ms per forward on an H200, 756
-// forwards per table). On CUDA the forwards of all batches, their log-softmax and the KL sum are captured once as a
-// CUDA graph and then replayed, one launch per measurement: the same kernels on the same inputs, hence the same
-// KL bit for bit (BENCHMARKS.md compares tables and files with and without). A graph reads the memory it was
+// default), and a small model's forward on a GPU can be bound by the host: TorchScript's interpreter launches each
+// of a few hundred small kernels in turn (MobileNetV2 on 128 Fashion-MNIST images on an H200: 4.4 ms per forward,
+// 2.5 ms of it the device's; 728 forwards per table). On CUDA the forwards of all batches, their log-softmax and
+// the KL sum are captured once as a CUDA graph and then replayed, one launch per measurement: the same kernels on
+// the same inputs, hence the same KL bit for bit (BENCHMARKS.md compares tables and files with and without; where
+// the device's own time dominates, as on ResNet-50 in full fp32, it saves little). A graph reads the memory it was
 // captured with, so the inputs stay on the device, each block is first given a tensor of its own (so a write
 // reaches no other module attribute and no other copy of the model), and set_block copies a value into that tensor
 // instead of assigning a new one. The reference is the graph's own first replay, so a model with no block changed
