@@ -35,8 +35,8 @@ std::vector<QuantizedBlock> kfac_option_blocks(const BlockWeights& weights, cons
                                                const QuantizerParams& quantizer, const GptqParams& gptq,
                                                const torch::Device& device, KfacOptionTimes* times = nullptr);
 
-// kfac_option_blocks in two halves, so that the host's half for the next block can run on another thread while
-// the device feeds back this one (measured tables on a GPU). design_kfac_options touches no libtorch state:
+// kfac_option_blocks in two halves, so that the host's half for later blocks can run on another thread while
+// the device feeds back this one (measured tables on a GPU: DesignQueue). design_kfac_options touches no libtorch state:
 // the codebooks of every option and, where the block has statistics (`captured`), the min-max grid of each
 // uniform option (Note [Two grids] in kfac.cpp).
 struct KfacDesigns {

@@ -7,9 +7,9 @@ namespace bayesq {
 
 struct MeasureParams {
   int64_t examples = 128;  // calibration examples each entry's KL is measured on (0 or more than the file: all)
-  // K-FAC tables: design the next block's codebooks on another thread while this block is fed back and measured.
-  // automatic: on a CUDA device (on a CPU both would compete for the same cores). The designs, hence the
-  // output, are the same either way.
+  // K-FAC tables: design the codebooks on another thread, ahead of the blocks being fed back and measured (Note
+  // [Designs ahead of the device] in gptq/design_queue.h). automatic: on a CUDA device (on a CPU both would
+  // compete for the same cores). The designs, hence the output, are the same either way.
   enum class Overlap { automatic, off, on };
   Overlap overlap_design = Overlap::automatic;
   // Each option's forward, and each joint-refinement trial, runs from the block's cached prefix (Note [Cached
