@@ -272,6 +272,10 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
                   "On CUDA, measured tables and joint refinement replay their forwards as one captured CUDA graph "
                   "each: auto (wherever capture works; the same KLs) or off")
       ->transform(CLI::CheckedTransformer(graph_names));
+  app->add_option("--prefilter-window", m.measure.prefilter_window,
+                  "K-FAC measured tables: per budget, design and measure only the options within this many "
+                  "candidate bit-widths of the choice predicted from GPTQ-style min-max grids (-1: every option)")
+      ->capture_default_str();
   app->add_option("--joint-rounds", m.joint.rounds,
                   "Rounds refining a measured table's allocation by the KL of the whole quantized model: each "
                   "re-measures every block's nearby options with the others quantized, re-allocates, and is kept "

@@ -55,6 +55,8 @@ KnapsackProblem make_knapsack(const LossTable& table, const AllocationParams& pa
              " > max ", r.max_bits);
     rules.emplace_back(compile(r.pattern), r);
   }
+  BQ_ASSERT(params.allowed_entries.empty() || params.allowed_entries.size() == table.blocks.size(),
+            "allowed entries for ", params.allowed_entries.size(), " blocks of ", table.blocks.size());
   KnapsackProblem problem;
   int64_t weights = 0;
   for (std::size_t b = 0; b < table.blocks.size(); ++b) {
@@ -68,9 +70,15 @@ KnapsackProblem make_knapsack(const LossTable& table, const AllocationParams& pa
       }
     std::vector<KnapsackOption> options;
     std::vector<int> entries;
+    const std::vector<bool>* allowed = params.allowed_entries.empty() ? nullptr : &params.allowed_entries[b];
+    BQ_ASSERT(!allowed || allowed->size() == block.entries.size(), "allowed entries of ", block.name, ": ",
+              allowed ? allowed->size() : 0, " for ", block.entries.size(), " entries");
     for (std::size_t e = 0; e < block.entries.size(); ++e) {
       const LossEntry& entry = block.entries[e];
       if (entry.bits < lo || entry.bits > hi) continue;
+      if (allowed && !(*allowed)[e]) continue;
+      BQ_ASSERT(entry.measured, "block ", block.name, ": the allocator was offered an unmeasured entry (", entry.bits,
+                " bits, ", codebook_kind_name(entry.kind), ")");
       options.push_back({entry.cost.total(), entry.expected_loss});
       entries.push_back(static_cast<int>(e));
     }

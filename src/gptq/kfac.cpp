@@ -107,6 +107,27 @@ std::vector<QuantizedBlock> kfac_option_blocks(const BlockWeights& weights, cons
                                 stats, quantizer, gptq, device, times);
 }
 
+std::vector<double> predicted_option_losses(const BlockWeights& weights, const BlockInfo& info,
+                                            const LayerStats& stats, const std::vector<int>& bits,
+                                            int64_t group_size, const GptqParams& gptq, double damp,
+                                            const torch::Device& device) {
+  std::vector<QuantizedBlock> grids;
+  for (int b : bits) grids.push_back(quantize_block_rtn(weights, b, group_size));
+  std::vector<double> out;
+  if (!stats.captured) {
+    for (const QuantizedBlock& g : grids) out.push_back(g.expected_loss);
+    return out;
+  }
+  std::vector<FeedbackOption> options;
+  for (const QuantizedBlock& g : grids) options.push_back({g.bits, g.kind, &g.codebooks});
+  const torch::Tensor w = weight_rows(weights, device);
+  const std::vector<QuantizedBlock> fed =
+      quantize_with_feedback_options(w, info, stats, options, group_size, gptq);
+  const KfacMetric metric(stats, info.rows(), damp, device);
+  for (const QuantizedBlock& q : fed) out.push_back(metric.loss(dequantized_rows(q, device) - w));
+  return out;
+}
+
 void score_kfac_entries(BlockLosses& losses, const std::vector<QuantizedBlock>& blocks, const BlockWeights& weights,
                         const BlockInfo& info, const LayerStats& stats, double damp, const torch::Device& device) {
   const torch::Tensor w = weight_rows(weights, device);

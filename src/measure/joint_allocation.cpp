@@ -91,6 +91,7 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
 
   AllocationParams local_params = params;
   local_params.certify = false;  // the certificate is the additive table's; a local table has none worth giving
+  local_params.allowed_entries.clear();  // the local table's entries are all measured here
   for (int round = 0; round < joint.rounds; ++round) {
     const auto tr = Clock::now();
     JointRound r;
@@ -175,6 +176,7 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
       for (std::size_t k = 0; k < full_entry[b].size(); ++k) {
         LossEntry le = losses.entries[static_cast<std::size_t>(full_entry[b][k])];
         le.expected_loss = trial_kl[b][k] * double(data.size());  // the table's scale: N x mean KL
+        le.measured = true;  // whether or not the additive table measured it
         l.entries.push_back(le);
       }
       local.blocks.push_back(std::move(l));

@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include "bayesq/common/errors.h"
 #include "bayesq/common/progress.h"
 #include "bayesq/common/timer.h"
 #include "bayesq/export/model_writer.h"
@@ -50,7 +51,8 @@ torch::jit::Module eval_copy(const torch::jit::Module& model, const torch::Devic
 MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
                                 const OptionBlocks& options, const MeasureParams& params, const Compute& compute,
                                 const std::string& model_path, LossTable& table,
-                                const std::vector<bool>* measure_here) {
+                                const std::vector<bool>* measure_here,
+                                const std::vector<std::vector<bool>>* selected) {
   const auto t = Clock::now();
   MeasureStats stats;
   const int64_t n = std::min<int64_t>(data.size(), params.examples > 0 ? params.examples : data.size());
@@ -82,11 +84,21 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     }
     const BlockInfo& info = index.blocks[b];
     const torch::Tensor& original = originals[b];
+    auto& entries = table.blocks[b].entries;
+    std::vector<std::size_t> picked;  // the entries measured here
+    for (std::size_t e = 0; e < entries.size(); ++e)
+      if (!selected || (*selected)[b][e]) picked.push_back(e);
+    if (picked.empty()) {
+      progress.advance();
+      continue;
+    }
     std::vector<std::pair<int, CodebookKind>> choices;
-    for (const LossEntry& e : table.blocks[b].entries) choices.emplace_back(e.bits, e.kind);
+    for (std::size_t e : picked) choices.emplace_back(entries[e].bits, entries[e].kind);
     auto start = Clock::now();
     const std::vector<QuantizedBlock> blocks = options(b, choices);
     stats.quantize_seconds += seconds_since(start);
+    BQ_ASSERT(blocks.size() == picked.size(), "asked for ", picked.size(), " options of ", info.name, ", got ",
+              blocks.size());
     suffix.reset();
     if (params.prefix_on(compute.device.is_cpu()) && blocks.size() > 1) {
       start = Clock::now();
@@ -98,7 +110,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
       }
     }
     for (std::size_t i = 0; i < blocks.size(); ++i) {
-      LossEntry& e = table.blocks[b].entries[i];
+      LossEntry& e = entries[picked[i]];
       start = Clock::now();
       forward.set_block(info.name, dequantized_tensor(blocks[i], info, original));
       stats.swap_seconds += seconds_since(start);
@@ -106,15 +118,19 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
       e.expected_loss = kl * double(data.size()) / double(n);  // N x mean KL: the scale of the expected loss
       e.plugin_loss = blocks[i].plugin_loss;
       e.lloyd_fallbacks = blocks[i].lloyd_fallbacks;
+      e.measured = true;
     }
     forward.set_block(info.name, original);
     suffix.reset();
-    auto& entries = table.blocks[b].entries;
     table.blocks[b].monotone = true;
-    for (std::size_t i = 1; i < entries.size(); ++i)
-      if (entries[i].kind == entries[i - 1].kind && entries[i].bits > entries[i - 1].bits &&
-          entries[i].expected_loss > entries[i - 1].expected_loss)
-        table.blocks[b].monotone = false;
+    for (std::size_t i = 0; i < entries.size(); ++i)  // against the measured entry of the kind below, if any
+      for (std::size_t j = i; j-- > 0;) {
+        if (entries[j].kind != entries[i].kind || !entries[j].measured) continue;
+        if (entries[i].measured && entries[i].bits > entries[j].bits &&
+            entries[i].expected_loss > entries[j].expected_loss)
+          table.blocks[b].monotone = false;
+        break;
+      }
     progress.advance();
   }
   progress.finish();

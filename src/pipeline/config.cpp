@@ -142,6 +142,8 @@ void MethodConfig::validate() const {
              kMaxBits);
   BQ_CHECK(joint.rounds >= 0 && joint.rounds <= 16, ExitCode::usage, "--joint-rounds must be in 0..16");
   BQ_CHECK(joint.window >= 1 && joint.window <= kMaxBits, ExitCode::usage, "--joint-window must be in 1..", kMaxBits);
+  BQ_CHECK(measure.prefilter_window >= -1 && measure.prefilter_window <= kMaxBits, ExitCode::usage,
+           "--prefilter-window must be -1 (off) or in 0..", kMaxBits);
   BQ_CHECK(distill.steps >= 0, ExitCode::usage, "--distill-steps must be >= 0");
   if (distill.steps > 0) {
     BQ_CHECK(distill.lr > 0.0, ExitCode::usage, "--distill-lr must be positive");
@@ -178,7 +180,8 @@ void to_json(nlohmann::json& j, const MethodConfig& c) {
         {"posterior_temp", c.table.quantizer.tau},
         {"level_scale", level_scale_name(c.table.quantizer.level_scale)},
         {"loss", table_loss_name(c.table_loss)},
-        {"measure_examples", c.measure.examples}}},
+        {"measure_examples", c.measure.examples},
+        {"prefilter_window", c.measure.prefilter_window}}},
       {"allocation",
        {{"allocator", allocator_kind_name(c.allocation.allocator)},
         {"certify", c.allocation.certify},
@@ -218,6 +221,7 @@ void from_json(const nlohmann::json& j, MethodConfig& c) {
   c.table.quantizer.level_scale = level_scale_from_name(t.value("level_scale", std::string("none")));
   c.table_loss = table_loss_from_name(t.at("loss").get<std::string>());
   c.measure.examples = t.at("measure_examples").get<int64_t>();
+  c.measure.prefilter_window = t.value("prefilter_window", -1);  // before the prefilter: every option measured
   const auto& a = j.at("allocation");
   c.allocation.allocator = allocator_kind_from_name(a.at("allocator").get<std::string>());
   c.allocation.certify = a.at("certify").get<bool>();
@@ -252,11 +256,13 @@ nlohmann::json result_key(const MethodConfig& c) {
     j["allocation"] = {{"keep_fp", c.allocation.keep_fp}};
   } else if (c.table_loss != TableLoss::measured) {
     j["table"].erase("measure_examples");
+    j["table"].erase("prefilter_window");
     j["allocation"].erase("joint_rounds");  // the joint refinement needs a measured table
     j["allocation"].erase("joint_window");
   } else if (c.joint.rounds == 0) {
     j["allocation"].erase("joint_window");
   }
+  if (j.contains("table") && v.table != TableKind::kfac) j["table"].erase("prefilter_window");  // K-FAC tables only
   if (!v.needs_layer_stats) j.erase("gptq");
   else if (c.method != Method::gptq) j["gptq"].erase("sequential");  // K-FAC's feedback is one-shot
   if (c.method == Method::rtn || c.method == Method::gptq) j.erase("curvature");

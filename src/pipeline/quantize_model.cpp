@@ -19,6 +19,7 @@
 #include "bayesq/measure/measured_table.h"
 #include "bayesq/pipeline/memory.h"
 #include "bayesq/table/hawq_table.h"
+#include "bayesq/table/option_prefilter.h"
 
 namespace bayesq {
 
@@ -63,9 +64,13 @@ LossTable unscored_table(const BlockIndex& index, const MethodConfig& config) {
   return table;
 }
 
-std::vector<std::pair<int, CodebookKind>> entry_choices(const BlockLosses& losses) {
+// The (bits, kind) of each entry of a block, or of the entries of block b that `selected` names.
+std::vector<std::pair<int, CodebookKind>> entry_choices(const BlockLosses& losses,
+                                                        const std::vector<std::vector<bool>>* selected = nullptr,
+                                                        std::size_t b = 0) {
   std::vector<std::pair<int, CodebookKind>> choices;
-  for (const LossEntry& e : losses.entries) choices.emplace_back(e.bits, e.kind);
+  for (std::size_t e = 0; e < losses.entries.size(); ++e)
+    if (!selected || (*selected)[b][e]) choices.emplace_back(losses.entries[e].bits, losses.entries[e].kind);
   return choices;
 }
 
@@ -134,8 +139,9 @@ QuantizedBlock option_block(Session& session, const MethodConfig& config, std::s
 // refinement and the final pass take (Session::keep_options), so that each process continues with the table and
 // blocks one process alone would have. The report gets each rank's share.
 void gather_table(Session& session, const std::vector<int>& owner, const std::string& key, double seconds,
-                  LossTable& table) {
+                  LossTable& table, const std::vector<std::vector<bool>>* selected) {
   const World& world = session.world();
+  auto sent = [&](std::size_t b, std::size_t e) { return !selected || (*selected)[b][e]; };
   ByteWriter out;
   for (std::size_t b = 0; b < owner.size(); ++b) {
     if (owner[b] != world.rank()) continue;
@@ -143,7 +149,10 @@ void gather_table(Session& session, const std::vector<int>& owner, const std::st
     out.put<uint64_t>(b);
     out.put<uint8_t>(losses.monotone ? 1 : 0);
     out.put<uint64_t>(losses.entries.size());
-    for (const LossEntry& e : losses.entries) {
+    for (std::size_t i = 0; i < losses.entries.size(); ++i) {
+      const LossEntry& e = losses.entries[i];
+      out.put<uint8_t>(sent(b, i) ? 1 : 0);  // this call's entries (Note [Option prefilter]: a budget's own)
+      if (!sent(b, i)) continue;
       out.put<double>(e.expected_loss);
       out.put<double>(e.plugin_loss);
       out.put<int64_t>(e.lloyd_fallbacks);
@@ -163,13 +172,18 @@ void gather_table(Session& session, const std::vector<int>& owner, const std::st
       losses.monotone = in.get<uint8_t>() != 0;
       BQ_ASSERT(in.get<uint64_t>() == losses.entries.size(), "rank ", r, " measured other options of block ", b);
       std::vector<QuantizedBlock> blocks;
-      for (LossEntry& e : losses.entries) {
+      for (std::size_t i = 0; i < losses.entries.size(); ++i) {
+        const bool entry_sent = in.get<uint8_t>() != 0;
+        BQ_ASSERT(entry_sent == sent(b, i), "rank ", r, " measured other options of block ", b);
+        if (!entry_sent) continue;
+        LossEntry& e = losses.entries[i];
         e.expected_loss = in.get<double>();
         e.plugin_loss = in.get<double>();
         e.lloyd_fallbacks = in.get<int64_t>();
+        e.measured = true;
         if (in.get<uint8_t>() != 0) blocks.push_back(read_block(in));
       }
-      if (blocks.size() == losses.entries.size()) session.keep_options(key, b, blocks);
+      if (!blocks.empty()) session.keep_options(key, b, blocks);
     }
   }
   std::vector<int64_t> blocks_per_rank(static_cast<std::size_t>(world.size()), 0);
@@ -179,6 +193,166 @@ void gather_table(Session& session, const std::vector<int>& owner, const std::st
                                   {"exchange", world.exchange()},
                                   {"measured_table_blocks_per_rank", blocks_per_rank},
                                   {"measured_table_seconds_per_rank", world.all_gather(seconds)}};
+}
+
+// Adds to a shared stage time: a later budget may measure more of a table.
+void add_time(Session& session, const std::string& stage, double seconds) {
+  session.add_time(stage, session.timings().value(stage, 0.0) + seconds);
+}
+
+// Whether the measured table of `config` is measured per budget through the option prefilter (Note [Option
+// prefilter] in table/option_prefilter.h): K-FAC tables, unless switched off.
+bool prefiltered(const MethodConfig& config) {
+  return config.table_loss == TableLoss::measured && config.variant().table == TableKind::kfac &&
+         config.measure.prefilter_window >= 0;
+}
+
+// Each entry's predicted loss (predicted_option_losses in gptq/kfac.h), every entry left unmeasured.
+void predict_options(Session& session, const MethodConfig& config, LossTable& table) {
+  const auto start = Clock::now();
+  const BlockIndex& index = session.index();
+  // In a job of several processes each predicts its share of the blocks and all get every prediction, so that
+  // every process selects the same entries.
+  const World& world = session.world();
+  std::vector<int> owner(index.blocks.size(), world.rank());
+  if (world.distributed()) {
+    std::vector<double> cost;
+    for (const BlockInfo& info : index.blocks) cost.push_back(double(info.numel()));
+    owner = assign_blocks(cost, world.size());
+  }
+  Progress progress("option prefilter", static_cast<int64_t>(index.blocks.size()), "blocks");
+  for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+    ProgressStep step(progress);
+    BlockLosses& block = table.blocks[b];
+    block.prefilter = session.kfac_stats()[b].captured;
+    for (LossEntry& e : block.entries) e.measured = false;
+    if (owner[b] != world.rank()) continue;
+    std::vector<int> bits;
+    for (const LossEntry& e : block.entries)
+      if (std::find(bits.begin(), bits.end(), e.bits) == bits.end()) bits.push_back(e.bits);
+    const LayerStats& stats = session.kfac_stats()[b];
+    const std::vector<double> losses = predicted_option_losses(
+        session.weights(b, &session.kfac_precision(config.posterior.damp)[b]), index.blocks[b], stats, bits,
+        config.table.quantizer.group_size, config.gptq, config.posterior.damp, session.compute().device);
+    for (LossEntry& e : block.entries)
+      e.predicted_loss = losses[static_cast<std::size_t>(std::find(bits.begin(), bits.end(), e.bits) - bits.begin())];
+  }
+  if (world.distributed()) {
+    ByteWriter mine;
+    for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+      if (owner[b] != world.rank()) continue;
+      std::vector<double> predicted;
+      for (const LossEntry& e : table.blocks[b].entries) predicted.push_back(e.predicted_loss);
+      mine.put<uint64_t>(b);
+      mine.put_vector(predicted);
+    }
+    const std::vector<std::vector<uint8_t>> all = world.all_gather_bytes(mine.bytes());
+    for (int r = 0; r < world.size(); ++r) {
+      if (r == world.rank()) continue;
+      ByteReader in(all[static_cast<std::size_t>(r)]);
+      while (!in.done()) {
+        const std::size_t b = static_cast<std::size_t>(in.get<uint64_t>());
+        BQ_ASSERT(b < owner.size() && owner[b] == r, "rank ", r, " sent predictions of block ", b);
+        const std::vector<double> predicted = in.get_vector<double>();
+        BQ_ASSERT(predicted.size() == table.blocks[b].entries.size(), "rank ", r, " sent ", predicted.size(),
+                  " predictions for block ", b);
+        for (std::size_t e = 0; e < predicted.size(); ++e) table.blocks[b].entries[e].predicted_loss = predicted[e];
+      }
+    }
+  }
+  add_time(session, "prefilter_predict", seconds_since(start));
+}
+
+// Measures the `selected` entries of a measured table (all when null), each block's options quantized by the
+// method's option function and kept in the session for the joint refinement and the final pass.
+void measure_entries(Session& session, const MethodConfig& config, LossTable& table,
+                     const std::vector<std::vector<bool>>* selected) {
+  const BlockIndex& index = session.index();
+  const TableKind kind = config.variant().table;
+  const std::string key = table_key(config).dump();
+  // A job of several processes splits the blocks by an estimate of their work (weights x options); each process
+  // measures its own and the results are gathered below.
+  const World& world = session.world();
+  std::vector<int> owner(index.blocks.size(), world.rank());
+  if (world.distributed()) {
+    std::vector<double> cost;
+    for (std::size_t b = 0; b < index.blocks.size(); ++b)
+      cost.push_back(double(index.blocks[b].numel()) * double(entry_choices(table.blocks[b], selected, b).size()));
+    owner = assign_blocks(cost, world.size());
+  }
+  std::vector<bool> measure_here;
+  for (int o : owner) measure_here.push_back(o == world.rank());
+  // On a GPU the K-FAC codebooks are designed on host threads ahead of the thread that feeds back and measures
+  // on the device (Note [Designs ahead of the device] in gptq/design_queue.h): the same designs, in less wall
+  // time, on one host thread fewer than usual, so that the thread driving the device keeps a core to launch its
+  // kernels. (On a CPU the two would only compete for the same cores.)
+  const MeasureParams::Overlap overlap = config.measure.overlap_design;
+  const bool overlap_design =
+      kind == TableKind::kfac && (overlap == MeasureParams::Overlap::on ||
+                                  (overlap == MeasureParams::Overlap::automatic && session.compute().device.is_cuda()));
+  QuantizerParams kfac_quantizer = config.table.quantizer;
+  kfac_quantizer.level_scale = effective_level_scale(config, index);
+  auto kfac_weights = [&](std::size_t b) {
+    return session.weights(b, &session.kfac_precision(config.posterior.damp)[b]);
+  };
+  std::unique_ptr<DesignQueue> designs_ahead;
+  if (overlap_design) {
+    // Session state is looked up here, on this thread; the design thread reads only the weight and precision
+    // arrays, which nothing writes while the table is measured.
+    struct DesignInput {
+      BlockWeights weights;
+      bool captured = false;
+      std::vector<std::pair<int, CodebookKind>> choices;
+    };
+    auto inputs = std::make_shared<std::vector<DesignInput>>(index.blocks.size());
+    std::vector<std::size_t> order;
+    for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+      if (!measure_here[b]) continue;
+      (*inputs)[b] = {kfac_weights(b), session.kfac_stats()[b].captured, entry_choices(table.blocks[b], selected, b)};
+      if ((*inputs)[b].choices.empty()) continue;
+      order.push_back(b);
+    }
+    const QuantizerParams qp = kfac_quantizer;
+    const int workers = std::max(1, num_threads() - 1);
+    // Up to 64 M weights of designs waiting (21 bytes of codes each: about 1.4 GB of host memory at most).
+    constexpr int64_t kAheadWeights = int64_t(1) << 26;
+    designs_ahead = std::make_unique<DesignQueue>(
+        order,
+        [inputs, qp, workers](std::size_t b) {
+          const ScopedWorkerLimit limit(workers);
+          const DesignInput& in = (*inputs)[b];
+          return design_kfac_options(in.weights, in.choices, qp, in.captured);
+        },
+        [&index](std::size_t b) { return index.blocks[b].numel(); }, kAheadWeights);
+  }
+  const OptionBlocks options = [&](std::size_t b, const std::vector<std::pair<int, CodebookKind>>& choices) {
+    std::vector<QuantizedBlock> blocks;
+    if (designs_ahead) {
+      double wait = 0.0;
+      KfacDesigns designs = designs_ahead->take(b, &wait);
+      BQ_ASSERT(designs.designed.size() == choices.size(), "designs for ", designs.designed.size(), " options of ",
+                index.blocks[b].name, ", asked for ", choices.size());
+      for (std::size_t i = 0; i < choices.size(); ++i)
+        BQ_ASSERT(designs.designed[i].bits == choices[i].first && designs.designed[i].kind == choices[i].second,
+                  "option ", i, " of ", index.blocks[b].name, " was designed for another choice");
+      KfacOptionTimes times;
+      blocks = feed_back_kfac_options(std::move(designs), kfac_weights(b), index.blocks[b], session.kfac_stats()[b],
+                                      kfac_quantizer, config.gptq, session.compute().device, &times);
+      add_kfac_times(session, times, wait);
+    } else {
+      blocks = option_blocks(session, config, b, choices);
+    }
+    session.keep_options(key, b, blocks);
+    return blocks;
+  };
+  const MeasureStats stats = measure_loss_table(session.model().module, index, session.measurement(), options,
+                                                config.measure, session.compute(), session.inputs().model, table,
+                                                world.distributed() ? &measure_here : nullptr, selected);
+  if (world.distributed()) gather_table(session, owner, key, stats.seconds, table, selected);
+  add_time(session, "measure_table", stats.seconds);
+  add_time(session, "measure_table_quantize", stats.quantize_seconds);
+  add_time(session, "measure_table_swap", stats.swap_seconds);
+  add_time(session, "measure_table_forward", stats.forward_seconds);
 }
 
 LossTable build_table(Session& session, const MethodConfig& config) {
@@ -199,89 +373,8 @@ LossTable build_table(Session& session, const MethodConfig& config) {
     if (kind == TableKind::kfac) session.kfac_stats();
     else if (kind == TableKind::posterior) session.posterior_rows(config);
     mark_stage_peak(session.compute().device, "statistics");
-    const std::string key = table_key(config).dump();
-    // A job of several processes splits the blocks by an estimate of their work (weights x options); each process
-    // measures its own and the results are gathered below.
-    const World& world = session.world();
-    std::vector<int> owner(index.blocks.size(), world.rank());
-    if (world.distributed()) {
-      std::vector<double> cost;
-      for (std::size_t b = 0; b < index.blocks.size(); ++b)
-        cost.push_back(double(index.blocks[b].numel()) * double(table.blocks[b].entries.size()));
-      owner = assign_blocks(cost, world.size());
-    }
-    std::vector<bool> measure_here;
-    for (int o : owner) measure_here.push_back(o == world.rank());
-    // On a GPU the K-FAC codebooks are designed on host threads ahead of the thread that feeds back and measures
-    // on the device (Note [Designs ahead of the device] in gptq/design_queue.h): the same designs, in less wall
-    // time, on one host thread fewer than usual, so that the thread driving the device keeps a core to launch its
-    // kernels. (On a CPU the two would only compete for the same cores.)
-    const MeasureParams::Overlap overlap = config.measure.overlap_design;
-    const bool overlap_design =
-        kind == TableKind::kfac && (overlap == MeasureParams::Overlap::on ||
-                                    (overlap == MeasureParams::Overlap::automatic && session.compute().device.is_cuda()));
-    QuantizerParams kfac_quantizer = config.table.quantizer;
-    kfac_quantizer.level_scale = effective_level_scale(config, index);
-    auto kfac_weights = [&](std::size_t b) {
-      return session.weights(b, &session.kfac_precision(config.posterior.damp)[b]);
-    };
-    std::unique_ptr<DesignQueue> designs_ahead;
-    if (overlap_design) {
-      // Session state is looked up here, on this thread; the design thread reads only the weight and precision
-      // arrays, which nothing writes while the table is measured.
-      struct DesignInput {
-        BlockWeights weights;
-        bool captured = false;
-        std::vector<std::pair<int, CodebookKind>> choices;
-      };
-      auto inputs = std::make_shared<std::vector<DesignInput>>(index.blocks.size());
-      std::vector<std::size_t> order;
-      for (std::size_t b = 0; b < index.blocks.size(); ++b) {
-        if (!measure_here[b]) continue;
-        (*inputs)[b] = {kfac_weights(b), session.kfac_stats()[b].captured, entry_choices(table.blocks[b])};
-        order.push_back(b);
-      }
-      const QuantizerParams qp = kfac_quantizer;
-      const int workers = std::max(1, num_threads() - 1);
-      // Up to 64 M weights of designs waiting (21 bytes of codes each: about 1.4 GB of host memory at most).
-      constexpr int64_t kAheadWeights = int64_t(1) << 26;
-      designs_ahead = std::make_unique<DesignQueue>(
-          order,
-          [inputs, qp, workers](std::size_t b) {
-            const ScopedWorkerLimit limit(workers);
-            const DesignInput& in = (*inputs)[b];
-            return design_kfac_options(in.weights, in.choices, qp, in.captured);
-          },
-          [&index](std::size_t b) { return index.blocks[b].numel(); }, kAheadWeights);
-    }
-    const OptionBlocks options = [&](std::size_t b, const std::vector<std::pair<int, CodebookKind>>& choices) {
-      std::vector<QuantizedBlock> blocks;
-      if (designs_ahead) {
-        double wait = 0.0;
-        KfacDesigns designs = designs_ahead->take(b, &wait);
-        BQ_ASSERT(designs.designed.size() == choices.size(), "designs for ", designs.designed.size(), " options of ",
-                  index.blocks[b].name, ", asked for ", choices.size());
-        for (std::size_t i = 0; i < choices.size(); ++i)
-          BQ_ASSERT(designs.designed[i].bits == choices[i].first && designs.designed[i].kind == choices[i].second,
-                    "option ", i, " of ", index.blocks[b].name, " was designed for another choice");
-        KfacOptionTimes times;
-        blocks = feed_back_kfac_options(std::move(designs), kfac_weights(b), index.blocks[b], session.kfac_stats()[b],
-                                        kfac_quantizer, config.gptq, session.compute().device, &times);
-        add_kfac_times(session, times, wait);
-      } else {
-        blocks = option_blocks(session, config, b, choices);
-      }
-      session.keep_options(key, b, blocks);
-      return blocks;
-    };
-    const MeasureStats stats = measure_loss_table(session.model().module, index, session.measurement(), options,
-                                                  config.measure, session.compute(), session.inputs().model, table,
-                                                  world.distributed() ? &measure_here : nullptr);
-    if (world.distributed()) gather_table(session, owner, key, stats.seconds, table);
-    session.add_time("measure_table", stats.seconds);
-    session.add_time("measure_table_quantize", stats.quantize_seconds);
-    session.add_time("measure_table_swap", stats.swap_seconds);
-    session.add_time("measure_table_forward", stats.forward_seconds);
+    if (prefiltered(config)) predict_options(session, config, table);  // measured per budget
+    else measure_entries(session, config, table, nullptr);
     return table;
   }
   if (kind == TableKind::kfac) {
@@ -342,11 +435,28 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
   }
   auto t = Clock::now();
   const LossTable& loss_table = session.table(config);
+  AllocationParams ap = config.allocation;
+  ap.bits_per_weight = bits;
+  if (prefiltered(config)) {
+    // This budget's options (Note [Option prefilter]); those no earlier budget measured are measured now.
+    ap.allowed_entries = prefilter_entries(loss_table, ap, config.measure.prefilter_window);
+    const std::vector<std::vector<bool>> missing = unmeasured_entries(loss_table, ap.allowed_entries);
+    if (!missing.empty()) measure_entries(session, config, session.table_to_extend(config), &missing);
+    int64_t allowed = 0, measured = 0, entries = 0;
+    for (std::size_t b = 0; b < loss_table.blocks.size(); ++b)
+      for (std::size_t e = 0; e < loss_table.blocks[b].entries.size(); ++e) {
+        allowed += ap.allowed_entries[b][e] ? 1 : 0;
+        measured += loss_table.blocks[b].entries[e].measured ? 1 : 0;
+        ++entries;
+      }
+    out.details["prefilter"] = {{"window", config.measure.prefilter_window},
+                                {"options", entries},
+                                {"budget_options", allowed},        // this budget's allocation chose among these
+                                {"measured_options", measured}};    // by this budget and those before it
+  }
   out.timings["table"] = seconds_since(t);
   mark_stage_peak(device, "loss_table");
   t = Clock::now();
-  AllocationParams ap = config.allocation;
-  ap.bits_per_weight = bits;
   out.allocation = allocate(loss_table, ap);
   out.timings["allocate"] = seconds_since(t);
   if (config.table_loss == TableLoss::measured && config.joint.rounds > 0) {
@@ -360,6 +470,27 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
                                               session.compute(), session.inputs().model, &session.world());
     out.allocation = std::move(joint.allocation);
     out.joint = std::move(joint);
+    if (!ap.allowed_entries.empty()) {
+      // The refinement may move a block to an option this budget's windows did not hold: measured now, so that
+      // every block of the report has its additive table entry (whatever other budgets measured).
+      std::vector<std::vector<bool>> chosen(loss_table.blocks.size());
+      for (std::size_t b = 0; b < chosen.size(); ++b) {
+        chosen[b].assign(loss_table.blocks[b].entries.size(), false);
+        const BlockChoice& c = out.allocation->blocks[b];
+        if (!c.keep_fp) chosen[b][static_cast<std::size_t>(c.entry)] = true;
+      }
+      const std::vector<std::vector<bool>> missing = unmeasured_entries(loss_table, chosen);
+      if (!missing.empty()) {
+        measure_entries(session, config, session.table_to_extend(config), &missing);
+        out.allocation->expected_loss = 0.0;
+        for (std::size_t b = 0; b < chosen.size(); ++b) {
+          BlockChoice& c = out.allocation->blocks[b];
+          if (c.keep_fp) continue;
+          c.expected_loss = loss_table.blocks[b].entries[static_cast<std::size_t>(c.entry)].expected_loss;
+          out.allocation->expected_loss += c.expected_loss;
+        }
+      }
+    }
     out.timings["joint_allocation"] = seconds_since(t);
     mark_stage_peak(device, "joint_refinement");
   }

@@ -239,8 +239,11 @@ void Session::keep_options(const std::string& table_key, std::size_t block, cons
   }
   auto& blocks = kept_options_[table_key];
   blocks.resize(index_.blocks.size());
-  blocks[block] = options;
-  kept_option_bytes_ += bytes;
+  for (const QuantizedBlock& q : options)  // a later budget's prefilter may measure more options of a block
+    if (!kept_option(table_key, block, q.bits, q.kind)) {
+      blocks[block].push_back(q);
+      kept_option_bytes_ += approximate_bytes(q);
+    }
 }
 
 const QuantizedBlock* Session::kept_option(const std::string& table_key, std::size_t block, int bits,
@@ -260,6 +263,11 @@ const LossTable& Session::table(const MethodConfig& config) {
   for (const auto& bl : built.blocks)
     if (!bl.monotone) log::info("block ", bl.name, ": expected loss is not monotone in bits");
   return tables_[key] = std::move(built);
+}
+
+LossTable& Session::table_to_extend(const MethodConfig& config) {
+  table(config);
+  return tables_.at(table_key(config).dump());
 }
 
 }  // namespace bayesq

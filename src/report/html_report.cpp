@@ -32,7 +32,9 @@ std::vector<std::pair<double, double>> table_rate_distortion(const LossTable& ta
     const BlockLosses& block = table.blocks[b];
     if (kept.count(block.name) || block.entries.empty()) continue;
     std::vector<KnapsackOption> options;
-    for (const LossEntry& e : block.entries) options.push_back({e.cost.total(), e.expected_loss});
+    for (const LossEntry& e : block.entries)
+      if (e.measured) options.push_back({e.cost.total(), e.expected_loss});  // Note [Option prefilter]
+    if (options.empty()) continue;
     const std::vector<int> hull = lower_convex_hull(options);
     const KnapsackOption& first = options[static_cast<std::size_t>(hull[0])];
     cost += first.cost;
@@ -236,6 +238,7 @@ void quantize_section(std::ostringstream& o, const nlohmann::json& r) {
       c.height = 240;
       std::map<std::string, svg::Series> by_kind;
       for (const LossEntry& e : bl.entries) {
+        if (!e.measured) continue;
         const std::string kind = codebook_kind_name(e.kind);
         svg::Series& s = by_kind[kind];
         s.label = kind;

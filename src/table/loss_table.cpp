@@ -1,6 +1,7 @@
 #include "bayesq/table/loss_table.h"
 
 #include <chrono>
+#include <cmath>
 
 #include "bayesq/codebook/expected_loss.h"
 #include "bayesq/common/errors.h"
@@ -116,6 +117,8 @@ void to_json(nlohmann::json& j, const LossEntry& e) {
                      {"code_bits", e.cost.code_bits},
                      {"metadata_bits", e.cost.metadata_bits},
                      {"lloyd_fallbacks", e.lloyd_fallbacks}};
+  if (!e.measured) j["measured"] = false;
+  if (std::isfinite(e.predicted_loss)) j["predicted_loss"] = e.predicted_loss;
 }
 
 void from_json(const nlohmann::json& j, LossEntry& e) {
@@ -126,11 +129,15 @@ void from_json(const nlohmann::json& j, LossEntry& e) {
   e.cost.code_bits = j.at("code_bits").get<int64_t>();
   e.cost.metadata_bits = j.at("metadata_bits").get<int64_t>();
   e.lloyd_fallbacks = j.value("lloyd_fallbacks", int64_t{0});
+  e.measured = j.value("measured", true);
+  e.predicted_loss = j.contains("predicted_loss") ? j.at("predicted_loss").get<double>()
+                                                  : std::numeric_limits<double>::quiet_NaN();
 }
 
 void to_json(nlohmann::json& j, const BlockLosses& b) {
   j = nlohmann::json{{"name", b.name}, {"rows", b.rows}, {"cols", b.cols}, {"monotone", b.monotone},
                      {"entries", b.entries}};
+  if (b.prefilter) j["prefilter"] = true;
 }
 
 void from_json(const nlohmann::json& j, BlockLosses& b) {
@@ -139,6 +146,7 @@ void from_json(const nlohmann::json& j, BlockLosses& b) {
   b.cols = j.at("cols").get<int64_t>();
   b.monotone = j.at("monotone").get<bool>();
   b.entries = j.at("entries").get<std::vector<LossEntry>>();
+  b.prefilter = j.value("prefilter", false);
 }
 
 void to_json(nlohmann::json& j, const LossTable& t) {

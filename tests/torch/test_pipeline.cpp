@@ -419,3 +419,68 @@ TEST(Pipeline, ReplayedForwardsMeasureTheEagerKl) {
         EXPECT_TRUE(torch::equal(find_tensor(model.module, names[b]).to(device), originals[b])) << names[b];
     }
 }
+
+// Note [Option prefilter]: with the prefilter (the default), a budget designs and measures only the options in
+// its windows; each entry it measures is the full table's entry, the allocation chooses among that budget's own
+// entries, and a budget's file is the same whatever other budgets the run asks for.
+TEST(Pipeline, PrefilterMeasuresFullTableEntriesAndFilesDoNotDependOnOtherBudgets) {
+  auto run = [](int window, std::vector<double> bits, const std::string& name) {
+    QuantizeOptions o;
+    o.model = fixture("separable.pt");
+    o.calib = fixture("separable_calib.pt");
+    o.bits = std::move(bits);
+    o.method.measure.examples = 64;
+    o.method.measure.prefilter_window = window;
+    o.output = scratch(name + "_{bits}.pt");
+    o.report = scratch(name + "_{bits}.json");
+    return run_quantize(o);
+  };
+  const QuantizeOutcome full = run(-1, {3.0}, "prefilter_full");
+  const QuantizeOutcome one = run(1, {3.0}, "prefilter_one");
+  const QuantizeOutcome two = run(1, {2.5, 3.0}, "prefilter_two");
+  const nlohmann::json& full_table = full.report_json.at(0).at("loss_table");
+  const nlohmann::json& one_table = one.report_json.at(0).at("loss_table");
+  const nlohmann::json& prefilter = one.report_json.at(0).at("details").at("prefilter");
+  EXPECT_EQ(prefilter.at("window"), 1);
+  EXPECT_LT(prefilter.at("budget_options").get<int64_t>(), prefilter.at("options").get<int64_t>());
+  EXPECT_EQ(prefilter.at("measured_options"), prefilter.at("budget_options"));  // the first budget measures its own
+  EXPECT_FALSE(full.report_json.at(0).at("details").contains("prefilter"));
+  int64_t measured = 0, unmeasured = 0;
+  ASSERT_EQ(one_table.at("blocks").size(), full_table.at("blocks").size());
+  for (std::size_t b = 0; b < full_table.at("blocks").size(); ++b) {
+    const nlohmann::json& f = full_table.at("blocks")[b];
+    const nlohmann::json& p = one_table.at("blocks")[b];
+    ASSERT_EQ(p.at("entries").size(), f.at("entries").size());
+    for (std::size_t e = 0; e < f.at("entries").size(); ++e) {
+      const nlohmann::json& fe = f.at("entries")[e];
+      const nlohmann::json& pe = p.at("entries")[e];
+      EXPECT_FALSE(fe.contains("measured"));  // measured, all of them
+      EXPECT_TRUE(pe.contains("predicted_loss")) << f.at("name") << " entry " << e;
+      if (pe.value("measured", true)) {
+        ++measured;
+        EXPECT_EQ(pe.at("expected_loss").get<double>(), fe.at("expected_loss").get<double>())
+            << f.at("name") << " entry " << e;
+      } else {
+        ++unmeasured;
+      }
+    }
+  }
+  EXPECT_GT(measured, 0);
+  EXPECT_GT(unmeasured, 0);
+  // The 3-bit file alone and beside a 2.5-bit budget: the same tensors (the bytes differ in TorchScript's class
+  // names, which count the modules the process made before) and the same report.
+  ASSERT_EQ(two.outputs.size(), 2u);
+  torch::jit::Module alone = torch::jit::load(one.outputs.at(0)), beside = torch::jit::load(two.outputs.at(1));
+  int64_t tensors = 0;
+  for (const auto& item : alone.named_attributes(/*recurse=*/false)) {  // the packed codes and tables
+    if (item.name.rfind("bayesq_", 0) != 0 || !item.value.isTensor()) continue;
+    ASSERT_TRUE(beside.hasattr(item.name)) << item.name;
+    EXPECT_TRUE(torch::equal(item.value.toTensor(), beside.attr(item.name).toTensor())) << item.name;
+    ++tensors;
+  }
+  EXPECT_GT(tensors, 0);
+  EXPECT_EQ(one.report_json.at(0).at("blocks"), two.report_json.at(1).at("blocks"));
+  EXPECT_EQ(one.report_json.at(0).at("joint_calibration_kl"), two.report_json.at(1).at("joint_calibration_kl"));
+  const nlohmann::json& later = two.report_json.at(1).at("details").at("prefilter");
+  EXPECT_GE(later.at("measured_options").get<int64_t>(), later.at("budget_options").get<int64_t>());
+}

@@ -35,6 +35,9 @@ struct AllocationParams {
   std::vector<BitsRule> rules;
   bool certify = false;              // greedy: also solve the DP and report the gap
   int64_t dp_max_states = 2'000'000;
+  // The entries each block may choose from, per table block and entry (empty: all of them). Every allowed entry
+  // must be measured (LossEntry::measured); the option prefilter gives each budget its own set.
+  std::vector<std::vector<bool>> allowed_entries;
 };
 
 struct BlockChoice {

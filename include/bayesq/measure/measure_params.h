@@ -24,6 +24,10 @@ struct MeasureParams {
   // (Note [Replayed forwards] in kl_forward.h); the same KLs. automatic: wherever capture works; off: never.
   enum class Graphs { automatic, off };
   Graphs cuda_graphs = Graphs::automatic;
+  // K-FAC tables: for each budget, only the options within this many candidate bit-widths of the choice the
+  // allocator makes on predicted losses are designed and measured (Note [Option prefilter] in
+  // table/option_prefilter.h); -1: every option of every block, as the table was before.
+  int prefilter_window = 1;
 };
 
 }  // namespace bayesq

@@ -40,7 +40,9 @@ std::vector<QuantizedBlock> option_blocks(Session& session, const MethodConfig& 
 QuantizedBlock option_block(Session& session, const MethodConfig& config, std::size_t block, int bits,
                             CodebookKind kind);
 
-// The loss table of a (resolved) configuration, built from the session's artifacts. Session::table caches it.
+// The loss table of a (resolved) configuration, built from the session's artifacts. Session::table caches it. A
+// K-FAC measured table with the option prefilter comes back with predictions and no entry measured: each budget
+// measures its own entries in quantize_model (Note [Option prefilter] in table/option_prefilter.h).
 LossTable build_table(Session& session, const MethodConfig& config);
 
 // Fails before any table is built or file written when a budget cannot be met (InfeasibleBudget, from the

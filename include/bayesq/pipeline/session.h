@@ -82,10 +82,12 @@ class Session {
 
   // The loss table the allocator reads for this (resolved) configuration, built on first use.
   const LossTable& table(const MethodConfig& config);
+  // The same table, for measuring entries the option prefilter left unmeasured (quantize_model.cpp).
+  LossTable& table_to_extend(const MethodConfig& config);
 
   // Quantized options kept from building a measured table, per table key: the joint refinement and the final pass
   // take them from here instead of quantizing (for K-FAC, running the feedback) again, and so use exactly the
-  // blocks the table measured. Bounded by kMaxKeptOptionBytes over the session; past it nothing more is kept and
+  // blocks the table measured. Options of a block already kept stay as they are; new ones are added. Bounded by kMaxKeptOptionBytes over the session; past it nothing more is kept and
   // callers quantize again (option_block() in quantize_model.h does either).
   void keep_options(const std::string& table_key, std::size_t block, const std::vector<QuantizedBlock>& options);
   const QuantizedBlock* kept_option(const std::string& table_key, std::size_t block, int bits,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -25,13 +26,21 @@ struct LossEntry {
   double plugin_loss = 0.0;    // tau = 0
   BlockCost cost;
   int64_t lloyd_fallbacks = 0; // codebooks where uniform levels beat Lloyd's
+  // Measured tables with the option prefilter (Note [Option prefilter] in table/option_prefilter.h): whether
+  // expected_loss has been measured (an entry no budget's window reached has not), and the loss the prefilter
+  // predicted for it (NaN where none was).
+  bool measured = true;
+  double predicted_loss = std::numeric_limits<double>::quiet_NaN();
 };
 
 struct BlockLosses {
   std::string name;
   int64_t rows = 0, cols = 0;
   std::vector<LossEntry> entries;  // candidates x kinds, bits ascending within each kind
-  bool monotone = true;            // expected loss non-increasing in bits for every kind
+  bool monotone = true;            // expected loss non-increasing in bits for every kind (measured entries)
+  // The prefilter may leave entries of this block unmeasured: its predictions are on the measured KL's scale
+  // (false: every entry is measured when the block is).
+  bool prefilter = false;
   int64_t numel() const { return rows * cols; }
 };
 
