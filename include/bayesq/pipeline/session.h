@@ -87,8 +87,9 @@ class Session {
 
   // Quantized options kept from building a measured table, per table key: the joint refinement and the final pass
   // take them from here instead of quantizing (for K-FAC, running the feedback) again, and so use exactly the
-  // blocks the table measured. Options of a block already kept stay as they are; new ones are added. Bounded by kMaxKeptOptionBytes over the session; past it nothing more is kept and
-  // callers quantize again (option_block() in quantize_model.h does either).
+  // blocks the table measured. Options of a block already kept stay as they are; new ones are added. Bounded by
+  // kMaxKeptOptionBytes over the session; past it nothing more is kept and callers quantize again (option_block()
+  // in quantize_model.h does either).
   void keep_options(const std::string& table_key, std::size_t block, const std::vector<QuantizedBlock>& options);
   const QuantizedBlock* kept_option(const std::string& table_key, std::size_t block, int bits,
                                     CodebookKind kind) const;
