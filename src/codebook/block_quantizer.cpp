@@ -184,6 +184,27 @@ QuantizedBlock quantize_block_rtn(const BlockWeights& block, int bits, int64_t g
                        });
 }
 
+std::vector<std::vector<Codebook>> minmax_codebooks(const BlockWeights& block, const std::vector<int>& bits,
+                                                    int64_t group_size) {
+  for (int b : bits) BQ_ASSERT(b >= kMinBits && b <= kMaxBits, "bits = ", b);
+  const int64_t group = effective_group_size(block.cols, group_size);
+  const int64_t groups = groups_per_row(block.cols, group_size);
+  const std::size_t tasks = static_cast<std::size_t>(block.rows * groups);
+  std::vector<std::vector<Codebook>> out(bits.size(), std::vector<Codebook>(tasks));
+  parallel_for(tasks, [&](std::size_t t) {
+    const int64_t r = static_cast<int64_t>(t) / groups;
+    const int64_t c0 = (static_cast<int64_t>(t) % groups) * group;
+    const int64_t len = std::min(group, block.cols - c0);
+    const float* w = block.weights + r * block.cols + c0;
+    // quantize_block_rtn reads these ends off the sorted row: the same floats, widened to double.
+    const double lo = len ? double(*std::min_element(w, w + len)) : 0.0;
+    const double hi = len ? double(*std::max_element(w, w + len)) : 0.0;
+    for (std::size_t k = 0; k < bits.size(); ++k)
+      out[k][t] = Codebook::uniform_asymmetric(bits[k], (hi - lo) / double((1 << bits[k]) - 1), lo);
+  });
+  return out;
+}
+
 void write_block(ByteWriter& out, const QuantizedBlock& block) {
   out.put<int32_t>(block.bits);
   out.put<int32_t>(static_cast<int32_t>(block.kind));

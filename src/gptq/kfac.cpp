@@ -111,15 +111,15 @@ std::vector<double> predicted_option_losses(const BlockWeights& weights, const B
                                             const LayerStats& stats, const std::vector<int>& bits,
                                             int64_t group_size, const GptqParams& gptq, double damp,
                                             const torch::Device& device) {
-  std::vector<QuantizedBlock> grids;
-  for (int b : bits) grids.push_back(quantize_block_rtn(weights, b, group_size));
   std::vector<double> out;
   if (!stats.captured) {
-    for (const QuantizedBlock& g : grids) out.push_back(g.expected_loss);
+    for (int b : bits) out.push_back(quantize_block_rtn(weights, b, group_size).expected_loss);
     return out;
   }
+  const std::vector<std::vector<Codebook>> grids = minmax_codebooks(weights, bits, group_size);
   std::vector<FeedbackOption> options;
-  for (const QuantizedBlock& g : grids) options.push_back({g.bits, g.kind, &g.codebooks});
+  for (std::size_t k = 0; k < bits.size(); ++k)
+    options.push_back({bits[k], CodebookKind::uniform_asymmetric, &grids[k]});
   const torch::Tensor w = weight_rows(weights, device);
   const std::vector<QuantizedBlock> fed =
       quantize_with_feedback_options(w, info, stats, options, group_size, gptq);

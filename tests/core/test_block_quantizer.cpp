@@ -192,3 +192,32 @@ TEST(BlockQuantizer, BlockBytesReadBackToTheSameBlock) {
       },
       InternalError);
 }
+
+// The option prefilter's grids: quantize_block_rtn's codebooks at every width, field for field, from one scan.
+TEST(Rtn, MinmaxCodebooksAreRtnsCodebooks) {
+  const int64_t rows = 7, cols = 45;
+  std::vector<float> w = random_weights(static_cast<std::size_t>(rows * cols), 17);
+  w[3] = 0.9f;                                                  // an outlier sets one row's max
+  std::fill(w.begin() + cols, w.begin() + 2 * cols, 0.25f);     // a constant row: zero range
+  const std::vector<float> p = random_precision(w.size(), 18);  // ignored by the grid, as by RTN's
+  const std::vector<int> bits = {1, 2, 3, 4, 5, 6, 8};
+  for (int64_t group_size : {int64_t(0), int64_t(16)}) {        // 45 = 16 + 16 + 13: a short last group
+    const BlockWeights block{w.data(), p.data(), rows, cols};
+    const std::vector<std::vector<Codebook>> grids = minmax_codebooks(block, bits, group_size);
+    ASSERT_EQ(grids.size(), bits.size());
+    for (std::size_t k = 0; k < bits.size(); ++k) {
+      const QuantizedBlock rtn = quantize_block_rtn(block, bits[k], group_size);
+      ASSERT_EQ(grids[k].size(), rtn.codebooks.size()) << bits[k];
+      for (std::size_t t = 0; t < rtn.codebooks.size(); ++t) {
+        const Codebook& a = grids[k][t];
+        const Codebook& b = rtn.codebooks[t];
+        EXPECT_EQ(a.kind, b.kind);
+        EXPECT_EQ(a.bits, b.bits);
+        EXPECT_EQ(a.scale, b.scale) << bits[k] << " bits, group " << t;
+        EXPECT_EQ(a.offset, b.offset) << bits[k] << " bits, group " << t;
+        EXPECT_EQ(a.levels, b.levels) << bits[k] << " bits, group " << t;
+        EXPECT_EQ(a.boundaries, b.boundaries) << bits[k] << " bits, group " << t;
+      }
+    }
+  }
+}

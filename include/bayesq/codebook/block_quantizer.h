@@ -78,6 +78,12 @@ std::vector<QuantizedBlock> quantize_block_options(const BlockWeights& block,
 // Round-to-nearest baseline: per-row asymmetric min-max uniform grid (METHOD.md §6 `rtn`), fp16 metadata.
 QuantizedBlock quantize_block_rtn(const BlockWeights& block, int bits, int64_t group_size);
 
+// quantize_block_rtn's codebooks alone at each of `bits` (rows * groups_per_row each, row-major), bit for bit the
+// same: one min-max scan per row or group for all widths, no sorted row, codes or losses (the option prefilter's
+// grids, whose codes the error feedback chooses).
+std::vector<std::vector<Codebook>> minmax_codebooks(const BlockWeights& block, const std::vector<int>& bits,
+                                                    int64_t group_size);
+
 // Losses of one (row or group) codebook design without keeping codes: used to fill loss tables.
 struct DesignedLoss {
   double expected = 0.0;

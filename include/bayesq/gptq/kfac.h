@@ -54,9 +54,9 @@ std::vector<QuantizedBlock> feed_back_kfac_options(KfacDesigns designs, const Bl
                                                    const torch::Device& device, KfacOptionTimes* times = nullptr);
 
 // The option prefilter's predicted loss of the block at each of `bits` (Note [Option prefilter] in
-// table/option_prefilter.h): the min-max grid at that width (quantize_block_rtn) with its codes chosen by the
-// error feedback, all widths in one stacked pass, scored by kfac_loss's metric with `damp`; without statistics,
-// the grid's own weighted squared error. One value per entry of `bits`.
+// table/option_prefilter.h): the min-max grid at that width (quantize_block_rtn's, from minmax_codebooks) with its
+// codes chosen by the error feedback, all widths in one stacked pass, scored by kfac_loss's metric with `damp`;
+// without statistics, the grid's own weighted squared error. One value per entry of `bits`.
 std::vector<double> predicted_option_losses(const BlockWeights& weights, const BlockInfo& info,
                                             const LayerStats& stats, const std::vector<int>& bits,
                                             int64_t group_size, const GptqParams& gptq, double damp,
