@@ -196,9 +196,14 @@ std::vector<std::vector<Codebook>> minmax_codebooks(const BlockWeights& block, c
     const int64_t c0 = (static_cast<int64_t>(t) % groups) * group;
     const int64_t len = std::min(group, block.cols - c0);
     const float* w = block.weights + r * block.cols + c0;
-    // quantize_block_rtn reads these ends off the sorted row: the same floats, widened to double.
-    const double lo = len ? double(*std::min_element(w, w + len)) : 0.0;
-    const double hi = len ? double(*std::max_element(w, w + len)) : 0.0;
+    // quantize_block_rtn reads these ends off the stably sorted row: its first and last element, so among equal
+    // values (0.0 and -0.0) the first smallest and the last largest, widened to double.
+    float first_min = len ? w[0] : 0.0f, last_max = len ? w[0] : 0.0f;
+    for (int64_t e = 1; e < len; ++e) {
+      if (w[e] < first_min) first_min = w[e];
+      if (!(w[e] < last_max)) last_max = w[e];
+    }
+    const double lo = double(first_min), hi = double(last_max);
     for (std::size_t k = 0; k < bits.size(); ++k)
       out[k][t] = Codebook::uniform_asymmetric(bits[k], (hi - lo) / double((1 << bits[k]) - 1), lo);
   });

@@ -199,6 +199,7 @@ TEST(Rtn, MinmaxCodebooksAreRtnsCodebooks) {
   std::vector<float> w = random_weights(static_cast<std::size_t>(rows * cols), 17);
   w[3] = 0.9f;                                                  // an outlier sets one row's max
   std::fill(w.begin() + cols, w.begin() + 2 * cols, 0.25f);     // a constant row: zero range
+  for (int64_t c = 0; c < cols; ++c) w[static_cast<std::size_t>(2 * cols + c)] = c % 2 ? 0.0f : -0.0f;  // signed zeros
   const std::vector<float> p = random_precision(w.size(), 18);  // ignored by the grid, as by RTN's
   const std::vector<int> bits = {1, 2, 3, 4, 5, 6, 8};
   for (int64_t group_size : {int64_t(0), int64_t(16)}) {        // 45 = 16 + 16 + 13: a short last group
