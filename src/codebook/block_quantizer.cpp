@@ -174,11 +174,18 @@ QuantizedBlock quantize_block(const BlockWeights& block, int bits, const Quantiz
                        [&](const WeightedRow& row, DesignStats* stats) { return design_codebook(row, bits, params, stats); });
 }
 
+namespace {
+// The min-max grid of a row or group whose smallest and largest weights are lo and hi (RTN's, the prefilter's).
+Codebook minmax_codebook(int bits, double lo, double hi) {
+  return Codebook::uniform_asymmetric(bits, (hi - lo) / double((1 << bits) - 1), lo);
+}
+}  // namespace
+
 QuantizedBlock quantize_block_rtn(const BlockWeights& block, int bits, int64_t group_size) {
   return quantize_with(block, bits, CodebookKind::uniform_asymmetric, group_size, 0.0,
                        [&](const WeightedRow& row, DesignStats* stats) {
                          const double lo = row.size() ? row.min() : 0.0, hi = row.size() ? row.max() : 0.0;
-                         Codebook cb = Codebook::uniform_asymmetric(bits, (hi - lo) / double((1 << bits) - 1), lo);
+                         Codebook cb = minmax_codebook(bits, lo, hi);
                          stats->loss = expected_loss(cb, row);
                          return cb;
                        });
@@ -204,8 +211,7 @@ std::vector<std::vector<Codebook>> minmax_codebooks(const BlockWeights& block, c
       if (!(w[e] < last_max)) last_max = w[e];
     }
     const double lo = double(first_min), hi = double(last_max);
-    for (std::size_t k = 0; k < bits.size(); ++k)
-      out[k][t] = Codebook::uniform_asymmetric(bits[k], (hi - lo) / double((1 << bits[k]) - 1), lo);
+    for (std::size_t k = 0; k < bits.size(); ++k) out[k][t] = minmax_codebook(bits[k], lo, hi);
   });
   return out;
 }

@@ -122,15 +122,15 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     }
     forward.set_block(info.name, original);
     suffix.reset();
+    // Each measured entry against the measured entry before it of the same kind (a kind's entries are consecutive).
     table.blocks[b].monotone = true;
-    for (std::size_t i = 0; i < entries.size(); ++i)  // against the measured entry of the kind below, if any
-      for (std::size_t j = i; j-- > 0;) {
-        if (entries[j].kind != entries[i].kind || !entries[j].measured) continue;
-        if (entries[i].measured && entries[i].bits > entries[j].bits &&
-            entries[i].expected_loss > entries[j].expected_loss)
-          table.blocks[b].monotone = false;
-        break;
-      }
+    const LossEntry* before = nullptr;
+    for (const LossEntry& e : entries) {
+      if (!e.measured) continue;
+      if (before && before->kind == e.kind && e.bits > before->bits && e.expected_loss > before->expected_loss)
+        table.blocks[b].monotone = false;
+      before = &e;
+    }
     progress.advance();
   }
   progress.finish();
