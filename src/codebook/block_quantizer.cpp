@@ -216,6 +216,38 @@ std::vector<std::vector<Codebook>> minmax_codebooks(const BlockWeights& block, c
   return out;
 }
 
+int64_t max_distinct_per_group(const BlockWeights& weights, int64_t group_size, int64_t cap) {
+  BQ_ASSERT(cap >= 0, "cap = ", cap);
+  const int64_t group = effective_group_size(weights.cols, group_size);
+  const int64_t groups = groups_per_row(weights.cols, group_size);
+  const std::size_t tasks = static_cast<std::size_t>(weights.rows * groups);
+  std::vector<int64_t> distinct(tasks, 0);
+  parallel_for(tasks, [&](std::size_t t) {
+    const int64_t r = static_cast<int64_t>(t) / groups;
+    const int64_t c0 = (static_cast<int64_t>(t) % groups) * group;
+    const int64_t len = std::min(group, weights.cols - c0);
+    const float* w = weights.weights + r * weights.cols + c0;
+    auto count = [](std::vector<float>& v) {  // distinct values (0.0 and -0.0 are one: a level holds both)
+      std::sort(v.begin(), v.end());
+      int64_t n = v.empty() ? 0 : 1;
+      for (std::size_t i = 1; i < v.size(); ++i) n += v[i] != v[i - 1] ? 1 : 0;
+      return n;
+    };
+    // The first cap + 1 weights decide it for almost every float row (all distinct): a sort of the whole group
+    // only where those hold a repeat.
+    std::vector<float> head(w, w + std::min(len, cap + 1));
+    int64_t n = count(head);
+    if (n <= cap && len > cap + 1) {
+      std::vector<float> all(w, w + len);
+      n = count(all);
+    }
+    distinct[t] = std::min(n, cap + 1);
+  });
+  int64_t most = 0;
+  for (int64_t n : distinct) most = std::max(most, n);
+  return most;
+}
+
 void write_block(ByteWriter& out, const QuantizedBlock& block) {
   out.put<int32_t>(block.bits);
   out.put<int32_t>(static_cast<int32_t>(block.kind));

@@ -1,5 +1,6 @@
 #include "bayesq/gptq/kfac.h"
 
+#include <algorithm>
 #include <optional>
 
 #include <torch/torch.h>
@@ -108,23 +109,53 @@ std::vector<QuantizedBlock> kfac_option_blocks(const BlockWeights& weights, cons
 }
 
 std::vector<double> predicted_option_losses(const BlockWeights& weights, const BlockInfo& info,
-                                            const LayerStats& stats, const std::vector<int>& bits,
-                                            int64_t group_size, const GptqParams& gptq, double damp,
-                                            const torch::Device& device) {
-  std::vector<double> out;
-  if (!stats.captured) {
-    for (int b : bits) out.push_back(quantize_block_rtn(weights, b, group_size).expected_loss);
-    return out;
+                                            const LayerStats& stats,
+                                            const std::vector<std::pair<int, CodebookKind>>& choices,
+                                            int64_t group_size, const GptqParams& gptq, const torch::Device& device) {
+  std::vector<int> bits;  // the distinct widths, in the order first asked
+  int widest_lloyd = 0;
+  for (const auto& [b, kind] : choices) {
+    if (std::find(bits.begin(), bits.end(), b) == bits.end()) bits.push_back(b);
+    if (kind == CodebookKind::lloyd) widest_lloyd = std::max(widest_lloyd, b);
   }
-  const std::vector<std::vector<Codebook>> grids = minmax_codebooks(weights, bits, group_size);
-  std::vector<FeedbackOption> options;
-  for (std::size_t k = 0; k < bits.size(); ++k)
-    options.push_back({bits[k], CodebookKind::uniform_asymmetric, &grids[k]});
-  const torch::Tensor w = weight_rows(weights, device);
-  const std::vector<QuantizedBlock> fed =
-      quantize_with_feedback_options(w, info, stats, options, group_size, gptq);
-  const KfacMetric metric(stats, info.rows(), damp, device);
-  for (const QuantizedBlock& q : fed) out.push_back(metric.loss(dequantized_rows(q, device) - w));
+  auto width_index = [&](int b) { return static_cast<std::size_t>(std::find(bits.begin(), bits.end(), b) - bits.begin()); };
+  std::vector<double> per_width;
+  std::optional<KfacMetric> metric;
+  torch::Tensor w;
+  if (!stats.captured) {
+    for (int b : bits) per_width.push_back(quantize_block_rtn(weights, b, group_size).expected_loss);
+  } else {
+    const std::vector<std::vector<Codebook>> grids = minmax_codebooks(weights, bits, group_size);
+    std::vector<FeedbackOption> options;
+    for (std::size_t k = 0; k < bits.size(); ++k)
+      options.push_back({bits[k], CodebookKind::uniform_asymmetric, &grids[k]});
+    w = weight_rows(weights, device);
+    const std::vector<QuantizedBlock> fed =
+        quantize_with_feedback_options(w, info, stats, options, group_size, gptq);
+    metric.emplace(stats, info.rows(), /*damp=*/0.0, device);
+    for (const QuantizedBlock& q : fed) per_width.push_back(metric->loss(dequantized_rows(q, device) - w));
+  }
+  // Lloyd tables wide enough to hold every group: the weights at their fp16 levels.
+  const int64_t distinct =
+      widest_lloyd > 0 ? max_distinct_per_group(weights, group_size, int64_t(1) << widest_lloyd) : 0;
+  double held = 0.0;
+  if (widest_lloyd > 0 && distinct <= (int64_t(1) << widest_lloyd)) {
+    if (metric) {
+      held = metric->loss(w.to(torch::kFloat16).to(torch::kFloat32) - w);
+    } else {
+      const torch::Tensor cpu = torch::from_blob(const_cast<float*>(weights.weights), {weights.rows, weights.cols});
+      const torch::Tensor d = cpu.to(torch::kFloat16).to(torch::kFloat32) - cpu;
+      const torch::Tensor p = weights.precision
+                                  ? torch::from_blob(const_cast<float*>(weights.precision), {weights.rows, weights.cols})
+                                  : torch::ones_like(d);
+      held = 0.5 * (p.to(torch::kFloat64) * d.to(torch::kFloat64).square()).sum().item<double>();
+    }
+  }
+  std::vector<double> out;
+  for (const auto& [b, kind] : choices)
+    out.push_back(kind == CodebookKind::lloyd && distinct <= (int64_t(1) << b) && widest_lloyd > 0
+                      ? std::min(held, per_width[width_index(b)])
+                      : per_width[width_index(b)]);
   return out;
 }
 

@@ -227,15 +227,11 @@ void predict_options(Session& session, const MethodConfig& config, LossTable& ta
     block.prefilter = session.kfac_stats()[b].captured;
     for (LossEntry& e : block.entries) e.measured = false;
     if (owner[b] != world.rank()) continue;
-    std::vector<int> bits;
-    for (const LossEntry& e : block.entries)
-      if (std::find(bits.begin(), bits.end(), e.bits) == bits.end()) bits.push_back(e.bits);
     const LayerStats& stats = session.kfac_stats()[b];
     const std::vector<double> losses = predicted_option_losses(
-        session.weights(b, &session.kfac_precision(config.posterior.damp)[b]), index.blocks[b], stats, bits,
-        config.table.quantizer.group_size, config.gptq, config.posterior.damp, session.compute().device);
-    for (LossEntry& e : block.entries)
-      e.predicted_loss = losses[static_cast<std::size_t>(std::find(bits.begin(), bits.end(), e.bits) - bits.begin())];
+        session.weights(b, &session.kfac_precision(config.posterior.damp)[b]), index.blocks[b], stats,
+        entry_choices(block), config.table.quantizer.group_size, config.gptq, session.compute().device);
+    for (std::size_t e = 0; e < block.entries.size(); ++e) block.entries[e].predicted_loss = losses[e];
   }
   if (world.distributed()) {
     ByteWriter mine;

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <tuple>
@@ -220,5 +221,32 @@ TEST(Rtn, MinmaxCodebooksAreRtnsCodebooks) {
         EXPECT_EQ(a.boundaries, b.boundaries) << bits[k] << " bits, group " << t;
       }
     }
+  }
+}
+
+// Oracle: a sorted copy of each group, counted by hand.
+TEST(BlockQuantizer, MaxDistinctPerGroupCountsWhatASortedCopyHolds) {
+  const int64_t rows = 9, cols = 45;
+  std::mt19937 rng(5);
+  std::vector<float> w(static_cast<std::size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    const int values = 1 + static_cast<int>(r) * 4;  // row r draws from 1, 5, 9, ... values
+    std::uniform_int_distribution<int> pick(0, values - 1);
+    for (int64_t c = 0; c < cols; ++c) w[static_cast<std::size_t>(r * cols + c)] = 0.125f * float(pick(rng));
+  }
+  w[5] = -0.0f;  // equal to 0.0: one value
+  for (int64_t group_size : {int64_t(0), int64_t(16)}) {
+    int64_t truth = 0;
+    const int64_t group = group_size ? group_size : cols;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c0 = 0; c0 < cols; c0 += group) {
+        std::vector<float> v(w.begin() + r * cols + c0, w.begin() + r * cols + std::min(cols, c0 + group));
+        std::sort(v.begin(), v.end());
+        truth = std::max<int64_t>(truth, std::unique(v.begin(), v.end()) - v.begin());
+      }
+    const BlockWeights block{w.data(), nullptr, rows, cols};
+    for (int64_t cap : {int64_t(2), int64_t(8), int64_t(16), int64_t(40), int64_t(64)})
+      EXPECT_EQ(max_distinct_per_group(block, group_size, cap), std::min(truth, cap + 1))
+          << "group " << group_size << ", cap " << cap;
   }
 }

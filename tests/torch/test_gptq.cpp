@@ -585,3 +585,95 @@ TEST(Gptq, DesignQueueGivesEachBlocksDesignsInOrderWithinItsBound) {
   }
   EXPECT_THROW(queue.take(7), std::runtime_error);
 }
+
+// Note [Option prefilter]: a prediction is the min-max grid fed back and scored in the K-FAC metric without
+// damping. Oracle: the same feedback run here one width per pass, scored by its own metric. And an input that is
+// never non-zero (zero row and column of A) costs nothing: the prediction does not move when that column's weights
+// do (kept inside each row's range, so the grids stay the same), where a damped metric charges them at every width.
+TEST(Gptq, PredictionIsTheFedBackMinmaxGridAndIgnoresDeadInputs) {
+  Fixture f("separable.pt", "separable_calib.pt", "", /*gradients=*/true);
+  const std::size_t b = f.block("fc.weight");
+  const BlockInfo& info = f.index.blocks[b];
+  LayerStats stats = f.calib[b];
+  ASSERT_TRUE(stats.captured);
+  const torch::Tensor rows = f.rows(b).contiguous();
+  const int64_t n = rows.size(0), cols = rows.size(1);
+  // A column that is neither the smallest nor the largest weight of any row.
+  const torch::Tensor extreme = (rows == rows.amin(1, true)) | (rows == rows.amax(1, true));
+  const torch::Tensor free_columns = torch::nonzero(extreme.any(0).logical_not()).flatten();
+  ASSERT_GT(free_columns.numel(), 0);
+  const int64_t dead = free_columns[0].item<int64_t>();
+  torch::Tensor a = stats.input_moment[0].clone();
+  a.select(0, dead).zero_();
+  a.select(1, dead).zero_();
+  stats.input_moment[0] = a;
+  torch::Tensor moved = rows.clone();
+  moved.select(1, dead).copy_(0.5 * (rows.amin(1) + rows.amax(1)));
+  ASSERT_FALSE(torch::equal(moved, rows));
+  const std::vector<std::pair<int, CodebookKind>> choices = {
+      {2, CodebookKind::uniform_asymmetric}, {3, CodebookKind::uniform_asymmetric},
+      {4, CodebookKind::uniform_asymmetric}, {8, CodebookKind::uniform_asymmetric}};
+  const GptqParams gp;
+  auto predict = [&](const torch::Tensor& w) {
+    const BlockWeights weights{w.data_ptr<float>(), nullptr, n, cols};
+    return predicted_option_losses(weights, info, stats, choices, 0, gp, torch::kCPU);
+  };
+  const std::vector<double> predicted = predict(rows), predicted_moved = predict(moved);
+  const KfacMetric undamped(stats, n, 0.0, torch::kCPU);
+  for (std::size_t k = 0; k < choices.size(); ++k) {
+    const int bits = choices[k].first;
+    const BlockWeights weights{rows.data_ptr<float>(), nullptr, n, cols};
+    const QuantizedBlock grid = quantize_block_rtn(weights, bits, 0);
+    const QuantizedBlock fed = quantize_with_feedback_options(rows, info, stats, {{bits, grid.kind, &grid.codebooks}},
+                                                              0, gp).front();
+    EXPECT_DOUBLE_EQ(predicted[k], undamped.loss(dequantized_rows(fed, torch::kCPU) - rows)) << bits << " bits";
+    EXPECT_EQ(predicted_moved[k], predicted[k]) << bits << " bits";
+  }
+  EXPECT_LT(predicted.back(), 1e-3 * predicted.front());  // no floor: 8 bits far below 2 bits
+}
+
+// A Lloyd table of 2^b levels holds a row of at most 2^b distinct weights exactly (the quickstart CNN's and
+// ResNet-50's stems: rows of 9 weights), which the uniform grids do not tell: such choices are predicted as the
+// weights at their fp16 levels. Oracle: the Lloyd option itself, designed and fed back, decodes to exactly those.
+TEST(Gptq, PredictionKnowsLloydTablesHoldRowsOfFewDistinctWeights) {
+  Fixture f("separable.pt", "separable_calib.pt", "", /*gradients=*/true);
+  const std::size_t b = f.block("pw2.weight");
+  const BlockInfo& info = f.index.blocks[b];
+  const LayerStats& stats = f.calib[b];
+  ASSERT_TRUE(stats.captured);
+  // Each row's weights moved to the nearest of four unevenly spaced values (multiples of the row's spread, far
+  // apart against fp16's steps): four distinct per row.
+  torch::Tensor rows = f.rows(b).contiguous().clone();
+  const int64_t n = rows.size(0), cols = rows.size(1);
+  ASSERT_GT(cols, 8);
+  const torch::Tensor multiples = torch::tensor({-1.3f, -0.2f, 0.5f, 1.7f});
+  for (int64_t r = 0; r < n; ++r) {
+    const torch::Tensor values = multiples * rows[r].std();
+    const torch::Tensor nearest = (rows[r].unsqueeze(1) - values.unsqueeze(0)).abs().argmin(1);
+    rows[r].copy_(values.index_select(0, nearest));
+  }
+  const std::vector<float> precision = kfac_precision(stats, info, 0.01);
+  const BlockWeights weights{rows.data_ptr<float>(), precision.data(), n, cols};
+  EXPECT_EQ(max_distinct_per_group(weights, 0, 256), 4);
+  const std::vector<std::pair<int, CodebookKind>> choices = {
+      {1, CodebookKind::lloyd}, {1, CodebookKind::uniform_asymmetric}, {2, CodebookKind::lloyd},
+      {2, CodebookKind::uniform_asymmetric}, {3, CodebookKind::lloyd}};
+  const GptqParams gp;
+  const std::vector<double> p = predicted_option_losses(weights, info, stats, choices, 0, gp, torch::kCPU);
+  const torch::Tensor held = rows.to(torch::kFloat16).to(torch::kFloat32);
+  const KfacMetric undamped(stats, n, 0.0, torch::kCPU);
+  EXPECT_DOUBLE_EQ(p[2], undamped.loss(held - rows));
+  EXPECT_EQ(p[4], p[2]);
+  EXPECT_EQ(p[0], p[1]);              // 1 bit: two levels cannot hold four values; the grid's prediction
+  EXPECT_LT(p[2], 1e-3 * p[3]);       // uneven values: the uniform grid does not hold them
+  QuantizerParams qp;
+  const QuantizedBlock lloyd =
+      kfac_option_blocks(weights, info, stats, {{2, CodebookKind::lloyd}}, qp, gp, torch::kCPU).front();
+  // The feedback zeroes the weights of inputs that are never non-zero (GPTQ's dead columns, which cost nothing);
+  // every other weight decodes to its fp16 level, and the option's loss is the prediction.
+  const torch::Tensor live = stats.input_moment[0].diagonal() != 0;
+  ASSERT_GT(live.sum().item<int64_t>(), 0);
+  const torch::Tensor got = dequantized_rows(lloyd, torch::kCPU);
+  EXPECT_TRUE(torch::equal(got.index({torch::indexing::Slice(), live}), held.index({torch::indexing::Slice(), live})));
+  EXPECT_DOUBLE_EQ(undamped.loss(got - rows), p[2]);
+}

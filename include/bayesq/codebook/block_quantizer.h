@@ -84,6 +84,11 @@ QuantizedBlock quantize_block_rtn(const BlockWeights& block, int bits, int64_t g
 std::vector<std::vector<Codebook>> minmax_codebooks(const BlockWeights& block, const std::vector<int>& bits,
                                                     int64_t group_size);
 
+// The largest number of distinct weights in one row or group of `group_size` columns (0: whole rows), counted up
+// to `cap`: a value above `cap` means "more than cap". A Lloyd table of at least that many levels holds every
+// group exactly.
+int64_t max_distinct_per_group(const BlockWeights& weights, int64_t group_size, int64_t cap);
+
 // Losses of one (row or group) codebook design without keeping codes: used to fill loss tables.
 struct DesignedLoss {
   double expected = 0.0;

@@ -53,14 +53,18 @@ std::vector<QuantizedBlock> feed_back_kfac_options(KfacDesigns designs, const Bl
                                                    const QuantizerParams& quantizer, const GptqParams& gptq,
                                                    const torch::Device& device, KfacOptionTimes* times = nullptr);
 
-// The option prefilter's predicted loss of the block at each of `bits` (Note [Option prefilter] in
+// The option prefilter's predicted loss of the block at each of `choices` (Note [Option prefilter] in
 // table/option_prefilter.h): the min-max grid at that width (quantize_block_rtn's, from minmax_codebooks) with its
-// codes chosen by the error feedback, all widths in one stacked pass, scored by kfac_loss's metric with `damp`;
-// without statistics, the grid's own weighted squared error. One value per entry of `bits`.
+// codes chosen by the error feedback, all widths in one stacked pass, whatever the kind; except that a Lloyd table
+// of 2^b levels holds a row (or group) of at most 2^b distinct weights exactly, so there a Lloyd choice is
+// predicted as the weights rounded to its fp16 levels. Scored by kfac_loss's metric without damping: the measured
+// KL it predicts does not charge weights whose inputs are never non-zero (the feedback zeroes them), and the
+// damping would put a floor under every width of such a block. Without statistics, the grid's own weighted
+// squared error. One value per choice.
 std::vector<double> predicted_option_losses(const BlockWeights& weights, const BlockInfo& info,
-                                            const LayerStats& stats, const std::vector<int>& bits,
-                                            int64_t group_size, const GptqParams& gptq, double damp,
-                                            const torch::Device& device);
+                                            const LayerStats& stats,
+                                            const std::vector<std::pair<int, CodebookKind>>& choices,
+                                            int64_t group_size, const GptqParams& gptq, const torch::Device& device);
 
 // Scores a block's table entries (in entry order, as `blocks`) by the K-FAC metric of their weight error
 // (kfac_loss in feedback.h), or by the codebook's own expected loss where the block has no statistics, and sets

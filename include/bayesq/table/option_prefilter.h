@@ -4,8 +4,9 @@
 // default: 756 forwards on ResNet-50) and designs every option's codebooks, although an allocation at one budget
 // takes one option per block and the joint refinement looks one bit-width either side of it. The prefilter first
 // predicts every option's loss cheaply: the block's min-max grid at each candidate bit-width, fed back along the
-// K-FAC metric in one stacked pass (GPTQ's quantizer at that width), scored in that metric
-// (predicted_option_losses in gptq/kfac.h). The allocator runs on those predictions for the budget, and each
+// K-FAC metric in one stacked pass (GPTQ's quantizer at that width), scored in that metric without its damping
+// (the measured KL does not charge inputs that are never non-zero), except that a Lloyd table wide enough to hold
+// every row's distinct weights is predicted to hold them (predicted_option_losses in gptq/kfac.h). The allocator runs on those predictions for the budget, and each
 // block's options within `window` candidate bit-widths of its predicted choice, of every codebook kind, are
 // designed and measured; the budget's allocation then chooses among those alone. Blocks whose predictions are not
 // on the KL's scale (no K-FAC statistics) have every option measured.
