@@ -52,7 +52,8 @@ void to_full_table(const LossTable& table, Allocation& allocation) {
 JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
                                   const LossTable& table, const Allocation& start, const AllocationParams& params,
                                   const JointParams& joint, const MeasureParams& measure, const OptionBlock& option,
-                                  const Compute& compute, const std::string& model_path, const World* world) {
+                                  const Compute& compute, const std::string& model_path, const World* world,
+                                  const OptionsAhead& ahead) {
   const auto t0 = Clock::now();
   BQ_ASSERT(start.blocks.size() == index.blocks.size() && table.blocks.size() == index.blocks.size(),
             "joint allocation: table, allocation and index disagree");
@@ -125,6 +126,12 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
       const BlockChoice& c = out.allocation.blocks[b];
       if (owner[b] == me) {
         // Two trials or more: from the block's cached prefix (Note [Cached prefix]), the others as they are now.
+        if (ahead && trials[b] > 0) {
+          std::vector<int> asked;
+          for (int i : full_entry[b])
+            if (i != c.entry) asked.push_back(i);
+          ahead(b, asked);
+        }
         std::unique_ptr<SuffixForward> suffix;
         if (trials[b] >= 2 && measure.prefix_on(compute.device.is_cpu()))
           suffix = SuffixForward::build(work, table.blocks[b].name, data, out.examples, compute);

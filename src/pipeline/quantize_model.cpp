@@ -461,9 +461,20 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
       const LossEntry& e = loss_table.blocks[b].entries[static_cast<std::size_t>(entry)];
       return option_block(session, config, b, e.bits, e.kind);
     };
+    // Options no table measurement quantized (outside this budget's prefilter windows) are quantized together per
+    // block and kept: one stacked feedback pass, and none quantized again when chosen, measured or written.
+    const std::string key = table_key(config).dump();
+    const OptionsAhead ahead = [&](std::size_t b, const std::vector<int>& entries) {
+      std::vector<std::pair<int, CodebookKind>> missing;
+      for (int i : entries) {
+        const LossEntry& e = loss_table.blocks[b].entries[static_cast<std::size_t>(i)];
+        if (!session.kept_option(key, b, e.bits, e.kind)) missing.emplace_back(e.bits, e.kind);
+      }
+      if (!missing.empty()) session.keep_options(key, b, option_blocks(session, config, b, missing));
+    };
     JointRefinement joint = refine_allocation(session.model().module, index, session.measurement(), loss_table,
                                               *out.allocation, ap, config.joint, config.measure, option,
-                                              session.compute(), session.inputs().model, &session.world());
+                                              session.compute(), session.inputs().model, &session.world(), ahead);
     out.allocation = std::move(joint.allocation);
     out.joint = std::move(joint);
     if (!ap.allowed_entries.empty()) {

@@ -33,6 +33,9 @@ namespace bayesq {
 
 // The quantized block of entry `entry` of table block `block`, exactly as the final model will have it.
 using OptionBlock = std::function<QuantizedBlock(std::size_t block, int entry)>;
+// Told, before a block's trials of a round, every entry they will ask OptionBlock for: a caller that quantizes
+// options several at a time (a K-FAC block's options share one stacked feedback pass) makes them here at once.
+using OptionsAhead = std::function<void(std::size_t block, const std::vector<int>& entries)>;
 
 struct JointRound {
   double predicted_kl = 0.0;   // the linearisation's J of the round's allocation
@@ -62,7 +65,7 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
                                   const LossTable& table, const Allocation& start, const AllocationParams& params,
                                   const JointParams& joint, const MeasureParams& measure, const OptionBlock& option,
                                   const Compute& compute, const std::string& model_path,
-                                  const World* world = nullptr);
+                                  const World* world = nullptr, const OptionsAhead& ahead = nullptr);
 
 void to_json(nlohmann::json& j, const JointRound& r);
 void to_json(nlohmann::json& j, const JointRefinement& r);  // without the allocation
