@@ -2,6 +2,9 @@
 
     python3 bench/table.py LABEL=EVAL_JSON[:MODEL_FILE] ...
 
+EVAL_JSON holds one result, or an array of them from one `bayesq eval --model A --model B ...`, of which the
+row takes the one whose "model" is MODEL_FILE.
+
 Columns: model, file size, top-1, NLL, ECE, agreement with the reference and mean KL(reference || model).
 """
 import json
@@ -16,6 +19,11 @@ def main():
         path, _, model = rest.partition(":")
         with open(path) as f:
             r = json.load(f)
+        if isinstance(r, list):
+            matches = [e for e in r if e.get("model") == model]
+            if len(matches) != 1:
+                sys.exit(f"table.py: {path} holds {len(matches)} results for model '{model}'")
+            r = matches[0]
         size = os.path.getsize(model) if model else None
         rows.append((label, size, r))
     print("| model | file (KiB) | top-1 (%) | NLL | ECE (%) | agreement (%) | KL(float‖model) |")

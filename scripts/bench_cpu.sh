@@ -11,7 +11,7 @@ scripts/setup.sh
 scripts/build.sh
 mkdir -p "$demo"
 [ -f "$demo/fmnist_eval.pt" ] || $python bench/fashion_mnist.py "$demo"
-[ -f "$demo/small_cnn.pt" ] || $python bench/train_small_cnn.py "$demo/small_cnn.pt" --seconds 60
+[ -f "$demo/small_cnn.pt" ] || $python bench/train_small_cnn.py "$demo/small_cnn.pt"
 build/bayesq compare --model "$demo/small_cnn.pt" --calib "$demo/fmnist_calib.pt" --data "$demo/fmnist_eval.pt" \
   --bits 2,3 --match-uniform --methods rtn,gptq,bayesq,bayesq/kfac -q \
   --json-output "$demo/bench_cpu.json" --markdown-output "$demo/bench_cpu.md" "$@"

@@ -412,7 +412,8 @@ int main(int argc, char** argv) {
   bayesq::EvalOptions e;
   bool eval_json = false;
   auto* eval = app.add_subcommand("eval", "Accuracy, NLL, ECE; agreement and KL against a reference model");
-  eval->add_option("--model", e.model, "Model to evaluate")->required();
+  eval->add_option("--model", e.models, "Model(s) to evaluate: each batch is read, and the reference run, once for all")
+      ->required();
   eval->add_option("--data", e.data, "Evaluation data file")->required();
   eval->add_option("--reference", e.reference, "Reference (float) model for agreement and KL");
   eval->add_option("--batch-size", e.run.batch_size, "Batch size")->capture_default_str();
@@ -420,7 +421,7 @@ int main(int argc, char** argv) {
   eval->add_option("--device", e.run.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   eval->add_flag("--tf32,!--no-tf32", e.run.tf32, kTf32Help);
   eval->add_option("--threads", e.run.threads, "CPU threads for bayesq and libtorch (0: OMP_NUM_THREADS when set, else all cores)")->capture_default_str();
-  eval->add_flag("--json", eval_json, "Print JSON instead of a table");
+  eval->add_flag("--json", eval_json, "Print JSON instead of a table (an array, one object per model, for several)");
 
   // inspect
   std::string inspect_path;
@@ -474,8 +475,14 @@ int main(int argc, char** argv) {
                   r["seconds"].get<double>());
     } else if (*eval) {
       const nlohmann::json r = bayesq::run_eval(e);
-      if (eval_json) std::cout << r.dump(2) << "\n";
-      else print_eval(r);
+      if (eval_json) {
+        std::cout << (r.size() == 1 ? r.front() : r).dump(2) << "\n";  // several models: an array
+      } else {
+        for (const nlohmann::json& m : r) {
+          if (r.size() > 1) std::printf("%s%s\n", &m == &r.front() ? "" : "\n", m["model"].get<std::string>().c_str());
+          print_eval(m);
+        }
+      }
     } else if (*report) {
       std::cout << "wrote " << bayesq::run_report(report_input, report_output) << "\n";
     } else if (*inspect) {

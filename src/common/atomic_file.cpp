@@ -105,6 +105,8 @@ void check_output_path(const std::string& path) {
   BQ_CHECK(::access(folder.c_str(), W_OK) == 0, ExitCode::io, "output folder is not writable: ", path);
 }
 
+bool same_file(const std::string& a, const std::string& b) { return file_id(a).same(file_id(b)); }
+
 void check_distinct_files(const std::vector<std::pair<std::string, std::string>>& outputs,
                           const std::vector<std::pair<std::string, std::string>>& inputs) {
   std::vector<FileId> ids;

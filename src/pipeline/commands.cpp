@@ -44,23 +44,35 @@ nlohmann::json run_calibrate(const CalibrateOptions& options) {
 }
 
 nlohmann::json run_eval(const EvalOptions& options) {
-  BQ_CHECK(!options.model.empty() && !options.data.empty(), ExitCode::usage, "eval needs --model and --data");
+  BQ_CHECK(!options.models.empty() && !options.data.empty(), ExitCode::usage, "eval needs --model and --data");
   const Compute compute = start_run(options.run);
-  LoadedModel model = load_model(options.model);
-  const DataFile data = DataFile::load(options.data);
   LoadedModel reference;
   if (!options.reference.empty()) reference = load_model(options.reference);
+  // A model named as its own reference (the float row of a table) is loaded and run once, as the reference.
+  std::vector<bool> is_reference;
+  std::vector<LoadedModel> models(options.models.size());
+  for (std::size_t m = 0; m < models.size(); ++m) {
+    is_reference.push_back(!options.reference.empty() && same_file(options.models[m], options.reference));
+    if (!is_reference[m]) models[m] = load_model(options.models[m]);
+  }
+  const DataFile data = DataFile::load(options.data);
   EvalParams params;
   params.batch_size = options.run.batch_size;
   params.output = options.run.output_index;
   params.device = compute.device;
-  const EvalResult r = evaluate(model.module, options.reference.empty() ? nullptr : &reference.module, data, params,
-                                options.model);
-  nlohmann::json j = r;
-  j["model"] = options.model;
-  j["data"] = options.data;
-  if (!options.reference.empty()) j["reference"] = options.reference;
-  return j;
+  std::vector<torch::jit::Module*> modules;
+  for (std::size_t m = 0; m < models.size(); ++m) modules.push_back(is_reference[m] ? &reference.module : &models[m].module);
+  const std::vector<EvalResult> results = evaluate_models(
+      modules, options.reference.empty() ? nullptr : &reference.module, data, params, options.models);
+  nlohmann::json out = nlohmann::json::array();
+  for (std::size_t m = 0; m < results.size(); ++m) {
+    nlohmann::json j = results[m];
+    j["model"] = options.models[m];
+    j["data"] = options.data;
+    if (!options.reference.empty()) j["reference"] = options.reference;
+    out.push_back(std::move(j));
+  }
+  return out;
 }
 
 std::string run_report(const std::string& input, const std::string& output) {

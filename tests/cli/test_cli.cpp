@@ -160,6 +160,25 @@ TEST(Cli, QuantizeEvalInspectAndJsonConfig) {
   for (const char* key : {"top1", "nll", "ece", "agreement", "mean_kl"}) EXPECT_TRUE(e.contains(key)) << key;
   EXPECT_GT(e["agreement"].get<double>(), 0.5);
 
+  // Several models in one evaluation (the reference run once per batch for all, the reference itself not run
+  // again): each result equals that model's evaluation alone.
+  const Result both = run("eval --model " + out + " --model " + fixture("separable.pt") + " --data " +
+                          fixture("separable_eval.pt") + " --reference " + fixture("separable.pt") + " --json");
+  ASSERT_EQ(both.code, 0) << both.err;
+  const nlohmann::json pair = nlohmann::json::parse(both.out);
+  ASSERT_TRUE(pair.is_array());
+  ASSERT_EQ(pair.size(), 2u);
+  const Result alone = run("eval --model " + fixture("separable.pt") + " --data " + fixture("separable_eval.pt") +
+                           " --reference " + fixture("separable.pt") + " --json");
+  ASSERT_EQ(alone.code, 0) << alone.err;
+  const nlohmann::json float_alone = nlohmann::json::parse(alone.out);
+  for (const auto& [one, expected] : {std::pair{pair[0], e}, std::pair{pair[1], float_alone}}) {
+    for (const char* key : {"examples", "top1", "nll", "ece", "agreement", "mean_kl", "model", "reference"})
+      EXPECT_EQ(one[key], expected[key]) << key << " of " << one["model"];
+  }
+  EXPECT_EQ(pair[1]["mean_kl"].get<double>(), 0.0);
+  EXPECT_EQ(pair[1]["agreement"].get<double>(), 1.0);
+
   // A bad config file is a usage error.
   {
     std::ofstream c(config);

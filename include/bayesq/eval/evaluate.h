@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 #include <torch/script.h>
@@ -35,6 +36,13 @@ struct EvalResult {
 // token, positions labelled kIgnoredLabel left out).
 EvalResult evaluate(torch::jit::Module& model, torch::jit::Module* reference, const DataFile& data,
                     const EvalParams& params, const std::string& model_path);
+
+// Several models on the same data at once: each batch is read and the reference run once for all of them
+// (`seconds` is the whole evaluation's); a model that is `reference` itself (the same module) is not run again.
+// One result per model, in order; each as evaluate() gives it.
+std::vector<EvalResult> evaluate_models(const std::vector<torch::jit::Module*>& models, torch::jit::Module* reference,
+                                        const DataFile& data, const EvalParams& params,
+                                        const std::vector<std::string>& model_paths);
 
 void to_json(nlohmann::json& j, const EvalResult& r);
 

@@ -21,12 +21,14 @@ struct CalibrateOptions {
 nlohmann::json run_calibrate(const CalibrateOptions& options);
 
 struct EvalOptions {
-  std::string model, data, reference;
+  std::vector<std::string> models;  // one or more, each scored on `data` against the same reference
+  std::string data, reference;
   RunContext run;  // its batch_size is the evaluation batch (256 unless set)
 
   EvalOptions() { run.batch_size = 256; }
 };
 
+// One result object per model, in order (an array).
 nlohmann::json run_eval(const EvalOptions& options);
 
 // `bayesq report`: the HTML of a quantize report or compare JSON (report/html_report.h), written to `output`
