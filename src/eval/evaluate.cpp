@@ -17,7 +17,8 @@ struct Scores {
   std::vector<double> bin_count, bin_correct, bin_confidence;
   double correct = 0.0, nll = 0.0, agree = 0.0, kl = 0.0;
   int64_t scored = 0, labelled = 0;  // positions scored against the reference, and against labels
-  explicit Scores(int bins) : bin_count(static_cast<std::size_t>(bins), 0.0), bin_correct(bin_count), bin_confidence(bin_count) {}
+  explicit Scores(int bins)
+      : bin_count(static_cast<std::size_t>(bins), 0.0), bin_correct(bin_count), bin_confidence(bin_count) {}
 };
 
 // Log-probabilities [positions, classes] (float64) of one batch's logits, checked.

@@ -118,7 +118,9 @@ std::vector<double> predicted_option_losses(const BlockWeights& weights, const B
     if (std::find(bits.begin(), bits.end(), b) == bits.end()) bits.push_back(b);
     if (kind == CodebookKind::lloyd) widest_lloyd = std::max(widest_lloyd, b);
   }
-  auto width_index = [&](int b) { return static_cast<std::size_t>(std::find(bits.begin(), bits.end(), b) - bits.begin()); };
+  auto width_index = [&](int b) {
+    return static_cast<std::size_t>(std::find(bits.begin(), bits.end(), b) - bits.begin());
+  };
   std::vector<double> per_width;
   std::optional<KfacMetric> metric;
   torch::Tensor w;
@@ -143,11 +145,11 @@ std::vector<double> predicted_option_losses(const BlockWeights& weights, const B
     if (metric) {
       held = metric->loss(w.to(torch::kFloat16).to(torch::kFloat32) - w);
     } else {
-      const torch::Tensor cpu = torch::from_blob(const_cast<float*>(weights.weights), {weights.rows, weights.cols});
+      const std::vector<int64_t> shape{weights.rows, weights.cols};
+      const torch::Tensor cpu = torch::from_blob(const_cast<float*>(weights.weights), shape);
       const torch::Tensor d = cpu.to(torch::kFloat16).to(torch::kFloat32) - cpu;
-      const torch::Tensor p = weights.precision
-                                  ? torch::from_blob(const_cast<float*>(weights.precision), {weights.rows, weights.cols})
-                                  : torch::ones_like(d);
+      const torch::Tensor p =
+          weights.precision ? torch::from_blob(const_cast<float*>(weights.precision), shape) : torch::ones_like(d);
       held = 0.5 * (p.to(torch::kFloat64) * d.to(torch::kFloat64).square()).sum().item<double>();
     }
   }

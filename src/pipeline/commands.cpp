@@ -61,7 +61,8 @@ nlohmann::json run_eval(const EvalOptions& options) {
   params.output = options.run.output_index;
   params.device = compute.device;
   std::vector<torch::jit::Module*> modules;
-  for (std::size_t m = 0; m < models.size(); ++m) modules.push_back(is_reference[m] ? &reference.module : &models[m].module);
+  for (std::size_t m = 0; m < models.size(); ++m)
+    modules.push_back(is_reference[m] ? &reference.module : &models[m].module);
   const std::vector<EvalResult> results = evaluate_models(
       modules, options.reference.empty() ? nullptr : &reference.module, data, params, options.models);
   nlohmann::json out = nlohmann::json::array();
