@@ -57,6 +57,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: no limit)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.epochs < 1:
+        parser.error("--epochs must be at least 1")
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
     x, y = load_split("train")

@@ -125,13 +125,13 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
     for (std::size_t b = 0; b < count; ++b) {
       const BlockChoice& c = out.allocation.blocks[b];
       if (owner[b] == me) {
-        // Two trials or more: from the block's cached prefix (Note [Cached prefix]), the others as they are now.
         if (ahead && trials[b] > 0) {
           std::vector<int> asked;
           for (int i : full_entry[b])
             if (i != c.entry) asked.push_back(i);
           ahead(b, asked);
         }
+        // Two trials or more: from the block's cached prefix (Note [Cached prefix]), the others as they are now.
         std::unique_ptr<SuffixForward> suffix;
         if (trials[b] >= 2 && measure.prefix_on(compute.device.is_cpu()))
           suffix = SuffixForward::build(work, table.blocks[b].name, data, out.examples, compute);

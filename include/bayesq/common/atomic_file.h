@@ -44,11 +44,11 @@ inline void write_binary_file(const std::string& path, const std::string& bytes)
 // regular file (checked before long work starts).
 void check_output_path(const std::string& path);
 
-// Fails with UserError(usage) when two of `outputs` name the same file, or one of them names one of `inputs`
-// (symbolic links and hard links resolved where the files exist). Each item: (what, path), e.g. ("-o", "q.pt").
 // Whether two paths name one file: the same resolved path, or the same device and inode.
 bool same_file(const std::string& a, const std::string& b);
 
+// Fails with UserError(usage) when two of `outputs` name the same file, or one of them names one of `inputs`
+// (symbolic links and hard links resolved where the files exist). Each item: (what, path), e.g. ("-o", "q.pt").
 void check_distinct_files(const std::vector<std::pair<std::string, std::string>>& outputs,
                           const std::vector<std::pair<std::string, std::string>>& inputs);
 

@@ -6,10 +6,10 @@
 // predicts every option's loss cheaply: the block's min-max grid at each candidate bit-width, fed back along the
 // K-FAC metric in one stacked pass (GPTQ's quantizer at that width), scored in that metric without its damping
 // (the measured KL does not charge inputs that are never non-zero), except that a Lloyd table wide enough to hold
-// every row's distinct weights is predicted to hold them (predicted_option_losses in gptq/kfac.h). The allocator runs on those predictions for the budget, and each
-// block's options within `window` candidate bit-widths of its predicted choice, of every codebook kind, are
-// designed and measured; the budget's allocation then chooses among those alone. Blocks whose predictions are not
-// on the KL's scale (no K-FAC statistics) have every option measured.
+// every row's distinct weights is predicted to hold them (predicted_option_losses in gptq/kfac.h). The allocator
+// runs on those predictions for the budget, and each block's options within `window` candidate bit-widths of its
+// predicted choice, of every codebook kind, are designed and measured; the budget's allocation then chooses among
+// those alone. Blocks whose predictions are not on the KL's scale (no K-FAC statistics) have every option measured.
 //
 // The bound is tested, not proven: if every block's choice on the full table lies within its window, the
 // allocation is the full table's (the allocator's problem only lost options it did not choose; exactly so for an
