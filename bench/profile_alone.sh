@@ -19,15 +19,7 @@ models=("$@")
 [ ${#models[@]} -eq 0 ] && models=(resnet50 bert)
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 threads=$(nproc)
-THREADS=$threads bench/gpu_bench.sh build data-fmnist > "$OUT/profile_prepare.log" 2>&1
-for m in "${models[@]}"; do
-  case $m in
-    bert) bench/gpu_bench.sh data-wordnet train-bert >> "$OUT/profile_prepare.log" 2>&1 ;;
-    resnet50) bench/gpu_bench.sh train-resnet50 >> "$OUT/profile_prepare.log" 2>&1 ;;
-    mobilenet) bench/gpu_bench.sh train-mobilenet >> "$OUT/profile_prepare.log" 2>&1 ;;
-    *) echo "unknown model $m" >&2; exit 2 ;;
-  esac
-done
+bench/gpu_prepare.sh "$OUT/profile_prepare.log" "${models[@]}"
 for m in "${models[@]}"; do
   case $m in
     bert) args=(--model $W/models/bert.pt --calib $W/data/wordnet_calib512.pt --data $W/data/wordnet_eval.pt --batch-size 16) ;;

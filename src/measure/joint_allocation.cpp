@@ -133,8 +133,12 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
         }
         // Two trials or more: from the block's cached prefix (Note [Cached prefix]), the others as they are now.
         std::unique_ptr<SuffixForward> suffix;
-        if (trials[b] >= 2 && measure.prefix_on(compute.device.is_cpu()))
+        if (trials[b] >= 2 && measure.prefix_on(compute.device.is_cpu())) {
+          const auto tp = Clock::now();
           suffix = SuffixForward::build(work, table.blocks[b].name, data, out.examples, compute);
+          out.prefix_seconds += seconds_since(tp);
+          if (suffix) ++out.cached_prefixes;
+        }
         for (int i : full_entry[b]) {
           double trial = kl;
           if (!c.keep_fp && i != c.entry) {
@@ -224,6 +228,11 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
     out.rounds.push_back(r);
     if (!r.accepted) break;
   }
+  if (world && world->distributed()) {  // the job's count, as one process alone has it
+    const std::vector<double> counts = world->all_gather(double(out.cached_prefixes));
+    out.cached_prefixes = 0;
+    for (double n : counts) out.cached_prefixes += static_cast<int64_t>(n);
+  }
   out.final_kl = kl;
   out.seconds = seconds_since(t0);
   return out;
@@ -238,6 +247,7 @@ void to_json(nlohmann::json& j, const JointRound& r) {
 void to_json(nlohmann::json& j, const JointRefinement& r) {
   j = nlohmann::json{{"initial_kl", r.initial_kl}, {"final_kl", r.final_kl}, {"examples", r.examples},
                      {"forwards", r.forwards}, {"rounds", r.rounds}};
+  if (r.cached_prefixes > 0) j["cached_prefixes"] = r.cached_prefixes;
   if (r.replayed) j["replayed_forwards"] = true;
 }
 

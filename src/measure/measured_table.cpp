@@ -103,6 +103,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     if (params.prefix_on(compute.device.is_cpu()) && blocks.size() > 1) {
       start = Clock::now();
       suffix = SuffixForward::build(work, info.name, data, n, compute);
+      stats.prefix_seconds += seconds_since(start);
       stats.forward_seconds += seconds_since(start);
       if (suffix) {
         ++table.cached_prefix_blocks;

@@ -8,6 +8,7 @@
 #include <torch/csrc/jit/ir/alias_analysis.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/torch.h>
 
 #include "bayesq/common/errors.h"
@@ -83,8 +84,10 @@ struct SuffixForward::Impl {
   const DataFile* data = nullptr;
   Compute compute;
   int64_t n = 0, batch = 0;
+  std::vector<std::vector<torch::jit::IValue>> inputs;  // per batch: the data inputs, on the device
   std::vector<std::vector<torch::jit::IValue>> cached;  // per batch: the live values, in the suffix's input order
   std::vector<bool> copy_per_run;                       // per live value: the suffix writes to it in place
+  bool fresh_inputs = false;                            // the suffix writes into a data input: a new batch per run
 };
 
 SuffixForward::~SuffixForward() = default;
@@ -208,6 +211,8 @@ std::unique_ptr<SuffixForward> SuffixForward::cut_and_run_prefix(torch::jit::Mod
     const std::size_t first_live = graph->inputs().size();
     for (std::size_t k = 0; k < live.size(); ++k)
       impl->copy_per_run.push_back(aliases.hasWriters(suffix->inputs().at(first_live + k)));
+    for (std::size_t k = 1; k < first_live; ++k)
+      if (aliases.hasWriters(suffix->inputs().at(k))) impl->fresh_inputs = true;
   }
 
   // The prefix: the nodes before the cut, returning the live values. (Dead-code elimination alone would keep
@@ -225,11 +230,14 @@ std::unique_ptr<SuffixForward> SuffixForward::cut_and_run_prefix(torch::jit::Mod
   impl->batch = measure_batch_size(compute);
   const bool writes = std::find(impl->copy_per_run.begin(), impl->copy_per_run.end(), true) != impl->copy_per_run.end();
   torch::NoGradGuard no_grad;
+  const torch::jit::GraphOptimizerEnabledGuard plain_interpreter(false);  // Note [Suffix in the plain interpreter]
   for (int64_t begin = 0; begin < n; begin += impl->batch) {
     const int64_t end = std::min(n, begin + impl->batch);
     torch::jit::Stack stack;
     stack.emplace_back(module._ivalue());
-    for (auto& v : data.batch(begin, end, compute.device)) stack.push_back(std::move(v));
+    std::vector<torch::jit::IValue> batch = data.batch(begin, end, compute.device);
+    if (!impl->fresh_inputs) impl->inputs.push_back(batch);  // the prefix writes into no input (checked above)
+    for (auto& v : batch) stack.push_back(std::move(v));
     std::vector<const void*> storages;  // the inputs' and then the live tensors' memory
     for (std::size_t i = 1; i < stack.size(); ++i)
       if (stack[i].isTensor()) storages.push_back(stack[i].toTensor().storage().data());
@@ -256,12 +264,17 @@ std::unique_ptr<SuffixForward> SuffixForward::cut_and_run_prefix(torch::jit::Mod
 std::vector<torch::Tensor> SuffixForward::log_probabilities() {
   Impl& s = *impl_;
   torch::NoGradGuard no_grad;
+  const torch::jit::GraphOptimizerEnabledGuard plain_interpreter(false);  // Note [Suffix in the plain interpreter]
   std::vector<torch::Tensor> out;
   for (std::size_t k = 0; k < s.cached.size(); ++k) {
     const int64_t begin = static_cast<int64_t>(k) * s.batch, end = std::min(s.n, begin + s.batch);
     torch::jit::Stack stack;
     stack.emplace_back(s.module._ivalue());
-    for (auto& v : s.data->batch(begin, end, s.compute.device)) stack.push_back(std::move(v));
+    if (s.fresh_inputs) {
+      for (auto& v : s.data->batch(begin, end, s.compute.device)) stack.push_back(std::move(v));
+    } else {
+      stack.insert(stack.end(), s.inputs[k].begin(), s.inputs[k].end());
+    }
     for (std::size_t i = 0; i < s.cached[k].size(); ++i) {
       const torch::jit::IValue& v = s.cached[k][i];
       if (!s.copy_per_run[i]) stack.push_back(v);

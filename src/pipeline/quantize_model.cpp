@@ -349,6 +349,7 @@ void measure_entries(Session& session, const MethodConfig& config, LossTable& ta
   add_time(session, "measure_table_quantize", stats.quantize_seconds);
   add_time(session, "measure_table_swap", stats.swap_seconds);
   add_time(session, "measure_table_forward", stats.forward_seconds);
+  if (stats.prefix_seconds > 0.0) add_time(session, "measure_table_prefix", stats.prefix_seconds);
 }
 
 LossTable build_table(Session& session, const MethodConfig& config) {
@@ -476,6 +477,7 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
                                               *out.allocation, ap, config.joint, config.measure, option,
                                               session.compute(), session.inputs().model, &session.world(), ahead);
     out.allocation = std::move(joint.allocation);
+    if (joint.prefix_seconds > 0.0) out.timings["joint_prefix"] = joint.prefix_seconds;
     out.joint = std::move(joint);
     if (!ap.allowed_entries.empty()) {
       // The refinement may move a block to an option this budget's windows did not hold: measured now, so that

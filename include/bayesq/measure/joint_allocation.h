@@ -52,6 +52,8 @@ struct JointRefinement {
   double final_kl = 0.0;       // measured J of `allocation`
   int64_t examples = 0;
   int64_t forwards = 0;        // all rounds, the reference and the initial measurement included
+  int64_t cached_prefixes = 0;  // blocks whose trials ran from a cached prefix (Note [Cached prefix]), all rounds
+  double prefix_seconds = 0.0;  // cutting and running those prefixes
   std::vector<JointRound> rounds;
   bool replayed = false;       // full forwards replayed as a CUDA graph (measure/kl_forward.h)
   double seconds = 0.0;

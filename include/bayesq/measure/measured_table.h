@@ -33,6 +33,7 @@ struct MeasureStats {
   double quantize_seconds = 0.0;  // inside `options` and swapping weights in
   double swap_seconds = 0.0;      // of which swapping: decoding an option and putting it into the model
   double forward_seconds = 0.0;   // forward passes and KL (cached prefixes included)
+  double prefix_seconds = 0.0;    // of which cutting and running the cached prefixes
 };
 
 // Fills every entry's expected_loss with N x the mean KL(float || one block quantized) over the first

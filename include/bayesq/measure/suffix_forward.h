@@ -12,6 +12,14 @@
 // for a fraction of the work (the prefix's share of the model). On CUDA that holds because TorchScript's fusers are
 // off there (Note [No fusion on CUDA] in pipeline/device.h): they compiled each new graph and fused it differently
 // from the module's own forward. Measured tables use it on CPU devices unless told (MeasureParams::cached_prefix).
+//
+// Note [Suffix in the plain interpreter]: each block (and each refinement round) gets a new prefix and a new
+// suffix graph, and TorchScript's profiling executor runs a new graph's first call profiled and optimises it at a
+// later one: a cost per graph that, on a GPU, was as large as the layers the prefix skipped (BENCHMARKS.md, "Cached
+// prefix on CUDA"). Both run with the graph optimiser off, as the layer capture does: the plain interpreter runs
+// the graph's own operators in its order, and Pipeline.CachedPrefixGivesTheTableOfFullForwards checks that the
+// KLs are still those of whole forwards bit for bit (libtorch 1.13 and 2.11). Each batch's data inputs stay where
+// the prefix found them (on the device) unless the suffix writes into one.
 #pragma once
 
 #include <memory>
