@@ -49,6 +49,15 @@ void to_full_table(const LossTable& table, Allocation& allocation) {
 
 }  // namespace
 
+std::vector<int> window_entries(const BlockLosses& losses, const BlockChoice& current, int window) {
+  std::vector<int> out;
+  const int centre = current.keep_fp ? 0 : bit_rank(losses, current.bits);
+  for (std::size_t i = 0; i < losses.entries.size(); ++i)
+    if (current.keep_fp || std::abs(bit_rank(losses, losses.entries[i].bits) - centre) <= window)
+      out.push_back(static_cast<int>(i));
+  return out;
+}
+
 JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
                                   const LossTable& table, const Allocation& start, const AllocationParams& params,
                                   const JointParams& joint, const MeasureParams& measure, const OptionBlock& option,
@@ -106,14 +115,10 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
     std::vector<std::vector<int>> full_entry(count);
     std::vector<int64_t> trials(count, 0);              // forward passes block b's entries need
     for (std::size_t b = 0; b < count; ++b) {
-      const BlockLosses& losses = table.blocks[b];
       const BlockChoice& c = out.allocation.blocks[b];
-      const int centre = c.keep_fp ? 0 : bit_rank(losses, c.bits);
-      for (std::size_t i = 0; i < losses.entries.size(); ++i) {
-        if (!c.keep_fp && std::abs(bit_rank(losses, losses.entries[i].bits) - centre) > joint.window) continue;
-        full_entry[b].push_back(static_cast<int>(i));
-        if (!c.keep_fp && static_cast<int>(i) != c.entry) ++trials[b];
-      }
+      full_entry[b] = window_entries(table.blocks[b], c, joint.window);
+      for (int i : full_entry[b])
+        if (!c.keep_fp && i != c.entry) ++trials[b];
     }
     // Blocks split over the processes of a job by their number of trials; each trial starts from the same
     // model (every other block at its current option), so where it runs does not change its value.
@@ -121,15 +126,33 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
     if (world && world->distributed())
       owner = assign_blocks(std::vector<double>(trials.begin(), trials.end()), world->size());
     const int me = world ? world->rank() : 0;
+    // Trials whose KL is still on the device (Note [Queued trials]): block, slot in trial_kl[block], queued sum.
+    struct Queued {
+      std::size_t block, slot;
+      torch::Tensor sum;
+    };
+    std::vector<Queued> queued;
+    auto read_back = [&]() {
+      const auto tw = Clock::now();
+      std::vector<torch::Tensor> sums;
+      for (const Queued& q : queued) sums.push_back(q.sum);
+      const std::vector<double> values = read_queued(sums);
+      for (std::size_t k = 0; k < queued.size(); ++k) trial_kl[queued[k].block][queued[k].slot] = values[k] / rows;
+      queued.clear();
+      out.wait_seconds += seconds_since(tw);
+    };
+    constexpr std::size_t kMaxQueued = 64;
     Progress progress("joint refinement, round " + std::to_string(round + 1), static_cast<int64_t>(count), "blocks");
     for (std::size_t b = 0; b < count; ++b) {
       const BlockChoice& c = out.allocation.blocks[b];
       if (owner[b] == me) {
         if (ahead && trials[b] > 0) {
+          const auto to = Clock::now();
           std::vector<int> asked;
           for (int i : full_entry[b])
             if (i != c.entry) asked.push_back(i);
           ahead(b, asked);
+          out.option_seconds += seconds_since(to);
         }
         // Two trials or more: from the block's cached prefix (Note [Cached prefix]), the others as they are now.
         std::unique_ptr<SuffixForward> suffix;
@@ -142,20 +165,21 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
         for (int i : full_entry[b]) {
           double trial = kl;
           if (!c.keep_fp && i != c.entry) {
+            const auto to = Clock::now();
             forward.set_block(table.blocks[b].name, dequantized(b, i));
-            if (suffix) {
-              ++out.forwards;
-              trial = kl_sum(reference, suffix->log_probabilities()) / rows;
-            } else {
-              trial = measure_kl();
-            }
+            out.option_seconds += seconds_since(to);
+            ++out.forwards;
+            if (suffix) trial = kl_sum(reference, suffix->log_probabilities()) / rows;
+            else queued.push_back({b, trial_kl[b].size(), forward.kl_sum_queued()});
           }
           trial_kl[b].push_back(trial);
         }
         if (!c.keep_fp) forward.set_block(table.blocks[b].name, current[b]);
+        if (queued.size() >= kMaxQueued) read_back();
       }
       progress.advance();
     }
+    read_back();
     progress.finish();
     if (world && world->distributed()) {
       ByteWriter mine;

@@ -144,4 +144,21 @@ double KlForward::kl_sum() {
   return bayesq::kl_sum(reference_, log_probabilities(work_, data_, examples_, compute_, model_path_));
 }
 
+torch::Tensor KlForward::kl_sum_queued() {
+#ifdef BAYESQ_WITH_CUDA
+  if (replay_) {
+    replay_->graph->replay();
+    return replay_->kl.clone();  // queued after the replay, before the next one overwrites `kl`
+  }
+#endif
+  return torch::tensor(kl_sum(), torch::kFloat64);
+}
+
+std::vector<double> read_queued(const std::vector<torch::Tensor>& sums) {
+  if (sums.empty()) return {};
+  const torch::Tensor all = torch::stack(sums).to(torch::kCPU, torch::kFloat64).contiguous();
+  const double* v = all.data_ptr<double>();
+  return std::vector<double>(v, v + all.numel());
+}
+
 }  // namespace bayesq

@@ -110,13 +110,27 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
         table.cached_prefix_share += double(suffix->prefix_nodes()) / double(suffix->data_nodes());
       }
     }
+    // Without a suffix, each KL is queued on the device and the block's are read together, so that the host
+    // decodes the next option while the device runs the forward before it (Note [Queued trials]).
+    std::vector<torch::Tensor> queued;
     for (std::size_t i = 0; i < blocks.size(); ++i) {
-      LossEntry& e = entries[picked[i]];
       start = Clock::now();
       forward.set_block(info.name, dequantized_tensor(blocks[i], info, original));
       stats.swap_seconds += seconds_since(start);
-      const double kl = measured_kl();
-      e.expected_loss = kl * double(data.size()) / double(n);  // N x mean KL: the scale of the expected loss
+      if (suffix) {
+        queued.push_back(torch::tensor(measured_kl(), torch::kFloat64));
+      } else {
+        start = Clock::now();
+        queued.push_back(forward.kl_sum_queued());
+        stats.forward_seconds += seconds_since(start);
+      }
+    }
+    start = Clock::now();
+    const std::vector<double> kls = read_queued(queued);
+    stats.forward_seconds += seconds_since(start);
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      LossEntry& e = entries[picked[i]];
+      e.expected_loss = kls[i] * double(data.size()) / double(n);  // N x mean KL: the scale of the expected loss
       e.plugin_loss = blocks[i].plugin_loss;
       e.lloyd_fallbacks = blocks[i].lloyd_fallbacks;
       e.measured = true;

@@ -65,9 +65,16 @@ torch::Tensor dequantized_rows_by_gather(const QuantizedBlock& q, const torch::D
   }
   std::vector<int64_t> column_offset(static_cast<std::size_t>(q.cols));
   for (int64_t c = 0; c < q.cols; ++c) column_offset[static_cast<std::size_t>(c)] = (c / q.group_size) * levels;
-  // Pageable host memory: each copy has finished when .to() returns, so the vectors may go out of scope.
+  // On CUDA through pinned staging buffers, copied without waiting: a copy from pageable memory would first wait
+  // for everything queued on the stream (the forward of the option before), and a caller that decodes the next
+  // option while the device still runs the last one would gain nothing. The caching host allocator keeps each
+  // staging buffer until its copy has run. Elsewhere the copy has finished when .to() returns.
   const auto on_device = [&](void* data, int64_t n, torch::ScalarType type) {
-    return torch::from_blob(data, {n}, type).to(device);
+    const torch::Tensor host = torch::from_blob(data, {n}, type);
+    if (!device.is_cuda()) return host.to(device);
+    torch::Tensor staged = torch::empty({n}, torch::TensorOptions().dtype(type).pinned_memory(true));
+    staged.copy_(host);
+    return staged.to(device, /*non_blocking=*/true);
   };
   const torch::Tensor flat_table = on_device(table.data(), static_cast<int64_t>(table.size()), torch::kFloat32);
   const torch::Tensor codes =

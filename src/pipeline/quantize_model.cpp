@@ -259,12 +259,83 @@ void predict_options(Session& session, const MethodConfig& config, LossTable& ta
   add_time(session, "prefilter_predict", seconds_since(start));
 }
 
+// Whether K-FAC codebooks are designed on a host thread ahead of the thread that drives the device (Note [Designs
+// ahead of the device] in gptq/design_queue.h): on a GPU by default, where the same designs then take less wall time
+// on one host thread fewer than usual, so that the device thread keeps a core to launch its kernels. (On a CPU the
+// two would only compete for the same cores.)
+bool designs_ahead_on(Session& session, const MethodConfig& config) {
+  const MeasureParams::Overlap overlap = config.measure.overlap_design;
+  return config.variant().table == TableKind::kfac &&
+         (overlap == MeasureParams::Overlap::on ||
+          (overlap == MeasureParams::Overlap::automatic && session.compute().device.is_cuda()));
+}
+
+QuantizerParams kfac_quantizer_params(Session& session, const MethodConfig& config) {
+  QuantizerParams qp = config.table.quantizer;
+  qp.level_scale = effective_level_scale(config, session.index());
+  return qp;
+}
+
+BlockWeights kfac_block_weights(Session& session, const MethodConfig& config, std::size_t b) {
+  return session.weights(b, &session.kfac_precision(config.posterior.damp)[b]);
+}
+
+// A design thread for `choices[b]` of every block that has any, in block order. Session state is looked up here,
+// on this thread; the design thread reads only the weight and precision arrays, which nothing writes while the
+// queue lives.
+std::unique_ptr<DesignQueue> start_kfac_designs(Session& session, const MethodConfig& config,
+                                                const std::vector<std::vector<std::pair<int, CodebookKind>>>& choices) {
+  struct DesignInput {
+    BlockWeights weights;
+    bool captured = false;
+    std::vector<std::pair<int, CodebookKind>> choices;
+  };
+  const BlockIndex& index = session.index();
+  auto inputs = std::make_shared<std::vector<DesignInput>>(index.blocks.size());
+  std::vector<std::size_t> order;
+  for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+    if (choices[b].empty()) continue;
+    (*inputs)[b] = {kfac_block_weights(session, config, b), session.kfac_stats()[b].captured, choices[b]};
+    order.push_back(b);
+  }
+  const QuantizerParams qp = kfac_quantizer_params(session, config);
+  const int workers = std::max(1, num_threads() - 1);
+  // Up to 64 M weights of designs waiting (21 bytes of codes each: about 1.4 GB of host memory at most).
+  constexpr int64_t kAheadWeights = int64_t(1) << 26;
+  return std::make_unique<DesignQueue>(
+      order,
+      [inputs, qp, workers](std::size_t b) {
+        const ScopedWorkerLimit limit(workers);
+        const DesignInput& in = (*inputs)[b];
+        return design_kfac_options(in.weights, in.choices, qp, in.captured);
+      },
+      [&index](std::size_t b) { return index.blocks[b].numel(); }, kAheadWeights);
+}
+
+// Block b's options from designs made ahead, fed back on the device.
+std::vector<QuantizedBlock> feed_back_designs(Session& session, const MethodConfig& config, std::size_t b,
+                                              KfacDesigns designs, double design_wait) {
+  KfacOptionTimes times;
+  std::vector<QuantizedBlock> blocks =
+      feed_back_kfac_options(std::move(designs), kfac_block_weights(session, config, b), session.index().blocks[b],
+                             session.kfac_stats()[b], kfac_quantizer_params(session, config), config.gptq,
+                             session.compute().device, &times);
+  add_kfac_times(session, times, design_wait);
+  return blocks;
+}
+
+bool designed_for(const KfacDesigns& designs, const std::vector<std::pair<int, CodebookKind>>& choices) {
+  if (designs.designed.size() != choices.size()) return false;
+  for (std::size_t i = 0; i < choices.size(); ++i)
+    if (designs.designed[i].bits != choices[i].first || designs.designed[i].kind != choices[i].second) return false;
+  return true;
+}
+
 // Measures the `selected` entries of a measured table (all when null), each block's options quantized by the
 // method's option function and kept in the session for the joint refinement and the final pass.
 void measure_entries(Session& session, const MethodConfig& config, LossTable& table,
                      const std::vector<std::vector<bool>>* selected) {
   const BlockIndex& index = session.index();
-  const TableKind kind = config.variant().table;
   const std::string key = table_key(config).dump();
   // A job of several processes splits the blocks by an estimate of their work (weights x options); each process
   // measures its own and the results are gathered below.
@@ -278,63 +349,20 @@ void measure_entries(Session& session, const MethodConfig& config, LossTable& ta
   }
   std::vector<bool> measure_here;
   for (int o : owner) measure_here.push_back(o == world.rank());
-  // On a GPU the K-FAC codebooks are designed on host threads ahead of the thread that feeds back and measures
-  // on the device (Note [Designs ahead of the device] in gptq/design_queue.h): the same designs, in less wall
-  // time, on one host thread fewer than usual, so that the thread driving the device keeps a core to launch its
-  // kernels. (On a CPU the two would only compete for the same cores.)
-  const MeasureParams::Overlap overlap = config.measure.overlap_design;
-  const bool overlap_design =
-      kind == TableKind::kfac && (overlap == MeasureParams::Overlap::on ||
-                                  (overlap == MeasureParams::Overlap::automatic && session.compute().device.is_cuda()));
-  QuantizerParams kfac_quantizer = config.table.quantizer;
-  kfac_quantizer.level_scale = effective_level_scale(config, index);
-  auto kfac_weights = [&](std::size_t b) {
-    return session.weights(b, &session.kfac_precision(config.posterior.damp)[b]);
-  };
   std::unique_ptr<DesignQueue> designs_ahead;
-  if (overlap_design) {
-    // Session state is looked up here, on this thread; the design thread reads only the weight and precision
-    // arrays, which nothing writes while the table is measured.
-    struct DesignInput {
-      BlockWeights weights;
-      bool captured = false;
-      std::vector<std::pair<int, CodebookKind>> choices;
-    };
-    auto inputs = std::make_shared<std::vector<DesignInput>>(index.blocks.size());
-    std::vector<std::size_t> order;
-    for (std::size_t b = 0; b < index.blocks.size(); ++b) {
-      if (!measure_here[b]) continue;
-      (*inputs)[b] = {kfac_weights(b), session.kfac_stats()[b].captured, entry_choices(table.blocks[b], selected, b)};
-      if ((*inputs)[b].choices.empty()) continue;
-      order.push_back(b);
-    }
-    const QuantizerParams qp = kfac_quantizer;
-    const int workers = std::max(1, num_threads() - 1);
-    // Up to 64 M weights of designs waiting (21 bytes of codes each: about 1.4 GB of host memory at most).
-    constexpr int64_t kAheadWeights = int64_t(1) << 26;
-    designs_ahead = std::make_unique<DesignQueue>(
-        order,
-        [inputs, qp, workers](std::size_t b) {
-          const ScopedWorkerLimit limit(workers);
-          const DesignInput& in = (*inputs)[b];
-          return design_kfac_options(in.weights, in.choices, qp, in.captured);
-        },
-        [&index](std::size_t b) { return index.blocks[b].numel(); }, kAheadWeights);
+  if (designs_ahead_on(session, config)) {
+    std::vector<std::vector<std::pair<int, CodebookKind>>> choices(index.blocks.size());
+    for (std::size_t b = 0; b < index.blocks.size(); ++b)
+      if (measure_here[b]) choices[b] = entry_choices(table.blocks[b], selected, b);
+    designs_ahead = start_kfac_designs(session, config, choices);
   }
   const OptionBlocks options = [&](std::size_t b, const std::vector<std::pair<int, CodebookKind>>& choices) {
     std::vector<QuantizedBlock> blocks;
     if (designs_ahead) {
       double wait = 0.0;
       KfacDesigns designs = designs_ahead->take(b, &wait);
-      BQ_ASSERT(designs.designed.size() == choices.size(), "designs for ", designs.designed.size(), " options of ",
-                index.blocks[b].name, ", asked for ", choices.size());
-      for (std::size_t i = 0; i < choices.size(); ++i)
-        BQ_ASSERT(designs.designed[i].bits == choices[i].first && designs.designed[i].kind == choices[i].second,
-                  "option ", i, " of ", index.blocks[b].name, " was designed for another choice");
-      KfacOptionTimes times;
-      blocks = feed_back_kfac_options(std::move(designs), kfac_weights(b), index.blocks[b], session.kfac_stats()[b],
-                                      kfac_quantizer, config.gptq, session.compute().device, &times);
-      add_kfac_times(session, times, wait);
+      BQ_ASSERT(designed_for(designs, choices), "the designs of ", index.blocks[b].name, " were made for other options");
+      blocks = feed_back_designs(session, config, b, std::move(designs), wait);
     } else {
       blocks = option_blocks(session, config, b, choices);
     }
@@ -465,19 +493,58 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
     // Options no table measurement quantized (outside this budget's prefilter windows) are quantized together per
     // block and kept: one stacked feedback pass, and none quantized again when chosen, measured or written.
     const std::string key = table_key(config).dump();
-    const OptionsAhead ahead = [&](std::size_t b, const std::vector<int>& entries) {
+    auto missing_options = [&](std::size_t b, const std::vector<int>& entries) {
       std::vector<std::pair<int, CodebookKind>> missing;
       for (int i : entries) {
         const LossEntry& e = loss_table.blocks[b].entries[static_cast<std::size_t>(i)];
         if (!session.kept_option(key, b, e.bits, e.kind)) missing.emplace_back(e.bits, e.kind);
       }
-      if (!missing.empty()) session.keep_options(key, b, option_blocks(session, config, b, missing));
+      return missing;
+    };
+    // The first round's missing options are known now: their codebooks are designed ahead of its trials, as the
+    // table's are (Note [Designs ahead of the device]). A later round, or a block whose options turn out otherwise,
+    // quantizes them when its trials start. (One process: a job's processes each take their own blocks.)
+    std::unique_ptr<DesignQueue> first_round_designs;
+    std::vector<std::size_t> queued_blocks;
+    std::size_t next_queued = 0, taken_ahead = 0;
+    if (designs_ahead_on(session, config) && !session.world().distributed()) {
+      std::vector<std::vector<std::pair<int, CodebookKind>>> choices(index.blocks.size());
+      for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+        const BlockChoice& c = out.allocation->blocks[b];
+        if (c.keep_fp) continue;
+        std::vector<int> trials;
+        for (int i : window_entries(loss_table.blocks[b], c, config.joint.window))
+          if (i != c.entry) trials.push_back(i);
+        choices[b] = missing_options(b, trials);
+        if (!choices[b].empty()) queued_blocks.push_back(b);
+      }
+      if (!queued_blocks.empty()) first_round_designs = start_kfac_designs(session, config, choices);
+    }
+    const OptionsAhead ahead = [&](std::size_t b, const std::vector<int>& entries) {
+      const std::vector<std::pair<int, CodebookKind>> missing = missing_options(b, entries);
+      if (missing.empty()) return;
+      if (first_round_designs && next_queued < queued_blocks.size() && queued_blocks[next_queued] == b) {
+        ++next_queued;
+        double wait = 0.0;
+        KfacDesigns designs = first_round_designs->take(b, &wait);
+        if (designed_for(designs, missing)) {
+          session.keep_options(key, b, feed_back_designs(session, config, b, std::move(designs), wait));
+          ++taken_ahead;
+          return;
+        }
+      }
+      session.keep_options(key, b, option_blocks(session, config, b, missing));
     };
     JointRefinement joint = refine_allocation(session.model().module, index, session.measurement(), loss_table,
                                               *out.allocation, ap, config.joint, config.measure, option,
                                               session.compute(), session.inputs().model, &session.world(), ahead);
+    first_round_designs.reset();
     out.allocation = std::move(joint.allocation);
+    if (!queued_blocks.empty())  // blocks whose options outside the table's windows were designed ahead, of those queued
+      out.details["refinement_designs_ahead"] = {{"blocks", taken_ahead}, {"queued", queued_blocks.size()}};
     if (joint.prefix_seconds > 0.0) out.timings["joint_prefix"] = joint.prefix_seconds;
+    out.timings["joint_options"] = joint.option_seconds;
+    out.timings["joint_wait"] = joint.wait_seconds;
     out.joint = std::move(joint);
     if (!ap.allowed_entries.empty()) {
       // The refinement may move a block to an option this budget's windows did not hold: measured now, so that

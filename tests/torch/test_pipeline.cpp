@@ -237,7 +237,9 @@ TEST(Pipeline, PythonLoadsPackedAndFakeAndAgreesWithCpp) {
 // the held-out score: the file evaluated on the examples set aside, which are recomputed here from the rule
 // (h = floor(0.125 N) examples, the middle of each of h equal stretches of the file) and never fitted to.
 // The next block's codebooks designed on another thread while this block is fed back and measured (what a GPU
-// run does) give the same table, allocation and file as designing them in turn.
+// run does) give the same table, allocation and file as designing them in turn; so do the joint refinement's first
+// round's options designed ahead of its trials. (A prefilter window of 0 measures each block's predicted option
+// alone, so that the refinement, which looks one bit-width either side, needs options the table never designed.)
 TEST(Pipeline, DesignBesideTheMeasurementGivesTheSameModel) {
   std::vector<std::string> files;
   std::vector<nlohmann::json> allocations;  // the report's blocks
@@ -248,11 +250,20 @@ TEST(Pipeline, DesignBesideTheMeasurementGivesTheSameModel) {
     o.bits = {3.0};
     o.method.measure.examples = 64;
     o.method.measure.overlap_design = overlap;
+    o.method.measure.prefilter_window = 0;
     o.output = scratch(std::string("overlap_") + (overlap == MeasureParams::Overlap::on ? "on" : "off") + ".pt");
     const QuantizeOutcome out = run_quantize(o);
     const nlohmann::json& report = out.report_json.at(0);
     allocations.push_back(report["blocks"]);  // per block: bits, kind, expected (measured) loss
-    if (overlap == MeasureParams::Overlap::on) EXPECT_TRUE(report["timings"].contains("kfac_design_wait"));
+    if (overlap == MeasureParams::Overlap::on) {
+      EXPECT_TRUE(report["timings"].contains("kfac_design_wait"));
+      ASSERT_TRUE(report["details"].contains("refinement_designs_ahead")) << report["details"].dump();
+      const nlohmann::json& ahead = report["details"]["refinement_designs_ahead"];
+      EXPECT_GT(ahead["queued"].get<int64_t>(), 0);
+      EXPECT_EQ(ahead["blocks"], ahead["queued"]);  // each queued block's designs were the options it asked for
+    } else {
+      EXPECT_FALSE(report["details"].contains("refinement_designs_ahead"));
+    }
     std::ifstream in(o.output, std::ios::binary);
     files.emplace_back((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     ASSERT_FALSE(files.back().empty());

@@ -11,6 +11,12 @@
 // allocation is kept only when its measured J on the same calibration examples is lower; otherwise, or when
 // nothing changes, refinement stops. So the result is never worse than the additive allocation on those examples,
 // and a round costs one forward per measured option plus one.
+//
+// Note [Queued trials]: where the forwards are replayed on a GPU (kl_forward.h), a trial's KL is queued on the
+// device and not read until 64 trials are waiting (or the round's last): the host decodes and sends the next
+// option (pinned, without waiting: block_tensor.h) while the device still runs the forwards before it, where
+// reading each KL at once left the device idle for every option's host work. The values are the same bit for bit;
+// `option_seconds` is the host's time on trial options, `wait_seconds` its time waiting for queued KLs.
 #pragma once
 
 #include <functional>
@@ -54,10 +60,17 @@ struct JointRefinement {
   int64_t forwards = 0;        // all rounds, the reference and the initial measurement included
   int64_t cached_prefixes = 0;  // blocks whose trials ran from a cached prefix (Note [Cached prefix]), all rounds
   double prefix_seconds = 0.0;  // cutting and running those prefixes
+  double option_seconds = 0.0;  // trial options: quantized ahead, decoded and set (Note [Queued trials])
+  double wait_seconds = 0.0;    // reading queued trial KLs back from the device
   std::vector<JointRound> rounds;
   bool replayed = false;       // full forwards replayed as a CUDA graph (measure/kl_forward.h)
   double seconds = 0.0;
 };
+
+// The entries of `losses` a refinement round measures for a block whose current option is `current`: those within
+// `window` candidate bit-widths (ranks among the block's distinct bit-widths) of its current one, every kind, the
+// current entry included; for a block kept in floating point every entry.
+std::vector<int> window_entries(const BlockLosses& losses, const BlockChoice& current, int window);
 
 // J is the mean KL(float || quantized) per scored row over the first measure.examples examples of `data`, the
 // examples the table was measured on. `start` must come from allocate(table, params). In a job of several

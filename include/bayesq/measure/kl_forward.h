@@ -39,6 +39,10 @@ class KlForward {
   void set_block(const std::string& name, const torch::Tensor& value);
   // Sum over scored rows of KL(reference || work as it is now), in double precision (kl_sum in measured_table.h).
   double kl_sum();
+  // kl_sum() without waiting for it where the forwards are replayed: a 0-d float64 tensor on the device that holds
+  // the sum once the work queued before it has run; elsewhere a CPU tensor holding kl_sum(). The same value bit for
+  // bit. Reading it waits for the device (Note [Queued trials] in joint_allocation.h).
+  torch::Tensor kl_sum_queued();
   // The reference log-probabilities, one tensor per batch (log_probabilities in measured_table.h).
   const std::vector<torch::Tensor>& reference() const { return reference_; }
   int64_t rows() const { return rows_; }  // scored rows (examples x positions)
@@ -57,5 +61,8 @@ class KlForward {
   std::unique_ptr<Replay> replay_;
   std::string fallback_reason_;
 };
+
+// The values of kl_sum_queued() tensors, in order: one wait for all of them.
+std::vector<double> read_queued(const std::vector<torch::Tensor>& sums);
 
 }  // namespace bayesq
