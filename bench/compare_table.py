@@ -6,6 +6,7 @@
 --sort orders rows by the budget asked for, then by method, with the float row first; --no-distill leaves out
 the distilled rows (the distillation table of BENCHMARKS.md has them).
 """
+import gzip
 import json
 import sys
 
@@ -14,7 +15,7 @@ def main():
     paths = [a for a in sys.argv[1:] if not a.startswith("--")]
     rows = []
     for path in paths:
-        with open(path) as f:
+        with (gzip.open(path, "rt") if path.endswith('.gz') else open(path)) as f:
             doc = json.load(f)
         for r in doc["rows"]:
             if r["method"] == "float" and any(x["method"] == "float" for x in rows):

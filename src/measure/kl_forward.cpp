@@ -1,5 +1,6 @@
 #include "bayesq/measure/kl_forward.h"
 
+#include <c10/core/Event.h>
 #include <torch/torch.h>
 
 #include "bayesq/common/errors.h"
@@ -12,9 +13,16 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+
+#include <map>
+#include <mutex>
 #endif
 
 namespace bayesq {
+
+namespace {
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+}  // namespace
 
 #ifdef BAYESQ_WITH_CUDA
 
@@ -30,7 +38,19 @@ struct KlForward::Replay {
 
 namespace {
 
-std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+// Note [One second stream]: the graph captures and the side stream all run on one stream of libtorch's pool per
+// device, taken once for the process. cuBLAS keeps a workspace for every stream it has run on, for the life of the
+// process, and the pool hands out its 32 streams in turn: with a new pool stream for each table and refinement,
+// each budget of a run peaked higher than the one before (MobileNetV2 on an H200: 41-69 MiB more per budget, 130
+// MiB with the side stream; with one stream 317 MiB at every budget: BENCHMARKS.md).
+c10::cuda::CUDAStream second_stream(c10::DeviceIndex index) {
+  static std::mutex mutex;
+  static std::map<c10::DeviceIndex, c10::cuda::CUDAStream> streams;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = streams.find(index);
+  if (it == streams.end()) it = streams.emplace(index, c10::cuda::getStreamFromPool(false, index)).first;
+  return it->second;
+}
 
 // Ends a capture that an exception interrupted, so that the stream and the device work on as before.
 void abandon_capture(cudaStream_t stream) {
@@ -70,7 +90,7 @@ KlForward::KlForward(torch::jit::Module& work, const std::vector<std::string>& b
       replay->inputs.push_back(data.batch(begin, std::min(examples, begin + batch), compute.device));
     const c10::DeviceIndex index = compute.device.index() < 0 ? c10::DeviceIndex(0) : compute.device.index();
     c10::cuda::getCurrentCUDAStream(index).synchronize();  // the inputs' copies
-    const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, index);
+    const c10::cuda::CUDAStream side = second_stream(index);
     auto log_q = [&](std::size_t k) {
       return log_probabilities_of(work_.forward(replay->inputs[k]), compute);
     };
@@ -152,6 +172,35 @@ torch::Tensor KlForward::kl_sum_queued() {
   }
 #endif
   return torch::tensor(kl_sum(), torch::kFloat64);
+}
+
+SideStream::SideStream(const torch::Device& device) {
+#ifdef BAYESQ_WITH_CUDA
+  if (!device.is_cuda()) return;
+  const c10::DeviceIndex index = device.index() < 0 ? c10::DeviceIndex(0) : device.index();
+  c10::cuda::getCurrentCUDAStream(index).synchronize();  // what the side stream may read is finished
+  stream_ = c10::Stream(second_stream(index));
+#else
+  (void)device;
+#endif
+}
+
+SideStream::Scope::Scope(const SideStream& side) : side_(side.stream_) {
+  if (side_) guard_.reset_stream(*side_);
+}
+
+SideStream::Scope::~Scope() {
+  if (!side_) return;
+  const auto previous = guard_.original_stream();  // c10::optional on libtorch 1.13, std::optional on 2.x
+  guard_.reset();
+  if (!previous.has_value()) return;
+  try {
+    c10::Event done(side_->device_type());
+    done.record(*side_);
+    done.block(*previous);
+  } catch (const std::exception& e) {  // a destructor must not throw; the device's own error surfaces on its next use
+    log::warn("side stream: ", first_line(e.what()));
+  }
 }
 
 std::vector<double> read_queued(const std::vector<torch::Tensor>& sums) {

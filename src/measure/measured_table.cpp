@@ -1,6 +1,7 @@
 #include "bayesq/measure/measured_table.h"
 
 #include <algorithm>
+#include <optional>
 
 #include <torch/torch.h>
 
@@ -76,6 +77,40 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     stats.forward_seconds += seconds_since(start);
     return kl;
   };
+  // A block whose KLs are queued on the device, read once the next block's options are made (Note [Feedback
+  // beside the forwards] in kl_forward.h: their feedback then runs while the device still has these forwards).
+  struct Pending {
+    std::size_t block = 0;
+    std::vector<std::size_t> picked;
+    std::vector<double> plugin_loss;
+    std::vector<int> lloyd_fallbacks;
+    std::vector<torch::Tensor> queued;
+  };
+  std::optional<Pending> pending;
+  auto finish = [&]() {
+    if (!pending) return;
+    const auto start = Clock::now();
+    const std::vector<double> kls = read_queued(pending->queued);
+    stats.forward_seconds += seconds_since(start);
+    auto& entries = table.blocks[pending->block].entries;
+    for (std::size_t i = 0; i < pending->picked.size(); ++i) {
+      LossEntry& e = entries[pending->picked[i]];
+      e.expected_loss = kls[i] * double(data.size()) / double(n);  // N x mean KL: the scale of the expected loss
+      e.plugin_loss = pending->plugin_loss[i];
+      e.lloyd_fallbacks = pending->lloyd_fallbacks[i];
+      e.measured = true;
+    }
+    // Each measured entry against the measured entry before it of the same kind (a kind's entries are consecutive).
+    table.blocks[pending->block].monotone = true;
+    const LossEntry* before = nullptr;
+    for (const LossEntry& e : entries) {
+      if (!e.measured) continue;
+      if (before && before->kind == e.kind && e.bits > before->bits && e.expected_loss > before->expected_loss)
+        table.blocks[pending->block].monotone = false;
+      before = &e;
+    }
+    pending.reset();
+  };
   Progress progress("measured table", static_cast<int64_t>(index.blocks.size()), "blocks");
   for (std::size_t b = 0; b < index.blocks.size(); ++b) {
     if (measure_here && !(*measure_here)[b]) {
@@ -84,7 +119,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     }
     const BlockInfo& info = index.blocks[b];
     const torch::Tensor& original = originals[b];
-    auto& entries = table.blocks[b].entries;
+    const auto& entries = table.blocks[b].entries;
     std::vector<std::size_t> picked;  // the entries measured here
     for (std::size_t e = 0; e < entries.size(); ++e)
       if (!selected || (*selected)[b][e]) picked.push_back(e);
@@ -99,6 +134,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     stats.quantize_seconds += seconds_since(start);
     BQ_ASSERT(blocks.size() == picked.size(), "asked for ", picked.size(), " options of ", info.name, ", got ",
               blocks.size());
+    finish();  // the block before: its forwards ran while these options were made
     suffix.reset();
     if (params.prefix_on(compute.device.is_cpu()) && blocks.size() > 1) {
       start = Clock::now();
@@ -110,7 +146,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
         table.cached_prefix_share += double(suffix->prefix_nodes()) / double(suffix->data_nodes());
       }
     }
-    // Without a suffix, each KL is queued on the device and the block's are read together, so that the host
+    // Without a suffix, each KL is queued on the device and read with the block's others, so that the host
     // decodes the next option while the device runs the forward before it (Note [Queued trials]).
     std::vector<torch::Tensor> queued;
     for (std::size_t i = 0; i < blocks.size(); ++i) {
@@ -125,29 +161,16 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
         stats.forward_seconds += seconds_since(start);
       }
     }
-    start = Clock::now();
-    const std::vector<double> kls = read_queued(queued);
-    stats.forward_seconds += seconds_since(start);
-    for (std::size_t i = 0; i < blocks.size(); ++i) {
-      LossEntry& e = entries[picked[i]];
-      e.expected_loss = kls[i] * double(data.size()) / double(n);  // N x mean KL: the scale of the expected loss
-      e.plugin_loss = blocks[i].plugin_loss;
-      e.lloyd_fallbacks = blocks[i].lloyd_fallbacks;
-      e.measured = true;
-    }
-    forward.set_block(info.name, original);
+    forward.set_block(info.name, original);  // queued after the block's forwards
     suffix.reset();
-    // Each measured entry against the measured entry before it of the same kind (a kind's entries are consecutive).
-    table.blocks[b].monotone = true;
-    const LossEntry* before = nullptr;
-    for (const LossEntry& e : entries) {
-      if (!e.measured) continue;
-      if (before && before->kind == e.kind && e.bits > before->bits && e.expected_loss > before->expected_loss)
-        table.blocks[b].monotone = false;
-      before = &e;
+    pending = Pending{b, std::move(picked), {}, {}, std::move(queued)};
+    for (const QuantizedBlock& q : blocks) {
+      pending->plugin_loss.push_back(q.plugin_loss);
+      pending->lloyd_fallbacks.push_back(q.lloyd_fallbacks);
     }
     progress.advance();
   }
+  finish();
   progress.finish();
   if (table.cached_prefix_blocks > 0) table.cached_prefix_share /= double(table.cached_prefix_blocks);
   stats.quantize_seconds += stats.swap_seconds;

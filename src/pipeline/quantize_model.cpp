@@ -16,6 +16,7 @@
 #include "bayesq/gptq/kfac.h"
 #include "bayesq/gptq/model_gptq.h"
 #include "bayesq/measure/joint_allocation.h"
+#include "bayesq/measure/kl_forward.h"
 #include "bayesq/measure/measured_table.h"
 #include "bayesq/pipeline/memory.h"
 #include "bayesq/table/hawq_table.h"
@@ -262,12 +263,10 @@ void predict_options(Session& session, const MethodConfig& config, LossTable& ta
 // Whether K-FAC codebooks are designed on a host thread ahead of the thread that drives the device (Note [Designs
 // ahead of the device] in gptq/design_queue.h): on a GPU by default, where the same designs then take less wall time
 // on one host thread fewer than usual, so that the device thread keeps a core to launch its kernels. (On a CPU the
-// two would only compete for the same cores.)
+// two would only compete for the same cores.) The options are then also fed back on a stream beside the forwards
+// (Note [Feedback beside the forwards] in measure/kl_forward.h).
 bool designs_ahead_on(Session& session, const MethodConfig& config) {
-  const MeasureParams::Overlap overlap = config.measure.overlap_design;
-  return config.variant().table == TableKind::kfac &&
-         (overlap == MeasureParams::Overlap::on ||
-          (overlap == MeasureParams::Overlap::automatic && session.compute().device.is_cuda()));
+  return config.variant().table == TableKind::kfac && config.measure.overlap_on(session.compute().device.is_cuda());
 }
 
 QuantizerParams kfac_quantizer_params(Session& session, const MethodConfig& config) {
@@ -356,7 +355,11 @@ void measure_entries(Session& session, const MethodConfig& config, LossTable& ta
       if (measure_here[b]) choices[b] = entry_choices(table.blocks[b], selected, b);
     designs_ahead = start_kfac_designs(session, config, choices);
   }
+  // Options are quantized beside the forwards queued before them (Note [Feedback beside the forwards]); the
+  // statistics they read were computed before the table.
+  const SideStream side(designs_ahead ? session.compute().device : torch::Device(torch::kCPU));
   const OptionBlocks options = [&](std::size_t b, const std::vector<std::pair<int, CodebookKind>>& choices) {
+    const SideStream::Scope beside(side);
     std::vector<QuantizedBlock> blocks;
     if (designs_ahead) {
       double wait = 0.0;
@@ -486,7 +489,10 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
   out.timings["allocate"] = seconds_since(t);
   if (config.table_loss == TableLoss::measured && config.joint.rounds > 0) {
     t = Clock::now();
+    // Options are quantized beside the trials queued before them (Note [Feedback beside the forwards]).
+    const SideStream side(designs_ahead_on(session, config) ? device : torch::Device(torch::kCPU));
     const OptionBlock option = [&](std::size_t b, int entry) {
+      const SideStream::Scope beside(side);
       const LossEntry& e = loss_table.blocks[b].entries[static_cast<std::size_t>(entry)];
       return option_block(session, config, b, e.bits, e.kind);
     };
@@ -523,6 +529,7 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
     const OptionsAhead ahead = [&](std::size_t b, const std::vector<int>& entries) {
       const std::vector<std::pair<int, CodebookKind>> missing = missing_options(b, entries);
       if (missing.empty()) return;
+      const SideStream::Scope beside(side);
       if (first_round_designs && next_queued < queued_blocks.size() && queued_blocks[next_queued] == b) {
         ++next_queued;
         double wait = 0.0;

@@ -16,9 +16,11 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include <c10/core/StreamGuard.h>
 #include <torch/script.h>
 
 #include "bayesq/data/data_file.h"
@@ -64,5 +66,41 @@ class KlForward {
 
 // The values of kl_sum_queued() tensors, in order: one wait for all of them.
 std::vector<double> read_queued(const std::vector<torch::Tensor>& sums);
+
+// Note [Feedback beside the forwards]: with replayed forwards queued on the device (Note [Queued trials] in
+// joint_allocation.h), the K-FAC feedback of the next block's options ran on the same stream as the forwards, so
+// its first kernel waited for every forward queued before it, and the feedback (a chain of small kernels whose
+// results the host reads between them) then ran with the device otherwise idle. On a stream of its own it runs
+// beside the queued forwards, and a measured table reads a block's queued KLs only once the next block's options
+// are made. Nothing on the device crosses between the two streams: the feedback reads only the session's
+// statistics, finished before the side stream is made (its constructor waits for the device's current stream),
+// and everything it returns is in host memory, read on its own stream. Its kernels and their inputs are the same,
+// so are the codes, bit for bit.
+class SideStream {
+ public:
+  // On a CUDA device of a build with CUDA: the process's second stream of the device (Note [One second stream] in
+  // kl_forward.cpp), once the device's current stream has run what was queued on it. Elsewhere none, and Scope
+  // changes nothing.
+  explicit SideStream(const torch::Device& device);
+  bool active() const { return stream_.has_value(); }
+
+  // While a Scope lives, the side stream (if any) is this thread's current stream on its device. What the work
+  // queued on it leaves on the device is ordered before what the previous stream runs after the Scope (an event,
+  // no wait on the host); work that hands device tensors to the other stream must still keep their memory alive.
+  class Scope {
+   public:
+    explicit Scope(const SideStream& side);
+    ~Scope();
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+
+   private:
+    std::optional<c10::Stream> side_;
+    c10::OptionalStreamGuard guard_;
+  };
+
+ private:
+  std::optional<c10::Stream> stream_;
+};
 
 }  // namespace bayesq

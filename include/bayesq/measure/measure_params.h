@@ -8,10 +8,14 @@ namespace bayesq {
 struct MeasureParams {
   int64_t examples = 128;  // calibration examples each entry's KL is measured on (0 or more than the file: all)
   // K-FAC tables: design the codebooks on another thread, ahead of the blocks being fed back and measured (Note
-  // [Designs ahead of the device] in gptq/design_queue.h). automatic: on a CUDA device (on a CPU both would
-  // compete for the same cores). The designs, hence the output, are the same either way.
+  // [Designs ahead of the device] in gptq/design_queue.h), and on a GPU quantize options on a stream beside the
+  // queued forwards (Note [Feedback beside the forwards] in kl_forward.h). automatic: on a CUDA device (on a CPU
+  // both would compete for the same cores). The designs and codes, hence the output, are the same either way.
   enum class Overlap { automatic, off, on };
   Overlap overlap_design = Overlap::automatic;
+  bool overlap_on(bool cuda) const {
+    return overlap_design == Overlap::on || (overlap_design == Overlap::automatic && cuda);
+  }
   // Each option's forward, and each joint-refinement trial, runs from the block's cached prefix (Note [Cached
   // prefix] in suffix_forward.h); off: full forwards, which give the same KLs bit for bit (on CUDA because
   // TorchScript's fusers are off there: Note [No fusion on CUDA] in pipeline/device.h). automatic: on a CPU only;

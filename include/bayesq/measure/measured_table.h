@@ -40,11 +40,12 @@ struct MeasureStats {
 // params.examples calibration examples (N: the file's examples), plugin_loss and lloyd_fallbacks from the option,
 // and each block's `monotone`. The model is not modified (a copy runs on compute.device). Forward passes run in
 // batches of max(compute.batch_size, 128) without gradients; `options` runs with autograd as it was, since it may
-// compute statistics on first use. `measure_here`, when given, names the blocks this process measures (the others'
-// entries are left for the processes that own them: quantize_model.cpp gathers them). `selected`, when given,
-// names the entries to measure, per block and entry (Note [Option prefilter] in table/option_prefilter.h): the
-// others are left as they are, and `options` is asked for the selected ones alone. Every measured entry gets
-// `measured` set; `monotone` compares the measured entries of each kind.
+// compute statistics on first use, and is asked for a block's options before the KLs of the block before are read
+// (Note [Feedback beside the forwards] in kl_forward.h). `measure_here`, when given, names the blocks this process
+// measures (the others' entries are left for the processes that own them: quantize_model.cpp gathers them).
+// `selected`, when given, names the entries to measure, per block and entry (Note [Option prefilter] in
+// table/option_prefilter.h): the others are left as they are, and `options` is asked for the selected ones alone.
+// Every measured entry gets `measured` set; `monotone` compares the measured entries of each kind.
 MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
                                 const OptionBlocks& options, const MeasureParams& params, const Compute& compute,
                                 const std::string& model_path, LossTable& table,
