@@ -15,7 +15,7 @@ def main():
     paths = [a for a in sys.argv[1:] if not a.startswith("--")]
     rows = []
     for path in paths:
-        with (gzip.open(path, "rt") if path.endswith('.gz') else open(path)) as f:
+        with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
             doc = json.load(f)
         for r in doc["rows"]:
             if r["method"] == "float" and any(x["method"] == "float" for x in rows):
