@@ -284,6 +284,10 @@ void add_shared_options(CLI::App* app, bayesq::QuantizeOptions& q, QuantizeExtra
   app->add_option("--joint-window", m.joint.window,
                   "Candidate bit-widths either side of a block's current one that a joint round re-measures")
       ->capture_default_str();
+  app->add_option("--joint-threshold", m.joint.threshold,
+                  "Joint rounds run only when the additive allocation's measured KL exceeds this multiple of the "
+                  "table's sum for it (0: always)")
+      ->capture_default_str();
   app->add_option("--allocator", x.allocator,
                   "dp (exact knapsack; finely coarsened for very large models) or greedy (the paper's max-heap)")
       ->check(CLI::IsMember({"greedy", "dp"}))

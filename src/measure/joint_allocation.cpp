@@ -62,7 +62,7 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
                                   const LossTable& table, const Allocation& start, const AllocationParams& params,
                                   const JointParams& joint, const MeasureParams& measure, const OptionBlock& option,
                                   const Compute& compute, const std::string& model_path, const World* world,
-                                  const OptionsAhead& ahead) {
+                                  const OptionsAhead& ahead, const std::function<void()>& rounds_begin) {
   const auto t0 = Clock::now();
   BQ_ASSERT(start.blocks.size() == index.blocks.size() && table.blocks.size() == index.blocks.size(),
             "joint allocation: table, allocation and index disagree");
@@ -98,11 +98,15 @@ JointRefinement refine_allocation(const torch::jit::Module& model, const BlockIn
   }
   double kl = measure_kl();
   out.initial_kl = kl;
+  // The table's entries are N x mean KL, N the measurement file's size (measured_table.h).
+  out.additive_kl = start.expected_loss / double(data.size());
+  out.skipped = joint.threshold > 0.0 && !(kl > joint.threshold * out.additive_kl);
+  if (!out.skipped && joint.rounds > 0 && rounds_begin) rounds_begin();
 
   AllocationParams local_params = params;
   local_params.certify = false;  // the certificate is the additive table's; a local table has none worth giving
   local_params.allowed_entries.clear();  // the local table's entries are all measured here
-  for (int round = 0; round < joint.rounds; ++round) {
+  for (int round = 0; round < (out.skipped ? 0 : joint.rounds); ++round) {
     const auto tr = Clock::now();
     JointRound r;
     const int64_t forwards_before = out.forwards;
@@ -269,8 +273,9 @@ void to_json(nlohmann::json& j, const JointRound& r) {
 }
 
 void to_json(nlohmann::json& j, const JointRefinement& r) {
-  j = nlohmann::json{{"initial_kl", r.initial_kl}, {"final_kl", r.final_kl}, {"examples", r.examples},
-                     {"forwards", r.forwards}, {"rounds", r.rounds}};
+  j = nlohmann::json{{"initial_kl", r.initial_kl}, {"additive_kl", r.additive_kl}, {"final_kl", r.final_kl},
+                     {"examples", r.examples}, {"forwards", r.forwards}, {"rounds", r.rounds}};
+  if (r.skipped) j["skipped"] = true;
   if (r.cached_prefixes > 0) j["cached_prefixes"] = r.cached_prefixes;
   if (r.replayed) j["replayed_forwards"] = true;
 }

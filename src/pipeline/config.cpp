@@ -142,6 +142,8 @@ void MethodConfig::validate() const {
              kMaxBits);
   BQ_CHECK(joint.rounds >= 0 && joint.rounds <= 16, ExitCode::usage, "--joint-rounds must be in 0..16");
   BQ_CHECK(joint.window >= 1 && joint.window <= kMaxBits, ExitCode::usage, "--joint-window must be in 1..", kMaxBits);
+  BQ_CHECK(joint.threshold >= 0.0 && std::isfinite(joint.threshold), ExitCode::usage,
+           "--joint-threshold must be a finite number >= 0 (0: always refine)");
   BQ_CHECK(measure.prefilter_window >= -1 && measure.prefilter_window <= kMaxBits, ExitCode::usage,
            "--prefilter-window must be -1 (off) or in 0..", kMaxBits);
   BQ_CHECK(distill.steps >= 0, ExitCode::usage, "--distill-steps must be >= 0");
@@ -188,7 +190,8 @@ void to_json(nlohmann::json& j, const MethodConfig& c) {
         {"keep_fp", c.allocation.keep_fp},
         {"rules", rules_json(c.allocation.rules)},
         {"joint_rounds", c.joint.rounds},
-        {"joint_window", c.joint.window}}},
+        {"joint_window", c.joint.window},
+        {"joint_threshold", c.joint.threshold}}},
       {"gptq",
        {{"percdamp", c.gptq.percdamp},
         {"act_order", c.gptq.act_order},
@@ -229,6 +232,7 @@ void from_json(const nlohmann::json& j, MethodConfig& c) {
   c.allocation.rules = rules_from_json(a.at("rules"));
   c.joint.rounds = a.at("joint_rounds").get<int>();
   c.joint.window = a.at("joint_window").get<int>();
+  c.joint.threshold = a.value("joint_threshold", 0.0);  // before the threshold: rounds always ran
   const auto& g = j.at("gptq");
   c.gptq.percdamp = g.at("percdamp").get<double>();
   c.gptq.act_order = g.at("act_order").get<bool>();
@@ -259,8 +263,10 @@ nlohmann::json result_key(const MethodConfig& c) {
     j["table"].erase("prefilter_window");
     j["allocation"].erase("joint_rounds");  // the joint refinement needs a measured table
     j["allocation"].erase("joint_window");
+    j["allocation"].erase("joint_threshold");
   } else if (c.joint.rounds == 0) {
     j["allocation"].erase("joint_window");
+    j["allocation"].erase("joint_threshold");
   }
   if (j.contains("table") && v.table != TableKind::kfac) j["table"].erase("prefilter_window");  // K-FAC tables only
   if (!v.needs_layer_stats) j.erase("gptq");

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <regex>
 
@@ -508,12 +509,15 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
       return missing;
     };
     // The first round's missing options are known now: their codebooks are designed ahead of its trials, as the
-    // table's are (Note [Designs ahead of the device]). A later round, or a block whose options turn out otherwise,
-    // quantizes them when its trials start. (One process: a job's processes each take their own blocks.)
+    // table's are (Note [Designs ahead of the device]), once the refinement has measured the additive allocation
+    // and is to run its rounds (Note [Refine where the sum misses]). A later round, or a block whose options turn
+    // out otherwise, quantizes them when its trials start. (One process: a job's processes each take their own
+    // blocks.)
     std::unique_ptr<DesignQueue> first_round_designs;
     std::vector<std::size_t> queued_blocks;
     std::size_t next_queued = 0, taken_ahead = 0;
-    if (designs_ahead_on(session, config) && !session.world().distributed()) {
+    const std::function<void()> design_first_round = [&]() {
+      if (!designs_ahead_on(session, config) || session.world().distributed()) return;
       std::vector<std::vector<std::pair<int, CodebookKind>>> choices(index.blocks.size());
       for (std::size_t b = 0; b < index.blocks.size(); ++b) {
         const BlockChoice& c = out.allocation->blocks[b];
@@ -525,7 +529,7 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
         if (!choices[b].empty()) queued_blocks.push_back(b);
       }
       if (!queued_blocks.empty()) first_round_designs = start_kfac_designs(session, config, choices);
-    }
+    };
     const OptionsAhead ahead = [&](std::size_t b, const std::vector<int>& entries) {
       const std::vector<std::pair<int, CodebookKind>> missing = missing_options(b, entries);
       if (missing.empty()) return;
@@ -544,7 +548,8 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
     };
     JointRefinement joint = refine_allocation(session.model().module, index, session.measurement(), loss_table,
                                               *out.allocation, ap, config.joint, config.measure, option,
-                                              session.compute(), session.inputs().model, &session.world(), ahead);
+                                              session.compute(), session.inputs().model, &session.world(), ahead,
+                                              design_first_round);
     first_round_designs.reset();
     out.allocation = std::move(joint.allocation);
     if (!queued_blocks.empty())  // blocks whose options outside the table's windows were designed ahead, of those queued

@@ -52,9 +52,10 @@ std::vector<RankResult> run_job(const std::string& args, int ranks, int port, co
   return out;
 }
 
+// The joint refinement's rounds run whatever the additive allocation's KL, so that their split is tested too.
 std::string quickstart(const std::string& output, const std::string& report, const std::string& bits = "3.0") {
   return "quantize --model " + fixture("quickstart_cnn.pt") + " --calib " + fixture("quickstart_calib.pt") +
-         " --bits " + bits + " --threads 1 -o " + output + " --report " + report;
+         " --bits " + bits + " --threads 1 --joint-threshold 0 -o " + output + " --report " + report;
 }
 
 }  // namespace

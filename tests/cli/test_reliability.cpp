@@ -268,7 +268,8 @@ TEST(Reliability, OutOfRangeOptionsAreUsageErrors) {
                               "--bits 3,,4", "--bits 4 --probes 100000", "--bits 4 --candidates 2,,4",
                               "--method rtn --bits 4 --keep-fp '.*'", "--bits 4 --batch-size 0",
                               "--bits 4 --joint-rounds -1", "--bits 4 --joint-window 0", "--bits 4 --holdout 0.9",
-                              "--bits 4 --measure-disjoint 100000"}) {
+                              "--bits 4 --measure-disjoint 100000", "--bits 4 --joint-threshold -1",
+                              "--bits 4 --joint-threshold inf"}) {
     const Result r = run(base + options);
     EXPECT_EQ(r.code, 2) << options << ": " << r.err;
     EXPECT_EQ(r.err_lines(), 1) << options << ": " << r.err;

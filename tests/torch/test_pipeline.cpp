@@ -251,6 +251,7 @@ TEST(Pipeline, DesignBesideTheMeasurementGivesTheSameModel) {
     o.method.measure.examples = 64;
     o.method.measure.overlap_design = overlap;
     o.method.measure.prefilter_window = 0;
+    o.method.joint.threshold = 0.0;  // the rounds run whatever the additive allocation's KL
     o.output = scratch(std::string("overlap_") + (overlap == MeasureParams::Overlap::on ? "on" : "off") + ".pt");
     const QuantizeOutcome out = run_quantize(o);
     const nlohmann::json& report = out.report_json.at(0);
@@ -270,6 +271,72 @@ TEST(Pipeline, DesignBesideTheMeasurementGivesTheSameModel) {
   }
   EXPECT_EQ(allocations[0], allocations[1]);
   EXPECT_TRUE(files[0] == files[1]) << "the two files differ";
+}
+
+// Note [Refine where the sum misses]: the refinement measures the additive allocation's KL J and compares it with
+// the table's sum S for it; the rounds run only when J > threshold x S. J and S are checked against what the run
+// without rounds reports (the written file's measured KL and the table's prediction); a threshold just above J / S
+// gives that run's file, one just below it the file and rounds of the run that always refines.
+TEST(Pipeline, RefinementRunsOnlyWhereTheAdditiveSumMisses) {
+  // A file's tensors by name (TorchScript's class names in a file depend on the modules the process made before,
+  // so the bytes of two runs' files are not compared).
+  struct Run {
+    nlohmann::json report;
+    std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  };
+  auto quantize = [](const std::string& name, int rounds, double threshold) {
+    QuantizeOptions o;
+    o.model = fixture("quickstart_cnn.pt");
+    o.calib = fixture("quickstart_calib.pt");
+    o.bits = {3.0};
+    o.method.measure.examples = 48;
+    o.method.joint.rounds = rounds;
+    o.method.joint.threshold = threshold;
+    o.output = scratch("threshold_" + name + ".pt");
+    const QuantizeOutcome out = run_quantize(o);
+    Run run{out.report_json.at(0), {}};
+    const LoadedModel written = load_model(o.output);
+    for (const auto& a : written.module.named_attributes(true))
+      if (a.value.isTensor()) run.tensors.emplace_back(a.name, a.value.toTensor());
+    return run;
+  };
+  auto same_tensors = [](const Run& a, const Run& b) {
+    if (a.tensors.size() != b.tensors.size()) return false;
+    for (std::size_t i = 0; i < a.tensors.size(); ++i)
+      if (a.tensors[i].first != b.tensors[i].first || !torch::equal(a.tensors[i].second, b.tensors[i].second))
+        return false;
+    return true;
+  };
+  const Run none = quantize("none", 0, 0.0);
+  const Run always = quantize("always", 2, 0.0);
+  ASSERT_FALSE(none.tensors.empty());
+  const nlohmann::json& additive = none.report["joint_calibration_kl"];
+  EXPECT_FALSE(additive.contains("refinement"));
+  const nlohmann::json& refinement = always.report["joint_calibration_kl"]["refinement"];
+  ASSERT_FALSE(refinement["rounds"].empty());
+  EXPECT_FALSE(refinement.contains("skipped"));
+  const double j = refinement["initial_kl"].get<double>(), s = refinement["additive_kl"].get<double>();
+  ASSERT_GT(s, 0.0);
+  EXPECT_NEAR(s, additive["predicted"].get<double>(), 1e-12 * s);
+  EXPECT_NEAR(j, additive["measured"].get<double>(), 1e-9 + 1e-6 * j);
+  // On this fixture the rounds move blocks: the two sides of the threshold give different models.
+  EXPECT_NE(always.report["blocks"], none.report["blocks"]);
+
+  const Run above = quantize("above", 2, 1.01 * j / s);
+  const nlohmann::json& skipped = above.report["joint_calibration_kl"]["refinement"];
+  EXPECT_TRUE(skipped.value("skipped", false)) << skipped.dump();
+  EXPECT_TRUE(skipped["rounds"].empty());
+  EXPECT_EQ(skipped["final_kl"], skipped["initial_kl"]);
+  EXPECT_EQ(above.report["blocks"], none.report["blocks"]);
+  EXPECT_TRUE(same_tensors(above, none)) << "skipping the rounds did not give the additive allocation's model";
+
+  const Run below = quantize("below", 2, 0.99 * j / s);
+  nlohmann::json ran = below.report["joint_calibration_kl"]["refinement"], reference = refinement;
+  ran.erase("cached_prefixes");
+  reference.erase("cached_prefixes");
+  EXPECT_EQ(ran, reference);
+  EXPECT_EQ(below.report["blocks"], always.report["blocks"]);
+  EXPECT_TRUE(same_tensors(below, always)) << "the rounds below the threshold did not give the refined model";
 }
 
 // Note [Cached prefix]: each option's forward from the block's cached prefix gives the KL a full forward gives,
@@ -309,6 +376,7 @@ TEST(Pipeline, CachedPrefixGivesTheTableOfFullForwards) {
       o.bits = {c.bits};
       o.method.measure.examples = c.measured;
       o.method.measure.cached_prefix = prefix ? MeasureParams::Prefix::on : MeasureParams::Prefix::off;
+      o.method.joint.threshold = 0.0;  // the rounds run whatever the additive allocation's KL
       o.output = scratch(std::string("prefix_") + (prefix ? "on_" : "off_") + c.model);
       const QuantizeOutcome out = run_quantize(o);
       nlohmann::json table = out.report_json.at(0).at("loss_table");

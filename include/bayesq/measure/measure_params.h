@@ -42,6 +42,9 @@ namespace bayesq {
 struct JointParams {
   int rounds = 2;  // rounds after the additive allocation; 0: the additive allocation as it is
   int window = 1;  // candidate bit-widths either side of a block's current one that a round re-measures
+  // Rounds run only when the additive allocation's measured KL exceeds `threshold` times the table's additive
+  // prediction for it (Note [Refine where the sum misses] in joint_allocation.h); 0: always.
+  double threshold = 2.0;
 };
 
 }  // namespace bayesq
