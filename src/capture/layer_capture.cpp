@@ -12,6 +12,7 @@
 #include "bayesq/common/errors.h"
 #include "bayesq/common/log.h"
 #include "bayesq/common/progress.h"
+#include "bayesq/common/timer.h"
 #include "bayesq/model/block_discovery.h"
 #include "bayesq/model/forward.h"
 #include "bayesq/model/graph_walk.h"
@@ -256,7 +257,8 @@ std::vector<torch::Tensor> activation_rows(const torch::Tensor& activation, cons
 std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const BlockIndex& index,
                                             const std::vector<std::size_t>& blocks, const DataFile& data,
                                             const CaptureParams& params, const Compute& compute,
-                                            const std::string& model_path) {
+                                            const std::string& model_path, CaptureTimes* times) {
+  CaptureTimes spent;
   const torch::Device device = compute.device;
   module.eval();
   module.to(device);
@@ -365,6 +367,7 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
   Progress progress("layer capture", n, "examples");
   for (int64_t begin = 0; begin < n; begin += compute.batch_size) {
     const int64_t end = std::min(n, begin + compute.batch_size);
+    auto part_start = Clock::now();
     torch::jit::Stack stack;
     stack.emplace_back(module._ivalue());
     for (auto& v : data.batch(begin, end, device)) stack.push_back(std::move(v));
@@ -396,6 +399,8 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
       }
       return out;
     };
+    spent.forward += seconds_since(part_start);
+    part_start = Clock::now();
     std::vector<torch::Tensor> results(taps.size());
     if (output_gradients) {
       const torch::Tensor logits = select_output(outputs.at(0), compute.output).to(torch::kFloat32);
@@ -434,6 +439,8 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
           stats[w.second].gradient_fallback = "no backward through the model's operators: G = identity";
       }
     }
+    spent.backward += seconds_since(part_start);
+    part_start = Clock::now();
     torch::NoGradGuard accumulate;
     for (std::size_t k = 0; k < taps.size(); ++k) {
       const Tap& t = taps[k];
@@ -457,9 +464,11 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
       }
     }
     for (auto& w : wanted) stats[w.second].examples += end - begin;
+    spent.moments += seconds_since(part_start);
     progress.advance(end - begin);
   }
   progress.finish();
+  if (times) *times = spent;
   for (auto& w : wanted) {
     LayerStats& s = stats[w.second];
     if (index.blocks[w.second].op == OpKind::embedding) {

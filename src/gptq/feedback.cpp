@@ -51,7 +51,8 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
                                                            const std::vector<FeedbackOption>& options,
                                                            int64_t group_size, const GptqParams& params,
                                                            GptqStats* gptq_stats, const KfacMetric* metric,
-                                                           std::vector<torch::Tensor>* row_losses) {
+                                                           std::vector<torch::Tensor>* row_losses,
+                                                           std::vector<torch::Tensor>* device_codes) {
   BQ_ASSERT(stats.captured, "no layer statistics for ", info.name);
   BQ_ASSERT(!row_losses || metric, "row losses of ", info.name, " asked for without a metric");
   const int64_t total_rows = rows.size(0), cols = rows.size(1);
@@ -74,9 +75,14 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
     q.cols = cols;
     q.group_size = effective_group_size(cols, group_size);
     q.codebooks = *o.codebooks;
-    q.codes.resize(static_cast<std::size_t>(total_rows * cols));
+    if (!device_codes) q.codes.resize(static_cast<std::size_t>(total_rows * cols));
   }
   if (options.empty()) return out;
+  if (device_codes) {
+    device_codes->clear();
+    for (std::size_t e = 0; e < options.size(); ++e)
+      device_codes->push_back(torch::empty({total_rows, cols}, rows.options().dtype(torch::kUInt8)));
+  }
   if (row_losses) {
     row_losses->clear();
     for (const FeedbackOption& o : options)
@@ -105,12 +111,19 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
         torch::from_blob(values.data(), {conv_groups, stacked_rows, width}, torch::kFloat32).clone().to(rows.device());
     const GptqResult result = gptq_quantize_batched(w, torch::stack(stats.input_moment), levels, params);
     accumulate(gptq_stats, result.stats);
-    const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
-    const uint8_t* c = codes.data_ptr<uint8_t>();
-    const std::size_t run = static_cast<std::size_t>(rows_per_group * cols);  // one option's rows of one group
-    for (int64_t cg = 0; cg < conv_groups; ++cg)
+    if (device_codes) {
+      // [groups, options x rows, cols] -> per option [groups x rows, cols], rows in block order.
+      const torch::Tensor codes = result.codes.reshape({conv_groups, count, rows_per_group, cols});
       for (int64_t e = 0; e < count; ++e)
-        std::memcpy(out[static_cast<std::size_t>(e)].codes.data() + cg * run, c + (cg * count + e) * run, run);
+        (*device_codes)[static_cast<std::size_t>(e)].copy_(codes.select(1, e).reshape({total_rows, cols}));
+    } else {
+      const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
+      const uint8_t* c = codes.data_ptr<uint8_t>();
+      const std::size_t run = static_cast<std::size_t>(rows_per_group * cols);  // one option's rows of one group
+      for (int64_t cg = 0; cg < conv_groups; ++cg)
+        for (int64_t e = 0; e < count; ++e)
+          std::memcpy(out[static_cast<std::size_t>(e)].codes.data() + cg * run, c + (cg * count + e) * run, run);
+    }
     if (row_losses) {
       // [groups, options x rows, cols] -> per option [groups x rows, cols], rows in block order.
       const torch::Tensor q = result.quantized.reshape({conv_groups, count, rows_per_group, cols});
@@ -139,11 +152,17 @@ std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& 
                                               params);
       // Damping and dead columns are properties of H: counted once per group, not per chunk.
       if (first == group_begin) accumulate(gptq_stats, result.stats);
-      const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
-      const uint8_t* c = codes.data_ptr<uint8_t>();
-      const std::size_t run = static_cast<std::size_t>(n * cols);
-      for (int64_t e = 0; e < count; ++e)
-        std::memcpy(out[static_cast<std::size_t>(e)].codes.data() + first * cols, c + e * run, run);
+      if (device_codes) {
+        for (int64_t e = 0; e < count; ++e)
+          (*device_codes)[static_cast<std::size_t>(e)].slice(0, first, first + n).copy_(
+              result.codes.slice(0, e * n, (e + 1) * n));
+      } else {
+        const torch::Tensor codes = result.codes.to(torch::kCPU).contiguous();
+        const uint8_t* c = codes.data_ptr<uint8_t>();
+        const std::size_t run = static_cast<std::size_t>(n * cols);
+        for (int64_t e = 0; e < count; ++e)
+          std::memcpy(out[static_cast<std::size_t>(e)].codes.data() + first * cols, c + e * run, run);
+      }
       if (row_losses)
         for (int64_t e = 0; e < count; ++e)
           if (options[static_cast<std::size_t>(e)].row_losses)
@@ -233,11 +252,15 @@ KfacMetric::KfacMetric(const LayerStats& stats, int64_t rows, double damp, const
 }
 
 double KfacMetric::loss(const torch::Tensor& delta_rows) const {
+  return loss_of_sum(weighted_sum(delta_rows).item<double>());
+}
+
+torch::Tensor KfacMetric::weighted_sum(const torch::Tensor& delta_rows) const {
   torch::NoGradGuard no_grad;
   const int64_t groups = h_.size(0), cols = h_.size(1);
   const torch::Tensor d = delta_rows.to(h_.device(), torch::kFloat64).reshape({groups, -1, cols});
   const torch::Tensor per_row = (torch::bmm(d, h_) * d).sum(2);  // [groups, rows per group]
-  return 0.5 * static_cast<double>(examples_) * (g_ * per_row).sum().item<double>();
+  return (g_ * per_row).sum();
 }
 
 torch::Tensor KfacMetric::group_row_losses(const torch::Tensor& delta_rows, int64_t group) const {

@@ -111,7 +111,10 @@ std::vector<QuantizedBlock> kfac_option_blocks(const BlockWeights& weights, cons
 std::vector<double> predicted_option_losses(const BlockWeights& weights, const BlockInfo& info,
                                             const LayerStats& stats,
                                             const std::vector<std::pair<int, CodebookKind>>& choices,
-                                            int64_t group_size, const GptqParams& gptq, const torch::Device& device) {
+                                            int64_t group_size, const GptqParams& gptq, const torch::Device& device,
+                                            PredictionTimes* times) {
+  PredictionTimes spent;
+  auto part_start = Clock::now();
   std::vector<int> bits;  // the distinct widths, in the order first asked
   int widest_lloyd = 0;
   for (const auto& [b, kind] : choices) {
@@ -131,11 +134,25 @@ std::vector<double> predicted_option_losses(const BlockWeights& weights, const B
     std::vector<FeedbackOption> options;
     for (std::size_t k = 0; k < bits.size(); ++k)
       options.push_back({bits[k], CodebookKind::uniform_asymmetric, &grids[k]});
+    spent.grids += seconds_since(part_start);
+    part_start = Clock::now();
     w = weight_rows(weights, device);
+    // The codes stay on the device and the losses come back in one copy: predictions score every width of every
+    // block, and its codes are never written (the de-quantized values are dequantize()'s, bit for bit).
+    std::vector<torch::Tensor> codes;
     const std::vector<QuantizedBlock> fed =
-        quantize_with_feedback_options(w, info, stats, options, group_size, gptq);
+        quantize_with_feedback_options(w, info, stats, options, group_size, gptq, nullptr, nullptr, nullptr, &codes);
+    spent.feedback += seconds_since(part_start);
+    part_start = Clock::now();
     metric.emplace(stats, info.rows(), /*damp=*/0.0, device);
-    for (const QuantizedBlock& q : fed) per_width.push_back(metric->loss(dequantized_rows(q, device) - w));
+    std::vector<torch::Tensor> sums;
+    for (std::size_t k = 0; k < fed.size(); ++k)
+      sums.push_back(metric->weighted_sum(dequantized_rows_by_gather(fed[k], device, codes[k]) - w));
+    const torch::Tensor host_sums = torch::stack(sums).to(torch::kCPU).contiguous();
+    for (std::size_t k = 0; k < fed.size(); ++k)
+      per_width.push_back(metric->loss_of_sum(host_sums.data_ptr<double>()[k]));
+    spent.score += seconds_since(part_start);
+    part_start = Clock::now();
   }
   // Lloyd tables wide enough to hold every group: the weights at their fp16 levels.
   const int64_t distinct =
@@ -152,6 +169,12 @@ std::vector<double> predicted_option_losses(const BlockWeights& weights, const B
           weights.precision ? torch::from_blob(const_cast<float*>(weights.precision), shape) : torch::ones_like(d);
       held = 0.5 * (p.to(torch::kFloat64) * d.to(torch::kFloat64).square()).sum().item<double>();
     }
+  }
+  spent.grids += seconds_since(part_start);
+  if (times) {
+    times->grids += spent.grids;
+    times->feedback += spent.feedback;
+    times->score += spent.score;
   }
   std::vector<double> out;
   for (const auto& [b, kind] : choices)

@@ -44,9 +44,16 @@ torch::Tensor dequantized_rows(const QuantizedBlock& q, const torch::Device& dev
   return torch::from_blob(values.data(), {q.rows, q.cols}, torch::kFloat32).clone();
 }
 
-torch::Tensor dequantized_rows_by_gather(const QuantizedBlock& q, const torch::Device& device) {
-  BQ_ASSERT(q.rows >= 0 && q.cols >= 0 && static_cast<int64_t>(q.codes.size()) == q.rows * q.cols, q.codes.size(),
-            " codes for ", q.rows, " x ", q.cols, " weights");
+torch::Tensor dequantized_rows_by_gather(const QuantizedBlock& q, const torch::Device& device,
+                                         const torch::Tensor& codes_on_device) {
+  if (codes_on_device.defined())
+    BQ_ASSERT(codes_on_device.device() == device && codes_on_device.scalar_type() == torch::kUInt8 &&
+                  codes_on_device.dim() == 2 && codes_on_device.size(0) == q.rows && codes_on_device.size(1) == q.cols,
+              "codes ", codes_on_device.sizes(), " on ", codes_on_device.device(), " for ", q.rows, " x ", q.cols,
+              " weights on ", device);
+  else
+    BQ_ASSERT(q.rows >= 0 && q.cols >= 0 && static_cast<int64_t>(q.codes.size()) == q.rows * q.cols, q.codes.size(),
+              " codes for ", q.rows, " x ", q.cols, " weights");
   if (q.rows == 0 || q.cols == 0) return torch::zeros({q.rows, q.cols}, torch::TensorOptions().device(device));
   // Every level in one flat table, codebook after codebook (row-major over rows and groups, as QuantizedBlock
   // keeps them), each 2^bits long; a weight's value is table[(r * groups + c / group_size) * L + code]. A gather
@@ -78,7 +85,9 @@ torch::Tensor dequantized_rows_by_gather(const QuantizedBlock& q, const torch::D
   };
   const torch::Tensor flat_table = on_device(table.data(), static_cast<int64_t>(table.size()), torch::kFloat32);
   const torch::Tensor codes =
-      on_device(const_cast<uint8_t*>(q.codes.data()), q.rows * q.cols, torch::kUInt8).view({q.rows, q.cols});
+      codes_on_device.defined()
+          ? codes_on_device
+          : on_device(const_cast<uint8_t*>(q.codes.data()), q.rows * q.cols, torch::kUInt8).view({q.rows, q.cols});
   const torch::Tensor row_offset =
       torch::arange(q.rows, torch::TensorOptions().dtype(torch::kInt64).device(device)).mul_(groups * levels);
   const torch::Tensor index = codes.to(torch::kInt64)

@@ -222,6 +222,7 @@ void predict_options(Session& session, const MethodConfig& config, LossTable& ta
     for (const BlockInfo& info : index.blocks) cost.push_back(double(info.numel()));
     owner = assign_blocks(cost, world.size());
   }
+  PredictionTimes parts;
   Progress progress("option prefilter", static_cast<int64_t>(index.blocks.size()), "blocks");
   for (std::size_t b = 0; b < index.blocks.size(); ++b) {
     ProgressStep step(progress);
@@ -232,7 +233,7 @@ void predict_options(Session& session, const MethodConfig& config, LossTable& ta
     const LayerStats& stats = session.kfac_stats()[b];
     const std::vector<double> losses = predicted_option_losses(
         session.weights(b, &session.kfac_precision(config.posterior.damp)[b]), index.blocks[b], stats,
-        entry_choices(block), config.table.quantizer.group_size, config.gptq, session.compute().device);
+        entry_choices(block), config.table.quantizer.group_size, config.gptq, session.compute().device, &parts);
     for (std::size_t e = 0; e < block.entries.size(); ++e) block.entries[e].predicted_loss = losses[e];
   }
   if (world.distributed()) {
@@ -259,6 +260,9 @@ void predict_options(Session& session, const MethodConfig& config, LossTable& ta
     }
   }
   add_time(session, "prefilter_predict", seconds_since(start));
+  add_time(session, "prefilter_grids", parts.grids);
+  add_time(session, "prefilter_feedback", parts.feedback);
+  add_time(session, "prefilter_score", parts.score);
 }
 
 // Whether K-FAC codebooks are designed on a host thread ahead of the thread that drives the device (Note [Designs

@@ -194,7 +194,11 @@ const std::vector<LayerStats>& Session::kfac_stats() {
     cp.output_gradients = true;
     std::vector<std::size_t> all(index_.blocks.size());
     for (std::size_t b = 0; b < all.size(); ++b) all[b] = b;
-    kfac_stats_ = capture_layer_stats(model_.module, index_, all, calibration(), cp, compute_, inputs_.model);
+    CaptureTimes parts;
+    kfac_stats_ = capture_layer_stats(model_.module, index_, all, calibration(), cp, compute_, inputs_.model, &parts);
+    timings_["capture_forward"] = parts.forward;
+    timings_["capture_backward"] = parts.backward;
+    timings_["capture_moments"] = parts.moments;
     model_.module.to(torch::kCPU);
     for (const auto& s : *kfac_stats_)
       if (!s.captured) log::warn("block ", s.name, ": no K-FAC statistics (", s.reason, "); plain squared error used");

@@ -472,6 +472,48 @@ TEST(Gptq, StackedRowsInChunksEqualOnePass) {
   }
 }
 
+// Codes kept on the rows' device (what the prefilter's predictions score) are the codes the host gets, in every
+// path of quantize_with_feedback_options (grouped convolutions batched, one pass, chunks of rows), and gathering
+// the levels at them gives dequantize()'s values bit for bit. Oracle: the same call without device codes.
+TEST(Gptq, CodesKeptOnTheDeviceAreTheHostCodes) {
+  Fixture f("separable.pt", "separable_calib.pt", "");
+  for (const char* name : {"dw2.weight", "pw2.weight", "fc.weight"}) {
+    const std::size_t b = f.block(name);
+    const BlockInfo& info = f.index.blocks[b];
+    const std::vector<float> w = block_rows_vector(find_tensor(f.model.module, info.name), info);
+    std::vector<QuantizedBlock> plain;
+    for (int bits : {2, 5})
+      for (CodebookKind kind : {CodebookKind::lloyd, CodebookKind::uniform_asymmetric}) {
+        QuantizerParams qp;
+        qp.kind = kind;
+        plain.push_back(quantize_block(BlockWeights{w.data(), nullptr, info.rows(), info.cols()}, bits, qp));
+      }
+    std::vector<FeedbackOption> options;
+    for (const QuantizedBlock& p : plain) options.push_back({p.bits, p.kind, &p.codebooks});
+    GptqParams one, chunked;
+    chunked.stack_bytes = 3 * int64_t(options.size()) * info.cols() * int64_t(sizeof(float));  // 3 rows a pass
+    for (const GptqParams& params : {one, chunked}) {
+      const std::vector<QuantizedBlock> host =
+          quantize_with_feedback_options(f.rows(b), info, f.calib[b], options, 0, params);
+      std::vector<torch::Tensor> codes;
+      const std::vector<QuantizedBlock> kept = quantize_with_feedback_options(
+          f.rows(b), info, f.calib[b], options, 0, params, nullptr, nullptr, nullptr, &codes);
+      ASSERT_EQ(codes.size(), options.size()) << name;
+      for (std::size_t e = 0; e < options.size(); ++e) {
+        EXPECT_TRUE(kept[e].codes.empty()) << name << " option " << e;
+        ASSERT_EQ(codes[e].scalar_type(), torch::kUInt8);
+        ASSERT_EQ(codes[e].sizes(), (std::vector<int64_t>{info.rows(), info.cols()})) << name;
+        const torch::Tensor c = codes[e].contiguous();
+        EXPECT_EQ(std::vector<uint8_t>(c.data_ptr<uint8_t>(), c.data_ptr<uint8_t>() + c.numel()), host[e].codes)
+            << name << " option " << e << (params.stack_bytes == one.stack_bytes ? " (one pass)" : " (chunks)");
+        EXPECT_TRUE(torch::equal(dequantized_rows_by_gather(kept[e], torch::kCPU, codes[e]),
+                                 dequantized_rows(host[e], torch::kCPU)))
+            << name << " option " << e;
+      }
+    }
+  }
+}
+
 TEST(Gptq, KfacBayesqLayerErrorIsNoWorseThanGptqAtEqualAverageBits) {
   struct Case {
     const char* model;

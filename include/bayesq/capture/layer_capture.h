@@ -39,6 +39,14 @@ struct CaptureParams {
   bool output_gradients = false;  // also G (K-FAC), with labels sampled from the model (compute.seed)
 };
 
+// Host wall seconds per part of a capture (on a GPU each part's kernels may still run when its time is read: run
+// with CUDA_LAUNCH_BLOCKING=1 for device time per part).
+struct CaptureTimes {
+  double forward = 0.0;   // the instrumented forward, inputs to the device included
+  double backward = 0.0;  // output gradients (K-FAC's G)
+  double moments = 0.0;   // accumulating A and G
+};
+
 struct LayerStats {
   std::string name;
   bool captured = false;
@@ -57,7 +65,7 @@ struct LayerStats {
 std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const BlockIndex& index,
                                             const std::vector<std::size_t>& blocks, const DataFile& data,
                                             const CaptureParams& params, const Compute& compute,
-                                            const std::string& model_path);
+                                            const std::string& model_path, CaptureTimes* times = nullptr);
 
 // The activation rows one convolution or matmul multiplies its weight with, [samples, cols] per group; exposed
 // for tests (layer output errors).

@@ -47,13 +47,17 @@ class KfacMetric;
 // `row_losses`, the feedback objective of each row, d_r H_g(r) d_r^T (KfacMetric::row_losses, d_r the row's
 // error), [rows] float64 on the metric's device, computed pass by pass so that no option's de-quantized rows are
 // kept; undefined for the others.
+// `device_codes`, when given, receives each option's codes as a [rows, cols] uint8 tensor on the rows' device, and
+// the blocks' `codes` stay empty: a caller that only scores the options (the prefilter's predictions) then neither
+// copies every option's codes to the host nor back up to de-quantize them.
 std::vector<QuantizedBlock> quantize_with_feedback_options(const torch::Tensor& rows, const BlockInfo& info,
                                                            const LayerStats& stats,
                                                            const std::vector<FeedbackOption>& options,
                                                            int64_t group_size, const GptqParams& params,
                                                            GptqStats* gptq_stats = nullptr,
                                                            const KfacMetric* metric = nullptr,
-                                                           std::vector<torch::Tensor>* row_losses = nullptr);
+                                                           std::vector<torch::Tensor>* row_losses = nullptr,
+                                                           std::vector<torch::Tensor>* device_codes = nullptr);
 
 // K-FAC block metric with G replaced by its diagonal and the damping written relative to A (so that G = I gives
 // GPTQ's H up to scale): L(D) = 1/2 N sum_r G_rr D_r (A_g(r) + damp * mean(diag A_g(r)) I) D_r^T.
@@ -65,6 +69,10 @@ class KfacMetric {
  public:
   KfacMetric(const LayerStats& stats, int64_t rows, double damp, const torch::Device& device);
   double loss(const torch::Tensor& delta_rows) const;
+  // loss() before it leaves the device: sum_r G_rr D_r H D_r^T as a float64 scalar tensor, loss = N/2 x this, so
+  // that several deltas' losses come to the host in one copy.
+  torch::Tensor weighted_sum(const torch::Tensor& delta_rows) const;
+  double loss_of_sum(double weighted_sum) const { return 0.5 * static_cast<double>(examples_) * weighted_sum; }
   // d_r H_g(r) d_r^T of every row, [rows] float64: the metric without G_rr and N/2, for choosing between two
   // quantizations of the same row.
   torch::Tensor row_losses(const torch::Tensor& delta_rows) const;

@@ -53,6 +53,14 @@ std::vector<QuantizedBlock> feed_back_kfac_options(KfacDesigns designs, const Bl
                                                    const QuantizerParams& quantizer, const GptqParams& gptq,
                                                    const torch::Device& device, KfacOptionTimes* times = nullptr);
 
+// Host wall seconds per part of predicted_option_losses (on a GPU, feedback kernels may still run when `feedback`
+// is read; their wait falls in `score`).
+struct PredictionTimes {
+  double grids = 0.0;     // min-max grids, distinct-weight counts, the held rows' loss
+  double feedback = 0.0;  // the stacked feedback pass
+  double score = 0.0;     // the metric and the losses, copied to the host
+};
+
 // The option prefilter's predicted loss of the block at each of `choices` (Note [Option prefilter] in
 // table/option_prefilter.h): the min-max grid at that width (quantize_block_rtn's, from minmax_codebooks) with its
 // codes chosen by the error feedback, all widths in one stacked pass, whatever the kind; except that a Lloyd table
@@ -64,7 +72,8 @@ std::vector<QuantizedBlock> feed_back_kfac_options(KfacDesigns designs, const Bl
 std::vector<double> predicted_option_losses(const BlockWeights& weights, const BlockInfo& info,
                                             const LayerStats& stats,
                                             const std::vector<std::pair<int, CodebookKind>>& choices,
-                                            int64_t group_size, const GptqParams& gptq, const torch::Device& device);
+                                            int64_t group_size, const GptqParams& gptq, const torch::Device& device,
+                                            PredictionTimes* times = nullptr);
 
 // Scores a block's table entries (in entry order, as `blocks`) by the K-FAC metric of their weight error
 // (kfac_loss in feedback.h), or by the codebook's own expected loss where the block has no statistics, and sets

@@ -22,8 +22,10 @@ torch::Tensor rows_to_block(const torch::Tensor& rows, const BlockInfo& info, co
 // QuantizedBlock::dequantize()'s values as a rows x cols float tensor on `device`, bit for bit: decoded on the host
 // for a CPU device, by dequantized_rows_by_gather otherwise.
 torch::Tensor dequantized_rows(const QuantizedBlock& q, const torch::Device& device);
-// The same values gathered on `device` from the codes and one table of every codebook's levels.
-torch::Tensor dequantized_rows_by_gather(const QuantizedBlock& q, const torch::Device& device);
+// The same values gathered on `device` from the codes and one table of every codebook's levels. `codes`, when
+// defined, are q's codes already on `device` ([rows, cols] uint8; q.codes is then not read).
+torch::Tensor dequantized_rows_by_gather(const QuantizedBlock& q, const torch::Device& device,
+                                         const torch::Tensor& codes = {});
 
 const char* dtype_name(c10::ScalarType type);
 
