@@ -254,6 +254,27 @@ std::vector<torch::Tensor> activation_rows(const torch::Tensor& activation, cons
   return out;
 }
 
+void add_input_moments(torch::Tensor& moments, const std::vector<torch::Tensor>& rows) {
+  BQ_ASSERT(!rows.empty(), "no activation rows");
+  const int64_t groups = static_cast<int64_t>(rows.size()), n = rows[0].size(0), cols = rows[0].size(1);
+  if (!moments.defined()) moments = torch::zeros({groups, cols, cols}, rows[0].options());
+  BQ_ASSERT(moments.size(0) == groups && moments.size(1) == cols, "moments ", moments.sizes(), " for ", groups,
+            " groups of ", cols, " columns");
+  if (groups == 1) {
+    moments[0].addmm_(rows[0].t(), rows[0]);
+    return;
+  }
+  // The groups lie side by side in one [n, groups x cols] matrix (activation_rows' slices of it): one batched
+  // product for all, where one product per group cost a launch per channel of a depthwise layer on the GPU.
+  const torch::Tensor& first = rows[0];
+  const int64_t group_stride = cols * first.stride(1);
+  BQ_ASSERT(rows.back().data_ptr<float>() == first.data_ptr<float>() + (groups - 1) * group_stride &&
+                rows.back().strides() == first.strides(),
+            "activation rows of ", groups, " groups are not slices of one matrix");
+  const torch::Tensor x = first.as_strided({groups, n, cols}, {group_stride, first.stride(0), first.stride(1)});
+  moments.baddbmm_(x.transpose(1, 2), x);
+}
+
 std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const BlockIndex& index,
                                             const std::vector<std::size_t>& blocks, const DataFile& data,
                                             const CaptureParams& params, const Compute& compute,
@@ -364,6 +385,7 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
   bool output_gradients = params.output_gradients;
   c10::optional<torch::NoGradGuard> no_grad;
   if (!output_gradients) no_grad.emplace();
+  std::vector<torch::Tensor> moments(index.blocks.size());  // per block, A of every group: [groups, cols, cols]
   Progress progress("layer capture", n, "examples");
   for (int64_t begin = 0; begin < n; begin += compute.batch_size) {
     const int64_t end = std::min(n, begin + compute.batch_size);
@@ -453,9 +475,7 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
         continue;
       }
       const std::vector<torch::Tensor> rows = activation_rows(activation.detach(), info, t.on_right);
-      if (s.input_moment.empty())
-        for (const auto& r : rows) s.input_moment.push_back(torch::zeros({r.size(1), r.size(1)}, r.options()));
-      for (std::size_t g = 0; g < rows.size(); ++g) s.input_moment[g].addmm_(rows[g].t(), rows[g]);
+      add_input_moments(moments[t.block], rows);
       s.rows_seen += rows[0].size(0);
       if (output_gradients && results[k].defined()) {
         const torch::Tensor gr = output_rows(results[k].to(torch::kFloat32), info, t.on_right);
@@ -483,8 +503,8 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
       s.captured = true;
       continue;
     }
-    if (s.input_moment.empty()) continue;
-    for (auto& a : s.input_moment) a.div_(static_cast<double>(s.rows_seen));
+    if (!moments[w.second].defined()) continue;
+    s.input_moment = moments[w.second].div_(static_cast<double>(s.rows_seen)).unbind(0);
     if (s.row_moment.defined()) s.row_moment.div_(static_cast<double>(s.examples));
     s.captured = true;
   }

@@ -88,6 +88,40 @@ TEST(Capture, InputMomentsMatchTheActivationsComputedDirectly) {
   EXPECT_TRUE(torch::allclose(f.calib[stem].input_moment[0], expected, 1e-4, 1e-5));
 }
 
+// A grouped convolution's input moments in one batched product are each group's own X_g^T X_g, summed over
+// batches, on the CPU and (where there is one) on CUDA. Oracle: one product per group, in double.
+TEST(Capture, GroupedMomentsInOneProductAreEachGroupsOwn) {
+  torch::manual_seed(3);
+  std::vector<torch::Device> devices = {torch::kCPU};
+  if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA);
+  const int64_t cols = 9;
+  for (const torch::Device& device : devices) {
+    for (int64_t groups : {1, 2, 7}) {
+      torch::Tensor moments;
+      std::vector<torch::Tensor> oracle;  // one tensor each (copies of one tensor would share its storage)
+      for (int64_t g = 0; g < groups; ++g) oracle.push_back(torch::zeros({cols, cols}, torch::kFloat64));
+      for (int64_t n : {40, 13}) {
+        const torch::Tensor all = torch::randn({n, groups * cols}).to(device);
+        std::vector<torch::Tensor> rows;  // activation_rows' slices
+        for (int64_t g = 0; g < groups; ++g) rows.push_back(all.slice(1, g * cols, (g + 1) * cols));
+        add_input_moments(moments, rows);
+        for (int64_t g = 0; g < groups; ++g) {
+          const torch::Tensor x = rows[static_cast<std::size_t>(g)].to(torch::kCPU, torch::kFloat64);
+          oracle[static_cast<std::size_t>(g)] += x.t().matmul(x);
+        }
+      }
+      ASSERT_EQ(moments.sizes(), (std::vector<int64_t>{groups, cols, cols}));
+      for (int64_t g = 0; g < groups; ++g)
+        EXPECT_TRUE(torch::allclose(moments[g].to(torch::kCPU, torch::kFloat64),
+                                    oracle[static_cast<std::size_t>(g)], 1e-5, 1e-5))
+            << "group " << g << " of " << groups << " on " << device;
+    }
+  }
+  // Rows that are not side by side in one matrix are an internal error, not a silent mix-up.
+  torch::Tensor moments;
+  EXPECT_THROW(add_input_moments(moments, {torch::randn({4, 3}), torch::randn({4, 3})}), std::exception);
+}
+
 // An embedding is a linear layer on one-hot inputs, y = E^T onehot(t) (layer_capture.h): the lookup model's table
 // statistics must be the one-hot model's with the roles swapped, row_moment = diag A (token frequencies) and the
 // diagonal of input_moment = diag G, except the lookup's padding row (no gradient: frequency 0). Both models sample

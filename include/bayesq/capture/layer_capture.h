@@ -72,4 +72,8 @@ std::vector<LayerStats> capture_layer_stats(torch::jit::Module& module, const Bl
 std::vector<torch::Tensor> activation_rows(const torch::Tensor& activation, const BlockInfo& info,
                                            bool activation_on_right);
 
+// moments[g] += rows[g]^T rows[g] for every group of activation_rows' result, `moments` [groups, cols, cols]
+// (zeros first when undefined): a grouped convolution's groups in one batched product.
+void add_input_moments(torch::Tensor& moments, const std::vector<torch::Tensor>& rows);
+
 }  // namespace bayesq
