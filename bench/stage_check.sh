@@ -4,10 +4,10 @@
 # Per model: the default `quantize` at its first budget (BITS, default 2; BERT: BITS_BERT, default 3, the budgets
 # that open bench/refine_check.sh's runs), the same run again with CUDA_LAUNCH_BLOCKING=1 (every kernel finishes
 # before its launch returns, so each stage's host time holds its device time: the per-stage split of device time;
-# its file must be the first run's; STAGE_BLOCKING=0 leaves it out), and `--method gptq` at the same budget. Needs the raw data under .gpu/raw
-# (bench/prepare_gpu_carry.sh). Writes $OUT/stage_MODEL.json: per run every report timing, the peak device memory,
-# the file's size and the calibration KL of the additive allocation, and whether the blocking run's file is the
-# first run's.
+# its file must be the first run's; STAGE_BLOCKING=0 leaves it out), and `--method gptq` at the same budget.
+# Needs the raw data under .gpu/raw (bench/prepare_gpu_carry.sh). Writes $OUT/stage_MODEL.json: per run every
+# report timing, the peak device memory, the file's size and the calibration KL of the additive allocation, and
+# whether the blocking run's file is the first run's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=.gpu
@@ -27,8 +27,10 @@ for m in "${models[@]}"; do
     *) echo "unknown model $m" >&2; exit 2 ;;
   esac
   common=("${args[@]}" --device cuda --threads "$threads" --seed 0 --bits "$bits" -q)
+  rm -f "$S/${m}"_*  # nothing of an earlier call on this machine
   log "$m: default"
-  build-gpu/bayesq quantize "${common[@]}" -o "$S/${m}_default.pt" --report "$S/${m}_default.json" > "$S/${m}_default.log" 2>&1
+  build-gpu/bayesq quantize "${common[@]}" -o "$S/${m}_default.pt" --report "$S/${m}_default.json" \
+    > "$S/${m}_default.log" 2>&1
   runs="default gptq"
   if [ "${STAGE_BLOCKING:-1}" = 1 ]; then
     runs="default blocking gptq"
