@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "bayesq/common/errors.h"
+#include "bayesq/common/parallel.h"
 
 namespace bayesq {
 
@@ -183,35 +184,90 @@ KnapsackSolution solve_dp(const KnapsackProblem& problem, int64_t max_states) {
     s.exact = false;
   }
   s.resolution = unit;
-  const double inf = std::numeric_limits<double>::infinity();
-  const std::size_t states = static_cast<std::size_t>(capacity) + 1;
-  std::vector<double> best(states, 0.0), next(states);
-  // choice_at[b * states + c]: option of block b in the optimum that uses at most c units for blocks 0..b.
-  std::vector<uint8_t> choice_at(n * states, 0);
+  // Each option's extra cost over its block's cheapest, in DP units (rounded up); options beyond the capacity can
+  // never be chosen. widest[b]: the largest of block b's.
+  std::vector<std::vector<int64_t>> units(n);
+  std::vector<int64_t> widest(n, 0);
   for (std::size_t b = 0; b < n; ++b) {
     BQ_ASSERT(problem.blocks[b].size() < 256, "too many options for one block");
-    std::fill(next.begin(), next.end(), inf);
-    for (std::size_t o = 0; o < problem.blocks[b].size(); ++o) {
-      const auto& opt = problem.blocks[b][o];
-      const int64_t extra = opt.cost - base[b];
-      const int64_t w = (extra + unit - 1) / unit;
-      if (w > capacity) continue;
-      for (std::size_t c = static_cast<std::size_t>(w); c < states; ++c) {
-        const double v = best[c - static_cast<std::size_t>(w)] + opt.loss;
-        if (v < next[c]) {
-          next[c] = v;
-          choice_at[b * states + c] = static_cast<uint8_t>(o);
-        }
-      }
+    for (const auto& o : problem.blocks[b]) {
+      units[b].push_back((o.cost - base[b] + unit - 1) / unit);
+      if (units[b].back() <= capacity) widest[b] = std::max(widest[b], units[b].back());
     }
-    std::swap(best, next);
   }
-  std::size_t c = states - 1;
+  // Note [States the DP needs]: best_b[c], the least loss of blocks 0..b in at most c units, is needed only for
+  // c in [lo_b, hi_b]:
+  //  - hi_b = min(capacity, widest[0] + ... + widest[b]): from there on every choice of blocks 0..b fits, so
+  //    best_b and the option chosen for block b are those at hi_b (the same sums in the same order, bit for bit);
+  //    a read above hi_b reads hi_b.
+  //  - lo_b = max(0, capacity - (widest[b+1] + ... + widest[n-1])), or hi_b if that is lower: the trace back
+  //    from the full capacity never goes lower, nor does block b+1 read lower.
+  // The values at those states, and the options chosen, are those of the DP over every state (test
+  // Knapsack.DpOverTheStatesItNeedsIsThePlainDp), at a fraction of the work when the budget is far from both ends;
+  // the states of a block are independent, so they are computed in parallel.
+  std::vector<int64_t> lo(n), hi(n);
+  int64_t sum = 0;
+  for (std::size_t b = 0; b < n; ++b) {
+    sum = std::min(capacity, sum + widest[b]);
+    hi[b] = sum;
+  }
+  sum = 0;
   for (std::size_t b = n; b-- > 0;) {
-    const int o = choice_at[b * states + c];
+    lo[b] = std::min(hi[b], std::max<int64_t>(0, capacity - sum));  // above hi[b]: read at hi[b]
+    sum = std::min(capacity, sum + widest[b]);
+  }
+  // choice_at[offset[b] + c - lo[b]]: option of block b in the optimum that uses at most c units for blocks 0..b.
+  std::vector<std::size_t> offset(n + 1, 0);
+  for (std::size_t b = 0; b < n; ++b) offset[b + 1] = offset[b] + static_cast<std::size_t>(hi[b] - lo[b] + 1);
+  std::vector<uint8_t> choice_at(offset[n], 0);
+  const double inf = std::numeric_limits<double>::infinity();
+  // best_{b-1} over [prev_lo, prev_hi]; before block 0 every state holds the empty choice, loss 0.
+  std::vector<double> best(1, 0.0), next;
+  int64_t prev_lo = 0, prev_hi = 0;
+  constexpr int64_t kStatesPerTask = 1 << 14;
+  for (std::size_t b = 0; b < n; ++b) {
+    const std::vector<KnapsackOption>& options = problem.blocks[b];
+    const std::vector<int64_t>& w = units[b];
+    next.assign(static_cast<std::size_t>(hi[b] - lo[b] + 1), inf);
+    const int64_t tasks = (hi[b] - lo[b] + kStatesPerTask) / kStatesPerTask;
+    parallel_for(static_cast<std::size_t>(tasks), [&](std::size_t task) {
+      const int64_t first = lo[b] + static_cast<int64_t>(task) * kStatesPerTask;
+      const int64_t last = std::min(hi[b], first + kStatesPerTask - 1);
+      double* least = next.data() + (first - lo[b]);
+      uint8_t* chosen = choice_at.data() + offset[b] + static_cast<std::size_t>(first - lo[b]);
+      // Options in order, a strictly lower loss replacing the one kept: the plain DP's choice at every state.
+      for (std::size_t o = 0; o < options.size(); ++o) {
+        const int64_t from = std::max(first, w[o]);
+        if (from > last) continue;
+        const double loss = options[o].loss;
+        const uint8_t id = static_cast<uint8_t>(o);
+        // States whose read lies within best_{b-1}'s range, then those that read its last state.
+        const int64_t split = std::min(last, prev_hi + w[o]);
+        const int64_t shift = first - w[o] - prev_lo;  // state first + i reads best_{b-1} at i + shift
+        for (int64_t i = from - first; i <= split - first; ++i) {
+          const double v = best[static_cast<std::size_t>(i + shift)] + loss;
+          if (v < least[i]) {
+            least[i] = v;
+            chosen[i] = id;
+          }
+        }
+        const double top = best[static_cast<std::size_t>(prev_hi - prev_lo)] + loss;
+        for (int64_t i = std::max(from, split + 1) - first; i <= last - first; ++i)
+          if (top < least[i]) {
+            least[i] = top;
+            chosen[i] = id;
+          }
+      }
+    });
+    std::swap(best, next);
+    prev_lo = lo[b];
+    prev_hi = hi[b];
+  }
+  int64_t c = capacity;
+  for (std::size_t b = n; b-- > 0;) {
+    const int o = choice_at[offset[b] + static_cast<std::size_t>(std::min(c, hi[b]) - lo[b])];
     s.choice[b] = o;
-    const int64_t extra = problem.blocks[b][static_cast<std::size_t>(o)].cost - base[b];
-    c -= static_cast<std::size_t>((extra + unit - 1) / unit);
+    c -= units[b][static_cast<std::size_t>(o)];
   }
   if (!s.exact) {
     // Costs were rounded up: spend the slack that left.

@@ -151,7 +151,9 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     std::vector<torch::Tensor> queued;
     for (std::size_t i = 0; i < blocks.size(); ++i) {
       start = Clock::now();
-      forward.set_block(info.name, dequantized_tensor(blocks[i], info, original));
+      const torch::Tensor value = dequantized_tensor(blocks[i], info, original);
+      stats.decode_seconds += seconds_since(start);
+      forward.set_block(info.name, value);
       stats.swap_seconds += seconds_since(start);
       if (suffix) {
         queued.push_back(torch::tensor(measured_kl(), torch::kFloat64));

@@ -384,6 +384,7 @@ void measure_entries(Session& session, const MethodConfig& config, LossTable& ta
   add_time(session, "measure_table", stats.seconds);
   add_time(session, "measure_table_quantize", stats.quantize_seconds);
   add_time(session, "measure_table_swap", stats.swap_seconds);
+  add_time(session, "measure_table_decode", stats.decode_seconds);
   add_time(session, "measure_table_forward", stats.forward_seconds);
   if (stats.prefix_seconds > 0.0) add_time(session, "measure_table_prefix", stats.prefix_seconds);
 }
@@ -472,7 +473,9 @@ QuantizedModel quantize_model(Session& session, const MethodConfig& config, doub
   ap.bits_per_weight = bits;
   if (prefiltered(config)) {
     // This budget's options (Note [Option prefilter]); those no earlier budget measured are measured now.
+    const auto select_start = Clock::now();
     ap.allowed_entries = prefilter_entries(loss_table, ap, config.measure.prefilter_window);
+    add_time(session, "prefilter_select", seconds_since(select_start));  // the allocation on predicted losses
     const std::vector<std::vector<bool>> missing = unmeasured_entries(loss_table, ap.allowed_entries);
     if (!missing.empty()) measure_entries(session, config, session.table_to_extend(config), &missing);
     int64_t allowed = 0, measured = 0, entries = 0;

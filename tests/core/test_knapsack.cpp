@@ -5,9 +5,11 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <random>
 
 #include "bayesq/allocate/knapsack.h"
+#include "bayesq/common/parallel.h"
 
 using namespace bayesq;
 
@@ -47,7 +49,108 @@ double brute_force(const KnapsackProblem& p) {
   return best;
 }
 
+// The multiple-choice knapsack DP over every state up to the capacity, one block after the other, options in
+// order with a strictly lower loss replacing the one kept (the allocator's DP before Note [States the DP needs]):
+// the choices solve_dp must make, bit for bit. Coarsened as solve_dp does, and then, as it does, the slack spent
+// by the largest loss reduction that fits, one option at a time.
+std::vector<int> plain_dp(const KnapsackProblem& p, int64_t max_states) {
+  const std::size_t n = p.blocks.size();
+  std::vector<int64_t> base(n);
+  int64_t base_total = 0, unit = 0;
+  for (std::size_t b = 0; b < n; ++b) {
+    base[b] = std::numeric_limits<int64_t>::max();
+    for (const auto& o : p.blocks[b]) base[b] = std::min(base[b], o.cost);
+    base_total += base[b];
+    for (const auto& o : p.blocks[b]) unit = std::gcd(unit, o.cost - base[b]);
+  }
+  if (unit == 0) unit = 1;
+  int64_t capacity = (p.budget - base_total) / unit;
+  const bool coarse = capacity > max_states;
+  if (coarse) {
+    unit *= (capacity + max_states - 1) / max_states;
+    capacity = (p.budget - base_total) / unit;
+  }
+  const std::size_t states = static_cast<std::size_t>(capacity) + 1;
+  std::vector<double> best(states, 0.0), next(states);
+  std::vector<std::vector<int>> choice(n, std::vector<int>(states, 0));
+  for (std::size_t b = 0; b < n; ++b) {
+    std::fill(next.begin(), next.end(), std::numeric_limits<double>::infinity());
+    for (std::size_t o = 0; o < p.blocks[b].size(); ++o) {
+      const int64_t w = (p.blocks[b][o].cost - base[b] + unit - 1) / unit;
+      for (int64_t c = w; c <= capacity; ++c) {
+        const double v = best[static_cast<std::size_t>(c - w)] + p.blocks[b][o].loss;
+        if (v < next[static_cast<std::size_t>(c)]) {
+          next[static_cast<std::size_t>(c)] = v;
+          choice[b][static_cast<std::size_t>(c)] = static_cast<int>(o);
+        }
+      }
+    }
+    std::swap(best, next);
+  }
+  std::vector<int> out(n);
+  int64_t c = capacity;
+  for (std::size_t b = n; b-- > 0;) {
+    out[b] = choice[b][static_cast<std::size_t>(c)];
+    c -= (p.blocks[b][static_cast<std::size_t>(out[b])].cost - base[b] + unit - 1) / unit;
+  }
+  if (!coarse) return out;
+  int64_t used = 0;
+  for (std::size_t b = 0; b < n; ++b) used += p.blocks[b][static_cast<std::size_t>(out[b])].cost;
+  for (;;) {
+    double gain = 0.0;
+    std::size_t block = n;
+    int option = -1;
+    for (std::size_t b = 0; b < n; ++b)
+      for (std::size_t o = 0; o < p.blocks[b].size(); ++o) {
+        const auto& cur = p.blocks[b][static_cast<std::size_t>(out[b])];
+        const auto& opt = p.blocks[b][o];
+        if (cur.loss - opt.loss > gain && used + opt.cost - cur.cost <= p.budget) {
+          gain = cur.loss - opt.loss;
+          block = b;
+          option = static_cast<int>(o);
+        }
+      }
+    if (block == n) return out;
+    used += p.blocks[block][static_cast<std::size_t>(option)].cost - p.blocks[block][static_cast<std::size_t>(out[block])].cost;
+    out[block] = option;
+  }
+}
+
 }  // namespace
+
+TEST(Knapsack, DpOverTheStatesItNeedsIsThePlainDp) {
+  // Many blocks, budgets from the cheapest allocation to beyond the dearest, exact and coarsened, and losses on a
+  // coarse grid so that equal sums (ties the option order decides) are common.
+  std::mt19937 rng(41);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  std::uniform_int_distribution<int> option_count(1, 14), block_count(1, 40);
+  int coarsened = 0, compared = 0;
+  for (int trial = 0; trial < 120; ++trial) {
+    KnapsackProblem p = random_problem(rng, block_count(rng), option_count(rng));
+    if (trial % 2 == 1)
+      for (auto& options : p.blocks)
+        for (auto& o : options) o.loss = std::round(o.loss * 4.0) / 4.0;
+    const int64_t lo = minimum_cost(p);
+    int64_t hi = 0;
+    for (const auto& b : p.blocks) {
+      int64_t m = 0;
+      for (const auto& o : b) m = std::max(m, o.cost);
+      hi += m;
+    }
+    p.budget = lo + static_cast<int64_t>(unit(rng) * 1.2 * double(hi - lo));
+    const int64_t max_states = trial % 3 == 0 ? 50 : 2'000'000;
+    const std::vector<int> expected = plain_dp(p, max_states);
+    for (int threads : {1, 3}) {
+      set_num_threads(threads);
+      KnapsackSolution dp = solve_dp(p, max_states);
+      set_num_threads(0);
+      ++(dp.exact ? compared : coarsened);
+      EXPECT_EQ(dp.choice, expected) << "trial " << trial << ", " << threads << " threads";
+    }
+  }
+  EXPECT_GT(compared, 60);
+  EXPECT_GT(coarsened, 20);
+}
 
 TEST(Knapsack, DpEqualsBruteForceAndGreedyIsWithinOneUpgrade) {
   std::mt19937 rng(17);

@@ -32,6 +32,7 @@ struct MeasureStats {
   double seconds = 0.0;
   double quantize_seconds = 0.0;  // inside `options` and swapping weights in
   double swap_seconds = 0.0;      // of which swapping: decoding an option and putting it into the model
+  double decode_seconds = 0.0;    // of which decoding (on a GPU: the codes' and levels' upload and the gather)
   double forward_seconds = 0.0;   // forward passes and KL (cached prefixes included)
   double prefix_seconds = 0.0;    // of which cutting and running the cached prefixes
 };
