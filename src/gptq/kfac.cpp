@@ -58,9 +58,11 @@ KfacDesigns design_kfac_options(const BlockWeights& weights,
 std::vector<QuantizedBlock> feed_back_kfac_options(KfacDesigns designs, const BlockWeights& weights,
                                                    const BlockInfo& info, const LayerStats& stats,
                                                    const QuantizerParams& quantizer, const GptqParams& gptq,
-                                                   const torch::Device& device, KfacOptionTimes* times) {
+                                                   const torch::Device& device, KfacOptionTimes* times,
+                                                   std::vector<torch::Tensor>* device_codes) {
   if (times) times->design_seconds += designs.seconds;
   std::vector<QuantizedBlock>& out = designs.designed;
+  if (device_codes) device_codes->clear();
   if (!stats.captured) return std::move(out);
   const auto start = Clock::now();
   const std::vector<QuantizedBlock>& minmax = designs.minmax;
@@ -74,25 +76,38 @@ std::vector<QuantizedBlock> feed_back_kfac_options(KfacDesigns designs, const Bl
   const torch::Tensor w = weight_rows(weights, device);
   std::optional<KfacMetric> metric;
   if (!minmax.empty()) metric.emplace(stats, info.rows(), gptq.percdamp, device);
-  std::vector<torch::Tensor> row_losses;
+  std::vector<torch::Tensor> row_losses, codes;
   std::vector<QuantizedBlock> fed =
       quantize_with_feedback_options(w, info, stats, options, quantizer.group_size, gptq, nullptr,
-                                     metric ? &*metric : nullptr, metric ? &row_losses : nullptr);
+                                     metric ? &*metric : nullptr, metric ? &row_losses : nullptr,
+                                     device_codes ? &codes : nullptr);
   if (!minmax.empty()) {
     for (std::size_t k = 0; k < minmax.size(); ++k) {
       QuantizedBlock& chosen = fed[minmax_of[k]];
       const QuantizedBlock& other = fed[out.size() + k];
-      const torch::Tensor designed = row_losses[minmax_of[k]].cpu();
-      const torch::Tensor plain = row_losses[out.size() + k].cpu();
-      const auto a = designed.accessor<double, 1>(), b = plain.accessor<double, 1>();
+      // Where the min-max grid's row has the lower objective (never where either is NaN).
+      const torch::Tensor plain_lower = row_losses[out.size() + k].lt(row_losses[minmax_of[k]]);
+      const torch::Tensor lower = plain_lower.cpu();
+      const bool* take = lower.data_ptr<bool>();
       const int64_t cols = chosen.cols, per_row = static_cast<int64_t>(chosen.codebooks.size()) / chosen.rows;
       for (int64_t r = 0; r < chosen.rows; ++r) {
-        if (!(b[r] < a[r])) continue;
-        std::copy_n(other.codes.begin() + r * cols, cols, chosen.codes.begin() + r * cols);
+        if (!take[r]) continue;
+        if (!device_codes) std::copy_n(other.codes.begin() + r * cols, cols, chosen.codes.begin() + r * cols);
         std::copy_n(other.codebooks.begin() + r * per_row, per_row, chosen.codebooks.begin() + r * per_row);
       }
+      if (device_codes)
+        codes[minmax_of[k]] = torch::where(plain_lower.unsqueeze(1), codes[out.size() + k], codes[minmax_of[k]]);
     }
     fed.resize(out.size());
+    codes.resize(device_codes ? out.size() : 0);
+  }
+  if (device_codes) {
+    // The host's codes from the device's, one copy per option.
+    for (std::size_t e = 0; e < fed.size(); ++e) {
+      const torch::Tensor host = codes[e].to(torch::kCPU).contiguous();
+      fed[e].codes.assign(host.data_ptr<uint8_t>(), host.data_ptr<uint8_t>() + host.numel());
+    }
+    *device_codes = std::move(codes);
   }
   for (std::size_t e = 0; e < fed.size(); ++e) fed[e].plugin_loss = out[e].plugin_loss;  // codebook fit, tau 0
   if (times) times->feedback_seconds += seconds_since(start);

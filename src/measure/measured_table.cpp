@@ -10,6 +10,7 @@
 #include "bayesq/common/timer.h"
 #include "bayesq/export/model_writer.h"
 #include "bayesq/model/block_discovery.h"
+#include "bayesq/model/block_tensor.h"
 #include "bayesq/measure/kl_forward.h"
 #include "bayesq/measure/suffix_forward.h"
 #include "bayesq/model/forward.h"
@@ -85,6 +86,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     std::vector<double> plugin_loss;
     std::vector<int> lloyd_fallbacks;
     std::vector<torch::Tensor> queued;
+    std::vector<torch::Tensor> device_codes;  // read by the swaps queued before the KLs: kept until they are read
   };
   std::optional<Pending> pending;
   auto finish = [&]() {
@@ -130,10 +132,13 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     std::vector<std::pair<int, CodebookKind>> choices;
     for (std::size_t e : picked) choices.emplace_back(entries[e].bits, entries[e].kind);
     auto start = Clock::now();
-    const std::vector<QuantizedBlock> blocks = options(b, choices);
+    std::vector<torch::Tensor> device_codes;
+    const std::vector<QuantizedBlock> blocks = options(b, choices, &device_codes);
     stats.quantize_seconds += seconds_since(start);
     BQ_ASSERT(blocks.size() == picked.size(), "asked for ", picked.size(), " options of ", info.name, ", got ",
               blocks.size());
+    BQ_ASSERT(device_codes.empty() || device_codes.size() == blocks.size(), device_codes.size(),
+              " device codes for ", blocks.size(), " options of ", info.name);
     finish();  // the block before: its forwards ran while these options were made
     suffix.reset();
     if (params.prefix_on(compute.device.is_cpu()) && blocks.size() > 1) {
@@ -151,7 +156,10 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     std::vector<torch::Tensor> queued;
     for (std::size_t i = 0; i < blocks.size(); ++i) {
       start = Clock::now();
-      const torch::Tensor value = dequantized_tensor(blocks[i], info, original);
+      const torch::Tensor value =
+          device_codes.empty() ? dequantized_tensor(blocks[i], info, original)
+                               : rows_to_block(dequantized_rows_by_gather(blocks[i], original.device(), device_codes[i]),
+                                               info, original);
       stats.decode_seconds += seconds_since(start);
       forward.set_block(info.name, value);
       stats.swap_seconds += seconds_since(start);
@@ -165,7 +173,7 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     }
     forward.set_block(info.name, original);  // queued after the block's forwards
     suffix.reset();
-    pending = Pending{b, std::move(picked), {}, {}, std::move(queued)};
+    pending = Pending{b, std::move(picked), {}, {}, std::move(queued), std::move(device_codes)};
     for (const QuantizedBlock& q : blocks) {
       pending->plugin_loss.push_back(q.plugin_loss);
       pending->lloyd_fallbacks.push_back(q.lloyd_fallbacks);

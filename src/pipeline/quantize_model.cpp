@@ -316,14 +316,16 @@ std::unique_ptr<DesignQueue> start_kfac_designs(Session& session, const MethodCo
       [&index](std::size_t b) { return index.blocks[b].numel(); }, kAheadWeights);
 }
 
-// Block b's options from designs made ahead, fed back on the device.
+// Block b's options from designs made ahead, fed back on the device (their codes there too, when asked:
+// feed_back_kfac_options).
 std::vector<QuantizedBlock> feed_back_designs(Session& session, const MethodConfig& config, std::size_t b,
-                                              KfacDesigns designs, double design_wait) {
+                                              KfacDesigns designs, double design_wait,
+                                              std::vector<torch::Tensor>* device_codes = nullptr) {
   KfacOptionTimes times;
   std::vector<QuantizedBlock> blocks =
       feed_back_kfac_options(std::move(designs), kfac_block_weights(session, config, b), session.index().blocks[b],
                              session.kfac_stats()[b], kfac_quantizer_params(session, config), config.gptq,
-                             session.compute().device, &times);
+                             session.compute().device, &times, device_codes);
   add_kfac_times(session, times, design_wait);
   return blocks;
 }
@@ -363,14 +365,16 @@ void measure_entries(Session& session, const MethodConfig& config, LossTable& ta
   // Options are quantized beside the forwards queued before them (Note [Feedback beside the forwards]); the
   // statistics they read were computed before the table.
   const SideStream side(designs_ahead ? session.compute().device : torch::Device(torch::kCPU));
-  const OptionBlocks options = [&](std::size_t b, const std::vector<std::pair<int, CodebookKind>>& choices) {
+  const OptionBlocks options = [&](std::size_t b, const std::vector<std::pair<int, CodebookKind>>& choices,
+                                   std::vector<torch::Tensor>* device_codes) {
     const SideStream::Scope beside(side);
     std::vector<QuantizedBlock> blocks;
     if (designs_ahead) {
       double wait = 0.0;
       KfacDesigns designs = designs_ahead->take(b, &wait);
       BQ_ASSERT(designed_for(designs, choices), "the designs of ", index.blocks[b].name, " were made for other options");
-      blocks = feed_back_designs(session, config, b, std::move(designs), wait);
+      blocks = feed_back_designs(session, config, b, std::move(designs), wait,
+                                 session.compute().device.is_cuda() ? device_codes : nullptr);
     } else {
       blocks = option_blocks(session, config, b, choices);
     }

@@ -631,6 +631,59 @@ TEST(Gptq, KfacUniformOptionKeepsTheBetterGridOfEachRow) {
   EXPECT_GT(mixed, 0);  // the choice is made per row: some block mixes both grids
 }
 
+// Note [Codes kept for the swap]: K-FAC options fed back with their codes kept on the device are the options
+// without, codebooks and host codes alike, and the kept codes are the host codes, also in the rows where a
+// uniform option took the min-max grid. On the CPU and (where there is one) on CUDA. Oracle: the same designs fed
+// back without device codes.
+TEST(Gptq, KfacOptionsWithDeviceCodesAreTheHostOptions) {
+  Fixture f("separable.pt", "separable_calib.pt", "", /*gradients=*/true);
+  std::vector<torch::Device> devices = {torch::kCPU};
+  if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA);
+  const std::vector<std::pair<int, CodebookKind>> choices = {
+      {2, CodebookKind::lloyd}, {2, CodebookKind::uniform_asymmetric}, {3, CodebookKind::uniform_asymmetric}};
+  for (const torch::Device& device : devices) {
+    int64_t minmax_rows = 0;
+    for (const char* name : {"pw2.weight", "fc.weight", "dw2.weight"}) {
+      const std::size_t b = f.block(name);
+      const BlockInfo& info = f.index.blocks[b];
+      LayerStats stats = f.calib[b];
+      for (torch::Tensor& a : stats.input_moment) a = a.to(device);
+      if (stats.row_moment.defined()) stats.row_moment = stats.row_moment.to(device);
+      const std::vector<float> w = block_rows_vector(find_tensor(f.model.module, info.name), info);
+      const std::vector<float> precision = kfac_precision(f.calib[b], info, 0.01);
+      const BlockWeights weighted{w.data(), precision.data(), info.rows(), info.cols()};
+      const QuantizerParams qp;
+      const GptqParams gp;
+      const KfacDesigns designs = design_kfac_options(weighted, choices, qp, /*captured=*/true);
+      const std::vector<QuantizedBlock> host =
+          feed_back_kfac_options(designs, weighted, info, stats, qp, gp, device);
+      std::vector<torch::Tensor> codes;
+      const std::vector<QuantizedBlock> kept =
+          feed_back_kfac_options(designs, weighted, info, stats, qp, gp, device, nullptr, &codes);
+      ASSERT_EQ(kept.size(), choices.size());
+      ASSERT_EQ(codes.size(), choices.size()) << name;
+      for (std::size_t e = 0; e < choices.size(); ++e) {
+        const std::string where = std::string(name) + " option " + std::to_string(e) + " on " + device.str();
+        EXPECT_EQ(kept[e].codes, host[e].codes) << where;
+        ASSERT_EQ(kept[e].codebooks.size(), host[e].codebooks.size()) << where;
+        for (std::size_t r = 0; r < host[e].codebooks.size(); ++r) {
+          EXPECT_EQ(kept[e].codebooks[r].levels, host[e].codebooks[r].levels) << where << " row " << r;
+          minmax_rows += host[e].codebooks[r].levels != designs.designed[e].codebooks[r].levels ? 1 : 0;
+        }
+        ASSERT_EQ(codes[e].device(), device) << where;
+        ASSERT_EQ(codes[e].scalar_type(), torch::kUInt8) << where;
+        const torch::Tensor c = codes[e].cpu().contiguous();
+        EXPECT_EQ(std::vector<uint8_t>(c.data_ptr<uint8_t>(), c.data_ptr<uint8_t>() + c.numel()), host[e].codes)
+            << where;
+        EXPECT_TRUE(torch::equal(dequantized_rows_by_gather(kept[e], device, codes[e]).cpu(),
+                                 dequantized_rows(host[e], torch::kCPU)))
+            << where;
+      }
+    }
+    EXPECT_GT(minmax_rows, 0) << "no row took the min-max grid on " << device.str();  // the mixing was exercised
+  }
+}
+
 // Note [Designs ahead of the device]: the queue hands out each block's designs in block order, as design(block)
 // made them, designs no further ahead than its bound of weights allows, and a design's exception reaches take()
 // at that block. (That the table is the same with and without designing ahead:

@@ -48,10 +48,15 @@ struct KfacDesigns {
 KfacDesigns design_kfac_options(const BlockWeights& weights,
                                 const std::vector<std::pair<int, CodebookKind>>& choices,
                                 const QuantizerParams& quantizer, bool captured);
+// `device_codes`, when given, also receives each option's codes as a [rows, cols] uint8 tensor on `device` (the
+// blocks' host codes are filled as well), or nothing where the block has no statistics (its codes are the
+// design's, on the host alone): a measured table de-quantizes its options from them instead of uploading the
+// host codes again (Note [Codes kept for the swap] in measure/measured_table.h).
 std::vector<QuantizedBlock> feed_back_kfac_options(KfacDesigns designs, const BlockWeights& weights,
                                                    const BlockInfo& info, const LayerStats& stats,
                                                    const QuantizerParams& quantizer, const GptqParams& gptq,
-                                                   const torch::Device& device, KfacOptionTimes* times = nullptr);
+                                                   const torch::Device& device, KfacOptionTimes* times = nullptr,
+                                                   std::vector<torch::Tensor>* device_codes = nullptr);
 
 // Host wall seconds per part of predicted_option_losses (on a GPU, feedback kernels may still run when `feedback`
 // is read; their wait falls in `score`).

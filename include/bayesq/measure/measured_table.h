@@ -24,10 +24,20 @@
 
 namespace bayesq {
 
-// The quantized block at each (bits, kind) option of index block `block`, in the order asked.
-using OptionBlocks =
-    std::function<std::vector<QuantizedBlock>(std::size_t block, const std::vector<std::pair<int, CodebookKind>>&)>;
+// The quantized block at each (bits, kind) option of index block `block`, in the order asked. The function may
+// also put each option's codes, on the measuring device, into `device_codes` (one [rows, cols] uint8 tensor per
+// option, made on the stream current when it returns or ordered before it), or leave it empty (Note [Codes kept
+// for the swap]).
+using OptionBlocks = std::function<std::vector<QuantizedBlock>(
+    std::size_t block, const std::vector<std::pair<int, CodebookKind>>&, std::vector<torch::Tensor>* device_codes)>;
 
+// Note [Codes kept for the swap]: each measured option is de-quantized into the model on the device, from its
+// codes (one byte per weight) and levels. The K-FAC options are fed back on the device, so their codes are there
+// already; when the option function hands them over, the swap gathers from them instead of uploading the host's
+// copy through a pinned staging buffer (a new one, allocated by the driver, whenever the earlier ones still wait
+// for copies queued behind the forwards: BERT's 23 M-weight word table took one per option). The gathered values
+// are the same (dequantized_rows_by_gather, test Gptq.CodesKeptOnTheDeviceAreTheHostCodes). The codes' memory is
+// released only once the block's KLs are read, when the forwards that read it have run.
 struct MeasureStats {
   double seconds = 0.0;
   double quantize_seconds = 0.0;  // inside `options` and swapping weights in
