@@ -54,7 +54,8 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
                                 const OptionBlocks& options, const MeasureParams& params, const Compute& compute,
                                 const std::string& model_path, LossTable& table,
                                 const std::vector<bool>* measure_here,
-                                const std::vector<std::vector<bool>>* selected) {
+                                const std::vector<std::vector<bool>>* selected,
+                                const std::vector<std::size_t>* order) {
   const auto t = Clock::now();
   MeasureStats stats;
   const int64_t n = std::min<int64_t>(data.size(), params.examples > 0 ? params.examples : data.size());
@@ -113,8 +114,18 @@ MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockInde
     }
     pending.reset();
   };
+  if (order) {
+    std::vector<bool> seen(index.blocks.size(), false);
+    for (std::size_t b : *order) {
+      BQ_ASSERT(b < seen.size() && !seen[b], "the measuring order is not a permutation of the ", seen.size(),
+                " blocks");
+      seen[b] = true;
+    }
+    BQ_ASSERT(order->size() == seen.size(), "a measuring order of ", order->size(), " blocks for ", seen.size());
+  }
   Progress progress("measured table", static_cast<int64_t>(index.blocks.size()), "blocks");
-  for (std::size_t b = 0; b < index.blocks.size(); ++b) {
+  for (std::size_t k = 0; k < index.blocks.size(); ++k) {
+    const std::size_t b = order ? (*order)[k] : k;
     if (measure_here && !(*measure_here)[b]) {
       progress.advance();
       continue;

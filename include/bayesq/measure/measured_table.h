@@ -56,12 +56,15 @@ struct MeasureStats {
 // measures (the others' entries are left for the processes that own them: quantize_model.cpp gathers them).
 // `selected`, when given, names the entries to measure, per block and entry (Note [Option prefilter] in
 // table/option_prefilter.h): the others are left as they are, and `options` is asked for the selected ones alone.
-// Every measured entry gets `measured` set; `monotone` compares the measured entries of each kind.
+// Every measured entry gets `measured` set; `monotone` compares the measured entries of each kind. `order`, when
+// given, is a permutation of the blocks: the order in which they are measured and `options` is asked for them
+// (index order otherwise); no entry depends on it.
 MeasureStats measure_loss_table(const torch::jit::Module& model, const BlockIndex& index, const DataFile& data,
                                 const OptionBlocks& options, const MeasureParams& params, const Compute& compute,
                                 const std::string& model_path, LossTable& table,
                                 const std::vector<bool>* measure_here = nullptr,
-                                const std::vector<std::vector<bool>>* selected = nullptr);
+                                const std::vector<std::vector<bool>>* selected = nullptr,
+                                const std::vector<std::size_t>* order = nullptr);
 
 // Mean KL(reference || model) per example over the first `examples` examples of `data` (all when 0 or more), in
 // double precision as evaluate() computes it: how far a whole quantized model is from the float one, where a
