@@ -35,6 +35,17 @@ KnapsackProblem random_problem(std::mt19937& rng, int blocks, int options) {
   return p;
 }
 
+// The cost of every block's dearest option.
+int64_t maximum_cost(const KnapsackProblem& p) {
+  int64_t total = 0;
+  for (const auto& options : p.blocks) {
+    int64_t most = 0;
+    for (const auto& o : options) most = std::max(most, o.cost);
+    total += most;
+  }
+  return total;
+}
+
 double brute_force(const KnapsackProblem& p) {
   double best = std::numeric_limits<double>::infinity();
   std::function<void(std::size_t, int64_t, double)> go = [&](std::size_t b, int64_t cost, double loss) {
@@ -130,13 +141,7 @@ TEST(Knapsack, DpOverTheStatesItNeedsIsThePlainDp) {
     if (trial % 2 == 1)
       for (auto& options : p.blocks)
         for (auto& o : options) o.loss = std::round(o.loss * 4.0) / 4.0;
-    const int64_t lo = minimum_cost(p);
-    int64_t hi = 0;
-    for (const auto& b : p.blocks) {
-      int64_t m = 0;
-      for (const auto& o : b) m = std::max(m, o.cost);
-      hi += m;
-    }
+    const int64_t lo = minimum_cost(p), hi = maximum_cost(p);
     p.budget = lo + static_cast<int64_t>(unit(rng) * 1.2 * double(hi - lo));
     const int64_t max_states = trial % 3 == 0 ? 50 : 2'000'000;
     const std::vector<int> expected = plain_dp(p, max_states);
@@ -160,13 +165,7 @@ TEST(Knapsack, DpEqualsBruteForceAndGreedyIsWithinOneUpgrade) {
     // Brute force over up to 10 blocks x 6 options (6^10 leaves) is slow: keep the large cases few.
     const int blocks = trial < 4 ? 10 : std::min(block_count(rng), 7);
     KnapsackProblem p = random_problem(rng, blocks, 6);
-    const int64_t lo = minimum_cost(p);
-    int64_t hi = 0;
-    for (const auto& b : p.blocks) {
-      int64_t m = 0;
-      for (const auto& o : b) m = std::max(m, o.cost);
-      hi += m;
-    }
+    const int64_t lo = minimum_cost(p), hi = maximum_cost(p);
     p.budget = lo + static_cast<int64_t>(unit(rng) * double(hi - lo));
     const double exact = brute_force(p);
     const KnapsackSolution dp = solve_dp(p);

@@ -34,10 +34,10 @@ using OptionBlocks = std::function<std::vector<QuantizedBlock>(
 // Note [Codes kept for the swap]: each measured option is de-quantized into the model on the device, from its
 // codes (one byte per weight) and levels. The K-FAC options are fed back on the device, so their codes are there
 // already; when the option function hands them over, the swap gathers from them instead of uploading the host's
-// copy through a pinned staging buffer (a new one, allocated by the driver, whenever the earlier ones still wait
-// for copies queued behind the forwards: BERT's 23 M-weight word table took one per option). The gathered values
-// are the same (dequantized_rows_by_gather, test Gptq.CodesKeptOnTheDeviceAreTheHostCodes). The codes' memory is
-// released only once the block's KLs are read, when the forwards that read it have run.
+// copy through a pinned staging buffer (BERT's first-budget swaps on an H100: 5.2 s of host time with the upload,
+// 0.7 s without; BENCHMARKS.md). The gathered values are the same (dequantized_rows_by_gather, tests
+// Gptq.CodesKeptOnTheDeviceAreTheHostCodes and Gptq.KfacOptionsWithDeviceCodesAreTheHostOptions). The codes'
+// memory is released only once the block's KLs are read, when the forwards that read it have run.
 struct MeasureStats {
   double seconds = 0.0;
   double quantize_seconds = 0.0;  // inside `options` and swapping weights in
