@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <initializer_list>
 #include <limits>
 #include <stdexcept>
 #include <thread>
@@ -68,6 +69,19 @@ struct Fixture {
   }
 };
 
+// Block b's weights quantized without feedback, Lloyd and uniform at each of `widths`, in that order.
+std::vector<QuantizedBlock> plain_options(const Fixture& f, std::size_t b, std::initializer_list<int> widths) {
+  const BlockInfo& info = f.index.blocks[b];
+  const std::vector<float> w = block_rows_vector(find_tensor(f.model.module, info.name), info);
+  std::vector<QuantizedBlock> out;
+  for (int bits : widths)
+    for (CodebookKind kind : {CodebookKind::lloyd, CodebookKind::uniform_asymmetric}) {
+      QuantizerParams qp;
+      qp.kind = kind;
+      out.push_back(quantize_block(BlockWeights{w.data(), nullptr, info.rows(), info.cols()}, bits, qp));
+    }
+  return out;
+}
 }  // namespace
 
 TEST(Capture, InputMomentsMatchTheActivationsComputedDirectly) {
@@ -441,14 +455,7 @@ TEST(Gptq, StackedOptionsEqualOnePassPerOption) {
   for (const char* name : {"pw2.weight", "fc.weight", "dw2.weight"}) {
     const std::size_t b = f.block(name);
     const BlockInfo& info = f.index.blocks[b];
-    std::vector<QuantizedBlock> plain;
-    for (int bits : {1, 3, 5})
-      for (CodebookKind kind : {CodebookKind::lloyd, CodebookKind::uniform_asymmetric}) {
-        QuantizerParams qp;
-        qp.kind = kind;
-        const std::vector<float> w = block_rows_vector(find_tensor(f.model.module, info.name), info);
-        plain.push_back(quantize_block(BlockWeights{w.data(), nullptr, info.rows(), info.cols()}, bits, qp));
-      }
+    const std::vector<QuantizedBlock> plain = plain_options(f, b, {1, 3, 5});
     std::vector<FeedbackOption> options;
     for (const QuantizedBlock& p : plain) options.push_back({p.bits, p.kind, &p.codebooks});
     const std::vector<QuantizedBlock> stacked =
@@ -473,14 +480,7 @@ TEST(Gptq, StackedRowsInChunksEqualOnePass) {
     const BlockInfo& info = f.index.blocks[b];
     ASSERT_EQ(f.calib[b].groups(), 1);
     ASSERT_GT(info.rows(), 6) << name;
-    const std::vector<float> w = block_rows_vector(find_tensor(f.model.module, info.name), info);
-    std::vector<QuantizedBlock> plain;
-    for (int bits : {2, 4})
-      for (CodebookKind kind : {CodebookKind::lloyd, CodebookKind::uniform_asymmetric}) {
-        QuantizerParams qp;
-        qp.kind = kind;
-        plain.push_back(quantize_block(BlockWeights{w.data(), nullptr, info.rows(), info.cols()}, bits, qp));
-      }
+    const std::vector<QuantizedBlock> plain = plain_options(f, b, {2, 4});
     std::vector<FeedbackOption> options;
     for (const QuantizedBlock& p : plain) options.push_back({p.bits, p.kind, &p.codebooks, p.bits == 2});
     GptqParams one, chunked;
@@ -514,14 +514,7 @@ TEST(Gptq, CodesKeptOnTheDeviceAreTheHostCodes) {
   for (const char* name : {"dw2.weight", "pw2.weight", "fc.weight"}) {
     const std::size_t b = f.block(name);
     const BlockInfo& info = f.index.blocks[b];
-    const std::vector<float> w = block_rows_vector(find_tensor(f.model.module, info.name), info);
-    std::vector<QuantizedBlock> plain;
-    for (int bits : {2, 5})
-      for (CodebookKind kind : {CodebookKind::lloyd, CodebookKind::uniform_asymmetric}) {
-        QuantizerParams qp;
-        qp.kind = kind;
-        plain.push_back(quantize_block(BlockWeights{w.data(), nullptr, info.rows(), info.cols()}, bits, qp));
-      }
+    const std::vector<QuantizedBlock> plain = plain_options(f, b, {2, 5});
     std::vector<FeedbackOption> options;
     for (const QuantizedBlock& p : plain) options.push_back({p.bits, p.kind, &p.codebooks});
     GptqParams one, chunked;
