@@ -280,6 +280,17 @@ void World::finish() const {
     std::vector<std::string> keys;
     for (int r = 0; r < size_; ++r) keys.push_back("bayesq/finished/" + std::to_string(r));
     store.wait(keys, group_->timeout);
+    // Note [Rank 0 leaves last]: that wait is itself a request to the store. Rank 0, which may serve it, could
+    // see every key, return and close the server while another rank's wait was still being answered (CI: rank 1
+    // failed with a broken pipe here, 1 of 3 runs; 2 of 30 under load on 2 cores). So each other rank, once its
+    // wait has returned, says so with one last set, and rank 0 returns only when it has every rank's.
+    if (rank_ != 0) {
+      store.set("bayesq/left/" + std::to_string(rank_), std::vector<uint8_t>{1});
+      return;
+    }
+    std::vector<std::string> left;
+    for (int r = 1; r < size_; ++r) left.push_back("bayesq/left/" + std::to_string(r));
+    store.wait(left, group_->timeout);
   } catch (const UserError&) {
     throw;
   } catch (const std::exception& e) {

@@ -87,8 +87,9 @@ class World {
   std::vector<std::vector<uint8_t>> all_gather_bytes(const std::vector<uint8_t>& mine) const;
   // The same for one double per rank.
   std::vector<double> all_gather(double mine) const;
-  // The end of the job: returns once every rank has called it. Rank 0 serves the store outside torchrun, and a
-  // rank still reading the last exchange's keys from it fails with a broken pipe if it exits first. Throws
+  // The end of the job: returns once every rank has called it, on rank 0 only once every other rank has also
+  // seen that (Note [Rank 0 leaves last] in world.cpp). Rank 0 serves the store outside torchrun, and a rank still
+  // reading the last exchange's keys from it fails with a broken pipe if it exits first. Throws
   // UserError(distributed) when a rank does not arrive within the timeout. Nothing to do for one process.
   void finish() const;
 
